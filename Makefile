@@ -1,0 +1,50 @@
+# The two commands of the README:
+#   make demo   local control plane + operator, shown running, then stopped
+#   make test   lint + types + unit + integration tests (what CI runs)
+# Both install what they need: a virtualenv in .venv, Debian packages, and the
+# Go-built Kubernetes binaries cached in ~/.cache/jobbatch (see e2e/tools.py).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit integration tools deps clean
+
+demo: $(STAMP) tools
+	$(BIN)/python -m e2e.demo
+
+test: lint typecheck
+	$(BIN)/pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests e2e
+	$(BIN)/ruff format --check operator tests e2e
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) tools
+	$(BIN)/pytest tests/integration
+
+tools: $(STAMP) deps
+	$(BIN)/python -m e2e.tools ensure
+
+# openssl makes the local cluster's certificates; go builds its binaries once.
+deps:
+	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
+	@command -v go >/dev/null || { echo "go (>= 1.25) is needed to build the Kubernetes binaries" >&2; exit 1; }
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+clean:
+	-$(BIN)/python -m e2e.cluster down --name demo
+	-$(BIN)/python -m e2e.cluster down --name pytest
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

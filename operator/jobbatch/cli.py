@@ -1,0 +1,95 @@
+"""The ``jobbatch`` command: ``jobbatch run`` starts the operator."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from jobbatch import __version__
+from jobbatch.config import OperatorConfig
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobbatch",
+        description="Kubernetes operator that shards JobBatch payloads into worker Jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"jobbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="start the operator (uses in-cluster credentials, else $KUBECONFIG)",
+        description="Start the operator. Settings may also come from JOBBATCH_* environment variables.",
+    )
+    defaults = OperatorConfig()
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        default=[ns for ns in os.environ.get("JOBBATCH_NAMESPACES", "").split(",") if ns],
+        help="watch only this namespace (repeatable; env JOBBATCH_NAMESPACES, comma-separated); "
+        "default: all namespaces",
+    )
+    run.add_argument(
+        "--max-running-shards",
+        type=int,
+        default=_env_int("JOBBATCH_MAX_RUNNING_SHARDS", defaults.max_running_shards),
+        help="cluster-wide cap on running shard attempts; higher-priority batches dispatch first "
+        "when it is reached (0 = no cap; env JOBBATCH_MAX_RUNNING_SHARDS)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("JOBBATCH_METRICS_PORT", defaults.metrics_port),
+        help="port of the Prometheus /metrics endpoint (0 disables it; env JOBBATCH_METRICS_PORT)",
+    )
+    run.add_argument(
+        "--liveness-endpoint",
+        default=os.environ.get("JOBBATCH_LIVENESS_ENDPOINT", defaults.liveness_endpoint),
+        help="kopf liveness endpoint URL (empty disables it; env JOBBATCH_LIVENESS_ENDPOINT)",
+    )
+    run.add_argument(
+        "--log-level",
+        default=os.environ.get("JOBBATCH_LOG_LEVEL", defaults.log_level),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log level (env JOBBATCH_LOG_LEVEL)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    return OperatorConfig(
+        namespaces=tuple(args.namespaces),
+        max_running_shards=args.max_running_shards,
+        metrics_port=args.metrics_port,
+        liveness_endpoint=args.liveness_endpoint,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        try:
+            config = config_from_args(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        from jobbatch.runtime import run  # deferred: --help must not import kopf
+
+        run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Operator settings: one typed object built from the command line (or env), passed down explicitly.
+
+Nothing reads ``os.environ`` or global flags after start-up; the runtime and the
+handlers receive this object, so tests can build one directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    """How one operator process behaves."""
+
+    # Namespaces to watch; empty means the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    # Cluster-wide cap on running shard attempts across all batches (0 = no cap).
+    max_running_shards: int = 0
+    # HTTP port for Prometheus metrics (0 disables the endpoint).
+    metrics_port: int = 8080
+    # kopf's liveness endpoint (an empty string disables it).
+    liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.max_running_shards < 0:
+            raise ValueError("max_running_shards must be >= 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be a TCP port (0 disables metrics)")
+        if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
+            raise ValueError(f"unknown log level {self.log_level!r}")
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
