@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration tools deps clean
+.PHONY: demo test lint typecheck unit integration tools deps crds clean
 
 demo: $(STAMP) tools
 	$(BIN)/python -m e2e.demo
@@ -29,6 +29,10 @@ unit: $(STAMP)
 
 integration: $(STAMP) tools
 	$(BIN)/pytest tests/integration
+
+# Regenerate the CRD from operator/jobbatch/api.py (a unit test fails when crds/ drifts).
+crds: $(STAMP)
+	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
 
 tools: $(STAMP) deps
 	$(BIN)/python -m e2e.tools ensure

@@ -1,0 +1,266 @@
+"""JobBatch v1alpha1 API types: the one source of the CRD schema (see ``jobbatch.crd``).
+
+Field names are the public contract. Descriptions here become ``kubectl explain``
+text; bounds, defaults and CEL rules (``x-kubernetes-validations``) become the
+API server's validation, so bad input is rejected before the operator sees it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "jobbatch.io"
+VERSION = "v1alpha1"
+KIND = "JobBatch"
+PLURAL = "jobbatches"
+SINGULAR = "jobbatch"
+SHORT_NAMES = ["jb"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Labels and finalizers the operator puts on the objects it owns.
+LABEL_BATCH = "jobbatch.io/batch"
+LABEL_BATCH_UID = "jobbatch.io/batch-uid"
+LABEL_SHARD = "jobbatch.io/shard"
+LABEL_ATTEMPT = "jobbatch.io/attempt"
+# Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
+SHARD_FINALIZER = "jobbatch.io/shard-record"
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+
+def _extra(**schema: Any) -> dict[str, Any]:
+    return schema
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        """The Kubernetes (camelCase) form, without unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ConfigMapSource(_Model):
+    """A ConfigMap key holding JSON Lines: one payload item per line."""
+
+    name: str = Field(min_length=1, max_length=253, description="ConfigMap name, in the JobBatch's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key whose value holds the JSON Lines.")
+
+
+class Payloads(_Model):
+    """Where the items come from. Exactly one source must be set."""
+
+    # "Exactly one source" as oneOf-of-required: CEL cannot see `items` (an untyped list).
+    model_config = ConfigDict(
+        json_schema_extra=_extra(oneOf=[{"required": ["items"]}, {"required": ["configMap"]}, {"required": ["count"]}])
+    )
+
+    items: list[Any] | None = Field(
+        default=None,
+        description="Inline items, any JSON each. Keep them small (the whole JobBatch must fit in etcd); "
+        "use configMap or count for large inputs.",
+        json_schema_extra=_extra(items={"x-kubernetes-preserve-unknown-fields": True}),
+    )
+    config_map: ConfigMapSource | None = Field(
+        default=None, description="Items as JSON Lines in a ConfigMap; snapshotted when the batch is accepted."
+    )
+    count: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="No data: the items are the indices 0..count-1 and workers fetch their own data.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Payloads:
+        chosen = [n for n in ("items", "config_map", "count") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError("exactly one of payloads.items, payloads.configMap, payloads.count must be set")
+        return self
+
+
+class Backoff(_Model):
+    """Delay before retry n (n = 0 for the first retry): min(maxSeconds, initialSeconds * multiplier^n),
+    then scaled by a random factor in [1 - jitter, 1 + jitter]."""
+
+    initial_seconds: float = Field(default=10.0, ge=0, le=86_400, description="Delay before the first retry.")
+    multiplier: float = Field(default=2.0, ge=1, le=100, description="Growth factor between retries.")
+    max_seconds: float = Field(default=600.0, ge=0, le=86_400, description="Upper bound of the delay.")
+    jitter: float = Field(default=0.1, ge=0, le=1, description="Relative random spread of each delay.")
+
+
+class Retry(_Model):
+    """How failed shard attempts are retried."""
+
+    limit: int = Field(default=3, ge=0, le=100, description="Retries per shard after its first attempt.")
+    backoff: Backoff = Field(default_factory=Backoff, description="Delay between attempts of a shard.")
+    non_retryable_exit_codes: list[int] = Field(
+        default_factory=list,
+        max_length=50,
+        description="A shard whose worker exits with one of these codes fails at once, without retries.",
+        json_schema_extra=_extra(items={"type": "integer", "minimum": 1, "maximum": 255}),
+    )
+
+
+class JobBatchSpec(_Model):
+    """What to run: a worker pod template, the payloads, and how to shard and retry them."""
+
+    template: dict[str, Any] = Field(
+        description="Pod template (PodTemplateSpec) of every shard's worker. restartPolicy is forced to Never. "
+        "Immutable.",
+        json_schema_extra=_extra(
+            **{
+                "x-kubernetes-preserve-unknown-fields": True,
+                "x-kubernetes-validations": [
+                    {"rule": "self == oldSelf", "message": "template is immutable"},
+                    {
+                        "rule": "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
+                        "message": "template.spec.containers must list at least one container",
+                    },
+                ],
+            }
+        ),
+    )
+    payloads: Payloads = Field(
+        description="The items to process. Immutable.",
+        json_schema_extra=_extra(
+            **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "payloads is immutable"}]}
+        ),
+    )
+    payload_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON Schema every item must satisfy; checked before anything starts. Immutable.",
+        json_schema_extra=_extra(
+            **{
+                "x-kubernetes-preserve-unknown-fields": True,
+                "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "payloadSchema is immutable"}],
+            }
+        ),
+    )
+    shard_size: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="Items per shard; the last shard may hold fewer. Immutable.",
+        json_schema_extra=_extra(
+            **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "shardSize is immutable"}]}
+        ),
+    )
+    parallelism: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="Most shards running at once. Changes take effect at once; 0 launches nothing new.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="PriorityClass of every worker pod; higher-priority batches dispatch first when the "
+        "operator's --max-running-shards cap is reached.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="True stops launching and stops running shard attempts (their pods are deleted); "
+        "attempts stopped this way do not use up retries. False resumes.",
+    )
+    start_after: datetime.datetime | None = Field(
+        default=None, description="Launch nothing before this time (RFC 3339)."
+    )
+    retry: Retry = Field(default_factory=Retry, description="Retries of failed shards.")
+    max_failed_shards: int = Field(
+        default=0, ge=0, description="Permanently failed shards tolerated before the whole batch fails."
+    )
+    shard_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Deadline of each shard attempt; an attempt that exceeds it fails and is retried.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Deadline of the whole batch, from its start; past it the batch fails."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the finished batch (and everything it owns) this long after it finished.",
+    )
+    failed_jobs_history_limit: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Failed shard attempt Jobs kept for inspection (kubectl logs) once no longer needed.",
+    )
+
+
+class ShardCounts(_Model):
+    """Shards by state; they add up to total."""
+
+    total: int = Field(default=0, description="Shards in the batch.")
+    pending: int = Field(default=0, description="Not started yet.")
+    running: int = Field(default=0, description="An attempt is running.")
+    retrying: int = Field(default=0, description="Failed, waiting out the backoff before the next attempt.")
+    succeeded: int = Field(default=0, description="Finished successfully.")
+    failed: int = Field(default=0, description="Failed permanently.")
+
+
+class ShardFailure(_Model):
+    """One permanently failed shard, for the Failed condition and users' diagnosis."""
+
+    shard: int
+    attempt: int
+    exit_code: int | None = None
+    reason: str = Field(description="NonRetryableExitCode, RetriesExhausted, ...")
+    message: str = ""
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime.datetime
+    observed_generation: int | None = None
+
+
+class JobBatchStatus(_Model):
+    """What the operator observed and recorded. Bounded: counts and index ranges, never per-shard lists."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = Field(default="Pending", description="Pending, Running, Suspended, Succeeded or Failed.")
+    observed_generation: int | None = Field(default=None, description="The spec generation last acted upon.")
+    shards: ShardCounts = Field(default_factory=ShardCounts, description="Shards by state.")
+    progress: str = Field(default="", description='Finished (succeeded + failed) over total shards, e.g. "41/100".')
+    succeeded_shards: str = Field(default="", description='Indexes of succeeded shards, e.g. "0-41,43".')
+    failed_shards: str = Field(default="", description="Indexes of permanently failed shards.")
+    start_time: datetime.datetime | None = Field(default=None, description="When the first shard was launched.")
+    completion_time: datetime.datetime | None = Field(default=None, description="When the batch finished.")
+    failures: list[ShardFailure] = Field(
+        default_factory=list, max_length=10, description="The latest permanently failed shards (at most 10)."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Accepted, Running, Suspended, Complete, Failed.",
+        json_schema_extra=_extra(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+    )
+
+    def condition(self, ctype: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == ctype), None)
+
+
+class JobBatch(_Model):
+    """A batch of payloads run as sharded worker Jobs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: JobBatchSpec
+    status: JobBatchStatus = Field(default_factory=JobBatchStatus)

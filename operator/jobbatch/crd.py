@@ -1,0 +1,162 @@
+"""Generate the JobBatch CustomResourceDefinition from the pydantic models in ``jobbatch.api``.
+
+``python -m jobbatch.crd`` prints it; ``crds/`` holds the committed copy and a unit
+test fails when the two drift (regenerate with ``make crds``).
+
+pydantic emits JSON Schema with ``$ref``s, ``anyOf: [X, null]`` for optionals and
+``additionalProperties``; Kubernetes needs a *structural* schema, so this module
+inlines references, collapses optionals and drops what structural schemas forbid.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from typing import Any
+
+import yaml
+
+from jobbatch import api
+
+# The worker pod template: checked for shape, everything else left to the Pod API.
+_TEMPLATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {
+        "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "spec": {
+            "type": "object",
+            "required": ["containers"],
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "containers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            },
+        },
+    },
+}
+
+_DROP = {"title", "additionalProperties", "$defs", "discriminator"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
+        rules = target.get("x-kubernetes-validations", []) + node.get("x-kubernetes-validations", [])
+        node = {**target, **node}  # field-level keys (description, default) win...
+        if rules:  # ...but CEL rules of the type and of the field both apply
+            node["x-kubernetes-validations"] = rules
+    if "anyOf" in node:
+        branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express anyOf {branches} structurally")
+        node = {**_resolve(branches[0], defs), **node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {name: _resolve(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "not"):
+            out[key] = _resolve(value, defs)
+        else:
+            out[key] = value
+    if out.get("default") is None:
+        out.pop("default", None)
+    if not out.get("type") and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["x-kubernetes-preserve-unknown-fields"] = True  # `Any`: any JSON value
+    if out.get("type") == "object" and "properties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def _schema_of(model: type[api._Model]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return dict(_resolve(raw, raw.get("$defs", {})))
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural schema of a JobBatch object."""
+    spec = _schema_of(api.JobBatchSpec)
+    validations = spec["properties"]["template"].get("x-kubernetes-validations", [])
+    spec["properties"]["template"] = {
+        **_TEMPLATE_SCHEMA,
+        "description": spec["properties"]["template"]["description"],
+        "x-kubernetes-validations": [v for v in validations if v["rule"] == "self == oldSelf"],
+    }
+    # Nested objects whose fields all have defaults get `default: {}` so the API
+    # server fills them in (kubectl get -o yaml shows the effective retry policy).
+    for name in ("retry",):
+        spec["properties"][name]["default"] = {}
+    spec["properties"]["retry"]["properties"]["backoff"]["default"] = {}
+    status = _schema_of(api.JobBatchStatus)
+    return {
+        "type": "object",
+        "description": api.JobBatch.__doc__,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Done", "type": "string", "jsonPath": ".status.progress", "description": "finished/total shards"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.shards.running"},
+    {"name": "Failed", "type": "integer", "jsonPath": ".status.shards.failed"},
+    {"name": "Priority", "type": "string", "jsonPath": ".spec.priorityClassName"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": api.SHORT_NAMES,
+                "categories": ["all"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated by `python -m jobbatch.crd` from operator/jobbatch/api.py. Do not edit.\n"
+    return header + yaml.safe_dump(json.loads(json.dumps(crd())), sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

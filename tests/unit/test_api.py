@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from jobbatch import api, crd
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "jobbatch.io_jobbatches.yaml"
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert CRD_FILE.read_text() == crd.render(), "crds/ drifted from jobbatch.api: run `make crds`"
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for name, sub in node.get("properties", {}).items():
+            out += _walk(sub, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            out += _walk(node["items"], f"{path}[]")
+    return out
+
+
+def test_schema_is_structural() -> None:
+    schema = crd.openapi_schema()
+    for path, node in _walk(schema):
+        assert "$ref" not in node, path
+        assert "anyOf" not in node, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields"), path
+
+
+def test_every_spec_field_is_described() -> None:
+    spec = crd.openapi_schema()["properties"]["spec"]
+    for path, node in _walk(spec):
+        if path.count(".") == 1:  # top-level spec fields are what `kubectl explain` shows first
+            assert node.get("description"), path
+
+
+def test_printer_columns_and_short_name() -> None:
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    version = doc["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase", "Done", "Running", "Failed", "Priority", "Age",
+    ]  # fmt: skip
+    assert doc["spec"]["names"]["shortNames"] == ["jb"]
+    assert version["subresources"] == {"status": {}}
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
+        "payloads": {"count": 5},
+    }
+    return {**base, **overrides}
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    spec = api.JobBatchSpec.model_validate(_spec())
+    assert (spec.shard_size, spec.parallelism, spec.suspend, spec.max_failed_shards) == (1, 10, False, 0)
+    assert spec.retry.limit == 3
+    assert (spec.retry.backoff.initial_seconds, spec.retry.backoff.multiplier) == (10.0, 2.0)
+    assert (spec.retry.backoff.max_seconds, spec.retry.backoff.jitter) == (600.0, 0.1)
+
+
+@pytest.mark.parametrize("payloads", [{}, {"count": 1, "items": [1]}])
+def test_exactly_one_payload_source(payloads: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="exactly one of"):
+        api.JobBatchSpec.model_validate(_spec(payloads=payloads))
+
+
+def test_camel_case_round_trip() -> None:
+    spec = api.JobBatchSpec.model_validate(_spec(shardSize=7, retry={"nonRetryableExitCodes": [3]}))
+    dumped = spec.dump()
+    assert dumped["shardSize"] == 7
+    assert dumped["retry"]["nonRetryableExitCodes"] == [3]
