@@ -236,6 +236,7 @@ class JobBatchStatus(_Model):
     phase: Phase = Field(default="Pending", description="Pending, Running, Suspended, Succeeded or Failed.")
     observed_generation: int | None = Field(default=None, description="The spec generation last acted upon.")
     shards: ShardCounts = Field(default_factory=ShardCounts, description="Shards by state.")
+    item_count: int | None = Field(default=None, description="Items in the batch, known once it is accepted.")
     progress: str = Field(default="", description='Finished (succeeded + failed) over total shards, e.g. "41/100".')
     succeeded_shards: str = Field(default="", description='Indexes of succeeded shards, e.g. "0-41,43".')
     failed_shards: str = Field(default="", description="Indexes of permanently failed shards.")
