@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="kopf liveness endpoint URL (empty disables it; env JOBBATCH_LIVENESS_ENDPOINT)",
     )
     run.add_argument(
+        "--api-qps",
+        type=float,
+        default=float(os.environ.get("JOBBATCH_API_QPS") or defaults.api_qps),
+        help="sustained rate of the operator's API calls (env JOBBATCH_API_QPS)",
+    )
+    run.add_argument(
+        "--api-burst",
+        type=int,
+        default=_env_int("JOBBATCH_API_BURST", defaults.api_burst),
+        help="burst of the operator's API calls (env JOBBATCH_API_BURST)",
+    )
+    run.add_argument(
         "--log-level",
         default=os.environ.get("JOBBATCH_LOG_LEVEL", defaults.log_level),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -74,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         metrics_port=args.metrics_port,
         liveness_endpoint=args.liveness_endpoint,
         log_level=args.log_level,
+        api_qps=args.api_qps,
+        api_burst=args.api_burst,
     )
 
 

@@ -23,12 +23,17 @@ class OperatorConfig:
     # kopf's liveness endpoint (an empty string disables it).
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
     log_level: str = "INFO"
+    # Client-side limit on the operator's own API calls (watches excluded).
+    api_qps: float = 50.0
+    api_burst: int = 100
 
     def __post_init__(self) -> None:
         if self.max_running_shards < 0:
             raise ValueError("max_running_shards must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0 disables metrics)")
+        if self.api_qps <= 0 or self.api_burst < 1:
+            raise ValueError("api_qps must be > 0 and api_burst >= 1")
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
             raise ValueError(f"unknown log level {self.log_level!r}")
 

@@ -32,8 +32,13 @@ class ShardJob:
     exit_code: int | None = None
     reason: str = ""
     message: str = ""
-    has_finalizer: bool = True
+    finalizers: tuple[str, ...] = (SHARD_FINALIZER,)
     deleting: bool = False
+    started_at: datetime.datetime | None = None
+
+    @property
+    def has_finalizer(self) -> bool:
+        return SHARD_FINALIZER in self.finalizers
 
     @property
     def finished(self) -> bool:
@@ -67,8 +72,9 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         "name": meta.get("name", ""),
         "shard": shard,
         "attempt": attempt,
-        "has_finalizer": SHARD_FINALIZER in (meta.get("finalizers") or []),
+        "finalizers": tuple(meta.get("finalizers") or ()),
         "deleting": deleting,
+        "started_at": parse_time(status.get("startTime")),
     }
     if "Complete" in conditions:
         return ShardJob(

@@ -67,6 +67,8 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    # Posted only once the status recording the transition is written (False: tied to an action).
+    on_status: bool = True
 
 
 @dataclasses.dataclass
@@ -362,6 +364,7 @@ def plan(
                         "ShardRetrying",
                         f"retrying shard {job.shard}: attempt {job.attempt + 1} of {spec.retry.limit + 1} "
                         f"after attempt {job.attempt} failed ({why})",
+                        on_status=False,
                     )
                 )
             launched_now += 1

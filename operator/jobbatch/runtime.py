@@ -1,4 +1,4 @@
-"""Start kopf with the operator's settings.
+"""Start kopf with the operator's settings and shared state.
 
 kopf's defaults are tuned for small clusters; each setting below names the
 problem it avoids so a reader can judge it against their cluster.
@@ -12,9 +12,15 @@ from typing import Any
 
 import kopf
 
+from jobbatch import api, handlers, metrics
 from jobbatch.config import OperatorConfig
+from jobbatch.dispatch import Dispatcher
+from jobbatch.kube import Kube, new_api_client
+from jobbatch.state import Runtime
 
 logger = logging.getLogger("jobbatch")
+
+__all__ = ["configure_kopf", "handlers", "run"]  # handlers: imported to register them with kopf
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -25,6 +31,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 330
+    # Watch only our shard Jobs, filtered by the API server rather than in memory.
+    settings.watching.label_selectors["batch", "jobs"] = api.LABEL_BATCH_UID
     # kopf's own state on our objects goes under our API group, not kopf.zalando.org.
     settings.persistence.finalizer = "jobbatch.io/kopf-finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="jobbatch.io")
@@ -40,8 +48,18 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
     config: OperatorConfig = memo["config"]
+    kube = Kube(await new_api_client(), qps=config.api_qps, burst=config.api_burst)
+    memo["runtime"] = Runtime(config=config, kube=kube, dispatcher=Dispatcher(config.max_running_shards))
+    metrics.serve(config.metrics_port)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     logger.info("jobbatch operator started, watching %s", scope)
+
+
+@kopf.on.cleanup()
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.kube.api_client.close()
 
 
 def run(config: OperatorConfig) -> None:
@@ -50,6 +68,8 @@ def run(config: OperatorConfig) -> None:
         level=config.log_level,
         format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
     )
+    if config.log_level != "DEBUG":
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     memo = kopf.Memo(config=config)
     asyncio.run(
         kopf.operator(

@@ -1,0 +1,268 @@
+"""Kubernetes I/O: the only module that calls the API (besides kopf's own watches).
+
+Every call goes through one token-bucket rate limiter and retries 429, 5xx and
+connection errors with capped exponential backoff. AlreadyExists on create and
+NotFound on delete are the expected outcomes of idempotent calls, not errors;
+409 Conflict on an optimistic write is returned to the caller, which re-plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jobbatch import api
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RETRIABLE = {429, 500, 502, 503, 504}
+# Passed as **kwargs: the generated signatures omit `_content_type`, which the client accepts.
+_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+
+
+class Conflict(Exception):
+    """An optimistic write lost a race (HTTP 409); re-read and re-plan."""
+
+
+class RateLimiter:
+    """A token bucket: ``qps`` sustained, ``burst`` at once."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps, self.burst = qps, burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.qps)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.qps)
+
+
+async def new_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """The operator's API calls, each one rate-limited and retried."""
+
+    def __init__(self, api_client: client.ApiClient, *, qps: float = 50, burst: int = 100, attempts: int = 6) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.scheduling = client.SchedulingV1Api(api_client)
+        self.limiter = RateLimiter(qps, burst)
+        self.attempts = attempts
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.1
+        for attempt in range(1, self.attempts + 1):
+            await self.limiter.acquire()
+            try:
+                return await fn()
+            except ApiException as exc:
+                if exc.status not in _RETRIABLE or attempt == self.attempts:
+                    raise
+                retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
+                logger.info("%s: HTTP %s, retrying in %.1fs", what, exc.status, wait)
+            except (TimeoutError, OSError) as exc:
+                if attempt == self.attempts:
+                    raise
+                wait = delay
+                logger.info("%s: %s, retrying in %.1fs", what, exc, wait)
+            await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return dict(self.api_client.sanitize_for_serialization(obj))
+
+    # -- JobBatch -----------------------------------------------------------------------------
+    async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = await self._call(
+                f"get jobbatch {namespace}/{name}",
+                lambda: self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body)
+
+    async def patch_batch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        """Write the status if the object is unchanged since ``resource_version`` read; else Conflict."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            result = await self._call(
+                f"patch jobbatch {namespace}/{name} status",
+                lambda: self.custom.patch_namespaced_custom_object_status(
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, body, **_MERGE_PATCH
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"jobbatch {namespace}/{name} changed since it was read") from None
+            raise
+        return dict(result)
+
+    async def delete_batch(self, namespace: str, name: str, uid: str) -> None:
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid), propagation_policy="Background")
+        try:
+            await self._call(
+                f"delete jobbatch {namespace}/{name}",
+                lambda: self.custom.delete_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, body=options
+                ),
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    # -- shard Jobs ---------------------------------------------------------------------------
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a Job; False if it already existed (deterministic names make that "already done")."""
+        try:
+            await self._call(
+                f"create job {namespace}/{body['metadata']['name']}",
+                lambda: self.batch.create_namespaced_job(namespace, body),  # type: ignore[arg-type]
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
+        try:
+            await self._call(
+                f"{'suspend' if suspend else 'resume'} job {namespace}/{name}",
+                lambda: self.batch.patch_namespaced_job(
+                    name, namespace, {"spec": {"suspend": suspend}}, **_MERGE_PATCH
+                ),
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def release_job(self, namespace: str, name: str, finalizers: tuple[str, ...]) -> None:
+        """Remove the shard finalizer; a JSON-patch ``test`` guards against a changed finalizer list."""
+        if api.SHARD_FINALIZER not in finalizers:
+            return
+        index = finalizers.index(api.SHARD_FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.SHARD_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            await self._call(
+                f"release job {namespace}/{name}",
+                lambda: self.batch.patch_namespaced_job(name, namespace, ops),
+            )
+        except ApiException as exc:
+            if exc.status == 422:  # the list changed under us: the next pass sees the new list
+                raise Conflict(f"finalizers of job {namespace}/{name} changed") from None
+            if exc.status != 404:
+                raise
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        options = client.V1DeleteOptions(propagation_policy="Background")
+        try:
+            await self._call(
+                f"delete job {namespace}/{name}",
+                lambda: self.batch.delete_namespaced_job(name, namespace, body=options),
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # -- what acceptance reads and writes -----------------------------------------------------
+    async def get_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            cm = await self._call(
+                f"get configmap {namespace}/{name}", lambda: self.core.read_namespaced_config_map(name, namespace)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(cm.data or {})
+
+    async def create_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            await self._call(
+                f"create configmap {namespace}/{body['metadata']['name']}",
+                lambda: self.core.create_namespaced_config_map(namespace, body),  # type: ignore[arg-type]
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def get_priority_value(self, name: str) -> int | None:
+        """The value of a PriorityClass, or None if there is no such class."""
+        try:
+            pc = await self._call(f"get priorityclass {name}", lambda: self.scheduling.read_priority_class(name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return int(pc.value)
+
+    # -- Events -------------------------------------------------------------------------------
+    async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the JobBatch (``kubectl describe`` shows it). Failures are logged, not raised."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "jobbatch-operator"},
+            "reportingComponent": "jobbatch.io/operator",
+            "reportingInstance": "jobbatch-operator",
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        try:
+            await self._call(
+                f"post event {reason}",
+                lambda: self.core.create_namespaced_event(meta["namespace"], event),  # type: ignore[arg-type]
+            )
+        except ApiException as exc:
+            logger.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)

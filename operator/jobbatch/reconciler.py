@@ -1,0 +1,298 @@
+"""One JobBatch's reconcile loop: gather inputs, ask the planner, apply the plan.
+
+The loop is woken by watch events (the batch, its Jobs) and by the planner's
+requeue time; each pass re-reads the batch with a GET, so it always plans from the
+status it last wrote (watch caches may lag behind our own writes). Jobs come from
+the kopf index, plus in-memory *expectations* for Jobs this process created,
+resumed or suspended but whose events have not arrived yet -- without them a
+lagging watch would let a pass launch past ``parallelism``.
+
+Order of effects in a pass: create/resume/suspend Jobs, release and delete Jobs
+whose outcome the *persisted* status already records, write the status (at most
+about once a second), then post Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from jobbatch import manifests, metrics, payloads
+from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, JobBatchSpec, JobBatchStatus
+from jobbatch.dispatch import Dispatcher
+from jobbatch.kube import Conflict, Kube
+from jobbatch.observed import ShardJob
+from jobbatch.planner import Acceptance, Batch, Launch, Plan, plan, set_condition
+
+logger = logging.getLogger(__name__)
+
+MIN_STATUS_INTERVAL = 1.0  # seconds between status writes of one batch
+RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
+COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
+EXPECTATION_TTL = 60.0  # forget an expectation the watch never confirmed
+PRIORITY_CACHE_SECONDS = 30.0
+CREATE_CONCURRENCY = 16
+ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class BatchGone(Exception):
+    """The batch is deleted (or replaced): the loop ends."""
+
+
+@dataclasses.dataclass
+class _Expectation:
+    shard: int
+    attempt: int
+    state: Literal["active", "suspended"]
+    since: float
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class BatchReconciler:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        dispatcher: Dispatcher,
+        namespace: str,
+        name: str,
+        uid: str,
+        jobs: Callable[[], Iterable[ShardJob]],
+        clock: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
+        self.kube, self.dispatcher = kube, dispatcher
+        self.namespace, self.name, self.uid = namespace, name, uid
+        self._jobs, self._clock = jobs, clock
+        self.wake = asyncio.Event()
+        self._expected: dict[str, _Expectation] = {}
+        self._last_status_write = float("-inf")
+        self._finishes: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._finish_seen: set[str] = set()
+        self._priority: tuple[float, int] = (float("-inf"), 0)
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def run(self, stopped: Any) -> None:
+        """Reconcile until the batch is gone, finished and cleaned up, or ``stopped`` is set."""
+        errors = 0
+        while not stopped:
+            self.wake.clear()
+            try:
+                started = time.monotonic()
+                requeue = await self.reconcile_once()
+                metrics.reconcile_duration.observe(time.monotonic() - started)
+                errors = 0
+            except BatchGone:
+                return
+            except Conflict as exc:
+                logger.debug("%s/%s: %s; re-planning", self.namespace, self.name, exc)
+                requeue = 0.0
+            except Exception:
+                metrics.reconcile_errors.labels(self.namespace).inc()
+                requeue = ERROR_BACKOFF[min(errors, len(ERROR_BACKOFF) - 1)]
+                errors += 1
+                logger.exception("%s/%s: reconcile failed; retrying in %.0fs", self.namespace, self.name, requeue)
+            if requeue is None:
+                requeue = RESYNC_INTERVAL
+            await self._sleep(min(requeue, RESYNC_INTERVAL), stopped)
+
+    async def _sleep(self, timeout: float, stopped: Any) -> None:
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stopped.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        await asyncio.sleep(COALESCE_DELAY)
+
+    # -- one pass -----------------------------------------------------------------------------
+    async def reconcile_once(self) -> float | None:
+        """One pass; returns seconds until the next one is due (None: only on events)."""
+        body = await self.kube.get_batch(self.namespace, self.name)
+        meta = (body or {}).get("metadata", {})
+        if body is None or meta.get("uid") != self.uid or meta.get("deletionTimestamp"):
+            raise BatchGone
+        status = JobBatchStatus.model_validate(body.get("status") or {})
+        try:
+            spec = JobBatchSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            await self._reject_spec(body, status, exc)
+            return None
+        batch = Batch(self.name, self.namespace, self.uid, int(meta.get("generation", 1)), spec, status)
+        accepted = status.condition("Accepted")
+        acceptance = None
+        if accepted is None or accepted.status != "True":
+            acceptance = await self._accept(spec)
+        observed = self._observed()
+        budget = None
+        if self.dispatcher.cap:
+            created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+            self.dispatcher.register(self.uid, await self._priority_value(spec), created, self.wake)
+            budget = self.dispatcher.budget(self.uid, spec.parallelism)
+        decision = plan(batch, observed, self._clock(), acceptance=acceptance, launch_budget=budget)
+        try:
+            requeue = await self._apply(decision, body, spec, status, observed)
+        finally:
+            if self.dispatcher.cap:
+                self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
+        metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
+        finished = status.phase in TERMINAL_PHASES and not decision.status_changed
+        idle = not (decision.create or decision.release or decision.delete or decision.suspend or decision.resume)
+        if finished and idle and decision.requeue_after is None:
+            raise BatchGone  # nothing left to do for this batch, ever
+        return requeue
+
+    def _observed(self) -> list[ShardJob]:
+        jobs = {job.name: job for job in self._jobs()}
+        now = time.monotonic()
+        for name, exp in list(self._expected.items()):
+            seen = jobs.get(name)
+            confirmed = seen is not None and (seen.state == exp.state or seen.finished)
+            if confirmed or now - exp.since > EXPECTATION_TTL:
+                del self._expected[name]
+            elif seen is None:
+                jobs[name] = ShardJob(name=name, shard=exp.shard, attempt=exp.attempt, state=exp.state)
+            else:
+                jobs[name] = dataclasses.replace(seen, state=exp.state)
+        # Remember when each attempt was first seen finished: dispatch latency starts there.
+        for job in jobs.values():
+            if job.finished and job.has_finalizer and job.name not in self._finish_seen:
+                self._finish_seen.add(job.name)
+                self._finishes.append(now)
+        self._finish_seen &= set(jobs)
+        return list(jobs.values())
+
+    async def _accept(self, spec: JobBatchSpec) -> Acceptance:
+        """The checks only the operator can make; on success the payload snapshot exists."""
+        if spec.priority_class_name and await self.kube.get_priority_value(spec.priority_class_name) is None:
+            return Acceptance(
+                False, "PriorityClassNotFound", f'PriorityClass "{spec.priority_class_name}" does not exist'
+            )
+        data = None
+        ref = spec.payloads.config_map
+        if ref is not None:
+            data = await self.kube.get_configmap_data(self.namespace, ref.name)
+            if data is None:
+                return Acceptance(
+                    False, "ConfigMapNotFound", f'ConfigMap "{ref.name}" not found in namespace "{self.namespace}"'
+                )
+        try:
+            items = payloads.prepare(spec, data)
+        except payloads.PayloadError as exc:
+            return Acceptance(False, exc.reason, exc.message)
+        if items.jsonl is not None:
+            cm = manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
+            await self.kube.create_configmap(self.namespace, cm)
+        return Acceptance(True, "Accepted", "", item_count=items.count)
+
+    async def _priority_value(self, spec: JobBatchSpec) -> int:
+        expires, value = self._priority
+        if time.monotonic() < expires:
+            return value
+        found = await self.kube.get_priority_value(spec.priority_class_name) if spec.priority_class_name else 0
+        self._priority = (time.monotonic() + PRIORITY_CACHE_SECONDS, found or 0)
+        return found or 0
+
+    async def _reject_spec(self, body: dict[str, Any], status: JobBatchStatus, exc: ValidationError) -> None:
+        """A spec the API server let through but the operator cannot use (e.g. a schema older than ours)."""
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())[:1000]
+        meta = body["metadata"]
+        new = status.model_copy(deep=True)
+        new.conditions = set_condition(
+            new.conditions, "Accepted", "False", "InvalidSpec", message, self._clock(), int(meta.get("generation", 1))
+        )
+        if new.dump() != status.dump():
+            await self.kube.patch_batch_status(self.namespace, self.name, new.dump(), meta["resourceVersion"])
+            await self.kube.post_event(body, "Warning", "InvalidSpec", message)
+
+    # -- applying a plan ----------------------------------------------------------------------
+    async def _apply(
+        self,
+        decision: Plan,
+        body: dict[str, Any],
+        spec: JobBatchSpec,
+        persisted: JobBatchStatus,
+        observed: list[ShardJob],
+    ) -> float | None:
+        ns = self.namespace
+        requeue = decision.requeue_after
+        item_count = decision.status.item_count or 0
+        limit = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+        async def create(launch: Launch) -> None:
+            manifest = manifests.shard_job(
+                name=self.name, namespace=ns, uid=self.uid, spec=spec, item_count=item_count,
+                shard=launch.shard, attempt=launch.attempt,
+            )  # fmt: skip
+            job_name = manifest["metadata"]["name"]
+            async with limit:
+                made = await self.kube.create_job(ns, manifest)
+            self._expected[job_name] = _Expectation(launch.shard, launch.attempt, "active", time.monotonic())
+            if made:
+                metrics.launches.labels(ns).inc()
+                if launch.attempt:
+                    metrics.retries.labels(ns).inc()
+                if self._finishes:
+                    metrics.dispatch_latency.observe(time.monotonic() - self._finishes.popleft())
+
+        await asyncio.gather(*(create(launch) for launch in decision.create))
+        by_name = {job.name: job for job in observed}
+        for job_name in decision.resume:
+            await self.kube.set_job_suspended(ns, job_name, False)
+            job = by_name[job_name]
+            self._expected[job_name] = _Expectation(job.shard, job.attempt, "active", time.monotonic())
+        for job_name in decision.suspend:
+            await self.kube.set_job_suspended(ns, job_name, True)
+            job = by_name[job_name]
+            self._expected[job_name] = _Expectation(job.shard, job.attempt, "suspended", time.monotonic())
+        for job_name in decision.release:
+            job = by_name[job_name]
+            await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
+            if job.finished and job.started_at and job.finished_at:
+                duration = (job.finished_at - job.started_at).total_seconds()
+                metrics.attempt_duration.labels(job.state).observe(max(0.0, duration))
+        for job_name in decision.delete:
+            await self.kube.delete_job(ns, job_name)
+
+        written = False
+        if decision.status_changed:
+            wait = MIN_STATUS_INTERVAL - (time.monotonic() - self._last_status_write)
+            if wait > 0:
+                requeue = wait if requeue is None else min(requeue, wait)
+            else:
+                meta = body["metadata"]
+                await self.kube.patch_batch_status(ns, self.name, decision.status.dump(), meta["resourceVersion"])
+                self._last_status_write = time.monotonic()
+                metrics.status_writes.labels(ns).inc()
+                written = True
+        for event in decision.events:
+            # Transition events are re-derived from the persisted status until it is written.
+            if written or not event.on_status:
+                await self.kube.post_event(body, event.type, event.reason, event.message)
+        if decision.delete_batch:
+            logger.info("%s/%s: ttlSecondsAfterFinished passed; deleting the batch", ns, self.name)
+            await self.kube.delete_batch(ns, self.name, self.uid)
+            raise BatchGone
+        return requeue
+
+
+async def release_orphan(kube: Kube, job: dict[str, Any]) -> None:
+    """Release a shard Job whose batch is gone (deleted while its Jobs held the shard finalizer)."""
+    meta = job["metadata"]
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "JobBatch"]
+    if owners:
+        batch = await kube.get_batch(meta["namespace"], owners[0]["name"])
+        if batch is not None and batch["metadata"]["uid"] == owners[0]["uid"]:
+            return  # the batch lives: its own reconciler decides
+    logger.info("releasing shard job %s/%s: its JobBatch is gone", meta["namespace"], meta["name"])
+    await kube.release_job(meta["namespace"], meta["name"], tuple(meta.get("finalizers") or ()))
