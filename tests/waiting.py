@@ -19,7 +19,7 @@ INTERVAL = 0.25
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     what: str,
     timeout: float = TIMEOUT,
@@ -29,9 +29,10 @@ async def eventually(
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
-        last = await probe()
-        if last:
-            return last
+        result = await probe()
+        if result:
+            return result
+        last = result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last saw: {last!r}")
         await asyncio.sleep(interval)

@@ -68,7 +68,7 @@ async def new_api_client() -> client.ApiClient:
 class Kube:
     """The operator's API calls, each one rate-limited and retried."""
 
-    def __init__(self, api_client: client.ApiClient, *, qps: float = 50, burst: int = 100, attempts: int = 6) -> None:
+    def __init__(self, api_client: client.ApiClient, *, qps: float = 200, burst: int = 400, attempts: int = 6) -> None:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)

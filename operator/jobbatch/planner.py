@@ -373,7 +373,9 @@ def plan(
                 break
             out.create.append(Launch(shard, 0))
             launched_now += 1
-        if launched_now and status.start_time is None:
+        # Started = some attempt exists or is being launched. Derived from what is observed, not from
+        # "launched in this pass": a pass whose status write lost a race has still created Jobs.
+        if status.start_time is None and (launched_now or latest):
             status.start_time = now
             out.events.append(Event("Normal", "Started", f"launching {total} shards, parallelism {spec.parallelism}"))
         if status.phase == "Suspended":

@@ -39,7 +39,7 @@ RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
 COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
 EXPECTATION_TTL = 60.0  # forget an expectation the watch never confirmed
 PRIORITY_CACHE_SECONDS = 30.0
-CREATE_CONCURRENCY = 16
+API_CONCURRENCY = 32  # API calls in flight per batch pass
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -227,7 +227,7 @@ class BatchReconciler:
         ns = self.namespace
         requeue = decision.requeue_after
         item_count = decision.status.item_count or 0
-        limit = asyncio.Semaphore(CREATE_CONCURRENCY)
+        limit = asyncio.Semaphore(API_CONCURRENCY)
 
         async def create(launch: Launch) -> None:
             manifest = manifests.shard_job(
@@ -245,24 +245,36 @@ class BatchReconciler:
                 if self._finishes:
                     metrics.dispatch_latency.observe(time.monotonic() - self._finishes.popleft())
 
-        await asyncio.gather(*(create(launch) for launch in decision.create))
         by_name = {job.name: job for job in observed}
-        for job_name in decision.resume:
-            await self.kube.set_job_suspended(ns, job_name, False)
+
+        async def set_suspended(job_name: str, suspend: bool) -> None:
+            async with limit:
+                await self.kube.set_job_suspended(ns, job_name, suspend)
             job = by_name[job_name]
-            self._expected[job_name] = _Expectation(job.shard, job.attempt, "active", time.monotonic())
-        for job_name in decision.suspend:
-            await self.kube.set_job_suspended(ns, job_name, True)
+            state: Literal["active", "suspended"] = "suspended" if suspend else "active"
+            self._expected[job_name] = _Expectation(job.shard, job.attempt, state, time.monotonic())
+
+        async def release(job_name: str) -> None:
             job = by_name[job_name]
-            self._expected[job_name] = _Expectation(job.shard, job.attempt, "suspended", time.monotonic())
-        for job_name in decision.release:
-            job = by_name[job_name]
-            await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
+            async with limit:
+                await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
             if job.finished and job.started_at and job.finished_at:
                 duration = (job.finished_at - job.started_at).total_seconds()
                 metrics.attempt_duration.labels(job.state).observe(max(0.0, duration))
-        for job_name in decision.delete:
-            await self.kube.delete_job(ns, job_name)
+
+        async def delete(job_name: str) -> None:
+            async with limit:
+                await self.kube.delete_job(ns, job_name)
+
+        await asyncio.gather(
+            *(create(launch) for launch in decision.create),
+            *(set_suspended(n, False) for n in decision.resume),
+            *(set_suspended(n, True) for n in decision.suspend),
+        )
+        # Releases only follow outcomes the persisted status records, so they need no ordering
+        # against this pass's status write; deletes follow releases of the same Jobs.
+        await asyncio.gather(*(release(n) for n in decision.release))
+        await asyncio.gather(*(delete(n) for n in decision.delete))
 
         written = False
         if decision.status_changed:

@@ -69,7 +69,9 @@ def run(config: OperatorConfig) -> None:
         format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
     )
     if config.log_level != "DEBUG":
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        # kopf logs every handler call at INFO: thousands of lines per large batch.
+        for noisy in ("aiohttp.access", "kopf.objects"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     memo = kopf.Memo(config=config)
     asyncio.run(
         kopf.operator(

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client, config
 
 from e2e import tools
-from e2e.cluster import LocalCluster, Settings
+from e2e.cluster import LocalCluster, Settings, wait_until
+from tests.integration.harness import CRD_FILE, Batches, OperatorProcess
 
 _CLUSTER: LocalCluster | None = None
+_OPERATOR_LOGS: list[Path] = []
+
+# The test plane lifts the controller-manager's client limits (Kubernetes defaults: 20 qps,
+# burst 30, 5 Job workers) so the 2,000-shard test measures the operator, not throttling.
+TEST_CLUSTER = Settings(name="pytest", kcm_api_qps=200, kcm_api_burst=400, concurrent_job_syncs=50)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,7 +39,7 @@ def kubeconfig() -> Iterator[Path]:
     if explicit:
         yield Path(explicit)
         return
-    _CLUSTER = LocalCluster(Settings(name="pytest"))
+    _CLUSTER = LocalCluster(TEST_CLUSTER)
     try:
         _CLUSTER.up()
         yield _CLUSTER.kubeconfig
@@ -43,8 +50,13 @@ def kubeconfig() -> Iterator[Path]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     report = yield
-    if report.failed and _CLUSTER is not None:  # type: ignore[attr-defined]
-        report.sections.append(("control plane logs (tail)", _CLUSTER.log_tails()))  # type: ignore[attr-defined]
+    if report.failed:  # type: ignore[attr-defined]
+        for log in _OPERATOR_LOGS:
+            if log.exists():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-150:])
+                report.sections.append((f"operator log {log.name} (tail)", tail))  # type: ignore[attr-defined]
+        if _CLUSTER is not None:
+            report.sections.append(("control plane logs (tail)", _CLUSTER.log_tails()))  # type: ignore[attr-defined]
     return report
 
 
@@ -66,3 +78,43 @@ async def namespace(api: client.ApiClient) -> AsyncIterator[str]:
         yield name
     finally:
         await core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crd(kubeconfig: Path) -> None:
+    """The JobBatch CRD, installed once and served."""
+    kubectl = [str(tools.bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}"]
+    subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE)], check=True)
+    wait_until(
+        lambda: subprocess.run([*kubectl, "get", "jobbatches", "-A"], capture_output=True).returncode == 0,
+        timeout=60,
+        what="the jobbatches resource to be served",
+    )
+
+
+@pytest.fixture
+def batches(api: client.ApiClient, namespace: str, crd: None) -> Batches:
+    return Batches(api, namespace)
+
+
+OperatorFactory = Callable[..., Awaitable[OperatorProcess]]
+
+
+@pytest.fixture
+async def operator(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path) -> AsyncIterator[OperatorFactory]:
+    """Start `jobbatch run` processes watching the test's namespace; all are stopped at the end."""
+    started: list[OperatorProcess] = []
+
+    async def start(*args: str) -> OperatorProcess:
+        log = tmp_path / f"operator-{len(started)}.log"
+        _OPERATOR_LOGS.append(log)
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        proc = OperatorProcess(args=["--namespace", namespace, *args], env=env, log=log)
+        started.append(proc)
+        await proc.start()
+        return proc
+
+    yield start
+    for proc in started:
+        await proc.stop()
+    _OPERATOR_LOGS.clear()

@@ -257,3 +257,14 @@ def test_item_ranges_cover_all_items_once() -> None:
     assert ranges[0] == (0, 7)
     assert ranges[-1] == (49, 50)
     assert sum(end - start for start, end in ranges) == 50
+
+
+def test_start_is_derived_from_observed_attempts() -> None:
+    # A pass created Jobs but its status write lost a race: the next pass sees them running.
+    b = accepted(spec(parallelism=5, activeDeadlineSeconds=60), items=1)
+    p = plan(b, [job(0)], T0)
+    assert p.status.start_time == T0
+    assert p.status.phase == "Running"
+    assert "Started" in [e.reason for e in p.events]
+    late = plan(batch(b.spec, p.status), [job(0)], T0 + datetime.timedelta(seconds=61))
+    assert cond(late, "Failed") == ("True", "DeadlineExceeded")

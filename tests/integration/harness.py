@@ -1,0 +1,247 @@
+"""Helpers for tests that run the operator against the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jobbatch import api
+from tests.waiting import TIMEOUT, eventually
+
+MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "jobbatch.io_jobbatches.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclasses.dataclass
+class OperatorProcess:
+    """One `jobbatch run` process watching one namespace."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/healthz"
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "jobbatch.cli", "run", "--liveness-endpoint", url, "--metrics-port", "0",
+                *self.args, env=self.env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        await eventually(lambda: asyncio.to_thread(healthy, url), what=f"operator liveness {url}")
+
+    async def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies."""
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
+    async def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout=30)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+
+def template(**annotations: str) -> dict[str, Any]:
+    """A worker pod template; annotations steer the simulated pods (docs/testing.md)."""
+    return {
+        "metadata": {"annotations": {f"sim.jobbatch.io/{k.replace('_', '-')}": v for k, v in annotations.items()}},
+        "spec": {"containers": [{"name": "worker", "image": "example.invalid/worker:1"}]},
+    }
+
+
+class Batches:
+    """JobBatch calls for one namespace."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.ns = namespace
+
+    async def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
+        return dict(
+            await self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self.ns, api.PLURAL, body)
+        )
+
+    async def get(self, name: str) -> dict[str, Any]:
+        return dict(await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, self.ns, api.PLURAL, name))
+
+    async def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.ns, api.PLURAL, name, {"spec": spec}, **MERGE_PATCH
+        )
+
+    async def delete(self, name: str) -> None:
+        await self.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, self.ns, api.PLURAL, name)
+
+    async def exists(self, name: str) -> bool:
+        try:
+            await self.get(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def condition(self, name: str, ctype: str, status: str = "True") -> dict[str, Any] | None:
+        body = await self.get(name)
+        for cond in body.get("status", {}).get("conditions", []):
+            if cond["type"] == ctype and cond["status"] == status:
+                return body
+        return None
+
+    async def wait_for(self, name: str, ctype: str, status: str = "True", timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The batch once condition ``ctype`` has ``status``."""
+        return await eventually(
+            lambda: self.condition(name, ctype, status), what=f"jobbatch {name} {ctype}={status}", timeout=timeout
+        )
+
+    async def wait_status(
+        self, name: str, check: Callable[[dict[str, Any]], bool], what: str, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            status = (await self.get(name)).get("status", {})
+            return status if check(status) else None
+
+        return await eventually(probe, what=f"jobbatch {name}: {what}", timeout=timeout)
+
+    async def events(self, name: str) -> list[dict[str, Any]]:
+        found = await self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}")
+        return [{"type": e.type, "reason": e.reason, "message": e.message} for e in found.items]
+
+    async def jobs(self) -> list[Any]:
+        return list((await self.batch.list_namespaced_job(self.ns)).items)
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    conds = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conds)
+
+
+class JobRecorder:
+    """Watches every Job in a namespace for a whole test and keeps what a test asserts on.
+
+    Running attempts are counted at every event, in the API server's own order, so
+    ``max_running`` is the true peak, not a sample.
+    """
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.api_client = api_client
+        self.batch = client.BatchV1Api(api_client)
+        self.ns = namespace
+        self.creations: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self.created_at: dict[tuple[str, int, int], float] = {}
+        self.finished_at: dict[tuple[str, int, int], float] = {}
+        self.running: dict[str, tuple[str, int, int]] = {}  # job uid -> key
+        self.max_running: dict[str, int] = collections.defaultdict(int)
+        self.running_series: list[tuple[float, str, int]] = []
+        self._seen: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def _on(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        labels = meta.get("labels") or {}
+        if api.LABEL_SHARD not in labels:
+            return
+        key = (labels[api.LABEL_BATCH], int(labels[api.LABEL_SHARD]), int(labels[api.LABEL_ATTEMPT]))
+        now = time.monotonic()
+        if meta["uid"] not in self._seen:
+            self._seen.add(meta["uid"])
+            self.creations[key] += 1
+            self.created_at[key] = now
+        active = not _finished(job) and not (job.get("spec") or {}).get("suspend")
+        if active:
+            self.running[meta["uid"]] = key
+        else:
+            self.running.pop(meta["uid"], None)
+            if _finished(job):
+                self.finished_at.setdefault(key, now)
+        batch = key[0]
+        count = sum(1 for k in self.running.values() if k[0] == batch)
+        self.max_running[batch] = max(self.max_running[batch], count)
+        self.running_series.append((now, batch, count))
+
+    async def _run(self) -> None:
+        listing = await self.batch.list_namespaced_job(self.ns)
+        rv = listing.metadata.resource_version
+        sanitize = self.api_client.sanitize_for_serialization
+        for item in listing.items:
+            self._on(sanitize(item))
+        self._ready.set()
+        while True:
+            w = watch.Watch()
+            async with w.stream(
+                self.batch.list_namespaced_job, self.ns, resource_version=rv, timeout_seconds=300,
+                allow_watch_bookmarks=True, _preload_content=False,
+            ) as stream:  # fmt: skip
+                async for event in stream:
+                    obj = event["raw_object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._on(obj)
+                    elif event["type"] == "DELETED":
+                        self.running.pop(obj["metadata"]["uid"], None)
+
+    async def __aenter__(self) -> JobRecorder:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), timeout=TIMEOUT)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._task.done() and not self._task.cancelled() and self._task.exception():
+            raise self._task.exception()  # type: ignore[misc]
+
+    def attempts(self, batch: str) -> dict[int, list[int]]:
+        """Shard -> attempts created, for one batch."""
+        out: dict[int, list[int]] = collections.defaultdict(list)
+        for (b, shard, attempt), n in sorted(self.creations.items()):
+            if b == batch:
+                out[shard] += [attempt] * n
+        return dict(out)
+
+
+async def until(probe: Callable[[], Awaitable[Any]], what: str, timeout: float = TIMEOUT) -> Any:
+    return await eventually(probe, what=what, timeout=timeout)

@@ -1,0 +1,456 @@
+"""The operator runs JobBatches on the real control plane: shards, retries, limits, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client
+
+from jobbatch import api as jb
+from jobbatch import manifests, naming
+from tests.integration.conftest import OperatorFactory
+from tests.integration.harness import Batches, JobRecorder, template, until
+
+FAST_RETRY = {"limit": 3, "backoff": {"initialSeconds": 0, "jitter": 0}}
+
+
+def messages(events: list[dict[str, Any]], reason: str) -> list[str]:
+    return [e["message"] for e in events if e["reason"] == reason]
+
+
+async def test_inline_items_complete(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    items = [{"n": i} for i in range(7)]
+    async with JobRecorder(api, namespace) as jobs:
+        created = await batches.create(
+            "inline", {"template": template(duration="1s"), "payloads": {"items": items}, "shardSize": 2}
+        )
+        done = await batches.wait_for("inline", "Complete")
+
+    status = done["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["shards"] == {"total": 4, "pending": 0, "running": 0, "retrying": 0, "succeeded": 4, "failed": 0}
+    assert status["succeededShards"] == "0-3"
+    assert status["progress"] == "4/4"
+    assert status["startTime"] <= status["completionTime"]
+    assert jobs.attempts("inline") == {0: [0], 1: [0], 2: [0], 3: [0]}
+    # The items reach the workers through an immutable snapshot, one item per line.
+    uid = created["metadata"]["uid"]
+    cm = await client.CoreV1Api(api).read_namespaced_config_map(naming.payload_configmap_name("inline", uid), namespace)
+    assert cm.immutable
+    assert cm.data[manifests.PAYLOAD_KEY].splitlines() == [f'{{"n":{i}}}' for i in range(7)]
+    # Succeeded attempt Jobs are removed once recorded.
+    await until(lambda: _no_jobs(batches), what="succeeded Jobs cleaned up")
+    reasons = [e["reason"] for e in await batches.events("inline")]
+    assert "Started" in reasons
+    assert "Completed" in reasons
+
+
+async def _no_jobs(batches: Batches) -> bool:
+    return not await batches.jobs()
+
+
+async def test_worker_pods_get_the_contract(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    await batches.create(
+        "contract",
+        {"template": template(duration="1h"), "payloads": {"items": ["a", "b", "c"]}, "shardSize": 2, "parallelism": 1},
+    )
+
+    async def first_pod() -> Any:
+        pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items
+        return pods[0] if pods else None
+
+    pod = await until(first_pod, what="the first worker pod")
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert env["JOBBATCH_NAME"] == "contract"
+    assert env["JOBBATCH_NAMESPACE"] == namespace
+    assert (env["JOBBATCH_SHARD"], env["JOBBATCH_SHARD_COUNT"], env["JOBBATCH_ATTEMPT"]) == ("0", "2", "0")
+    assert (env["JOBBATCH_ITEM_START"], env["JOBBATCH_ITEM_END"]) == ("0", "2")
+    assert env["JOBBATCH_PAYLOAD_FILE"] == manifests.PAYLOAD_FILE
+    assert pod.spec.restart_policy == "Never"
+    assert pod.metadata.labels[jb.LABEL_SHARD] == "0"
+    assert pod.metadata.labels[jb.LABEL_ATTEMPT] == "0"
+    job = (await batches.jobs())[0]
+    assert jb.SHARD_FINALIZER in job.metadata.finalizers
+    assert job.metadata.owner_references[0].kind == "JobBatch"
+
+
+async def test_configmap_source(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    lines = "\n".join(f'{{"url": "https://example.invalid/{i}"}}' for i in range(5))
+    await client.CoreV1Api(api).create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="inputs"), data={"urls.jsonl": lines})
+    )
+    spec = {
+        "template": template(),
+        "payloads": {"configMap": {"name": "inputs", "key": "urls.jsonl"}},
+        "payloadSchema": {"type": "object", "required": ["url"]},
+        "shardSize": 2,
+    }
+    await batches.create("from-cm", spec)
+    done = await batches.wait_for("from-cm", "Complete")
+    assert done["status"]["itemCount"] == 5
+    assert done["status"]["shards"]["total"] == 3
+
+
+async def test_count_source(api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory) -> None:
+    await operator()
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create(
+            "counted", {"template": template(), "payloads": {"count": 1000}, "shardSize": 100, "parallelism": 4}
+        )
+        done = await batches.wait_for("counted", "Complete")
+    assert done["status"]["succeededShards"] == "0-9"
+    assert sorted(jobs.attempts("counted")) == list(range(10))
+    cms = (await client.CoreV1Api(api).list_namespaced_config_map(namespace)).items
+    assert not [cm for cm in cms if cm.metadata.name.endswith("-payloads")]  # no data, no snapshot
+
+
+async def test_parallelism_is_never_exceeded(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create(
+            "bounded", {"template": template(duration="500ms"), "payloads": {"count": 40}, "parallelism": 5}
+        )
+        await batches.wait_for("bounded", "Complete")
+    assert jobs.max_running["bounded"] == 5  # reached, never passed
+    assert all(count <= 5 for _, batch, count in jobs.running_series if batch == "bounded")
+    assert jobs.attempts("bounded") == {i: [0] for i in range(40)}
+
+
+async def test_retry_then_success_follows_backoff(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {
+        "template": template(exit_code="1", fail_shards="1", fail_attempts="0,1"),
+        "payloads": {"count": 3},
+        "retry": {"limit": 3, "backoff": {"initialSeconds": 2, "multiplier": 2, "jitter": 0}},
+    }
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("flaky", spec)
+        done = await batches.wait_for("flaky", "Complete")
+    assert jobs.attempts("flaky") == {0: [0], 1: [0, 1, 2], 2: [0]}
+    # Retry n waits initialSeconds * multiplier^n after the failure: 2 s, then 4 s.
+    first_wait = jobs.created_at[("flaky", 1, 1)] - jobs.finished_at[("flaky", 1, 0)]
+    second_wait = jobs.created_at[("flaky", 1, 2)] - jobs.finished_at[("flaky", 1, 1)]
+    # Failure times are recorded with whole-second precision, so each wait is within a second of nominal.
+    assert 1.0 <= first_wait <= 3.5, first_wait
+    assert 3.0 <= second_wait <= 5.5, second_wait
+    assert done["status"]["shards"]["succeeded"] == 3
+    assert len(messages(await batches.events("flaky"), "ShardRetrying")) == 2
+
+
+async def test_non_retryable_exit_code_fails_at_once(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {
+        "template": template(exit_code="3", fail_shards="1"),
+        "payloads": {"count": 3},
+        "parallelism": 1,
+        "retry": {**FAST_RETRY, "nonRetryableExitCodes": [3]},
+    }
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("fatal", spec)
+        failed = await batches.wait_for("fatal", "Failed")
+    assert jobs.attempts("fatal")[1] == [0]  # no retry
+    assert 2 not in jobs.attempts("fatal")  # nothing launched after the batch failed
+    cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "ShardsFailed"
+    assert "shard 1 (NonRetryableExitCode, exit code 3)" in cond["message"]
+    assert failed["status"]["failedShards"] == "1"
+    assert failed["status"]["failures"][0]["exitCode"] == 3
+    assert messages(await batches.events("fatal"), "ShardFailed")
+
+
+async def test_max_failed_shards_exceeded_stops_the_batch(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    # Shards 0 and 1 fail; the others run 2 s, so they are still running when the batch fails.
+    spec = {
+        "template": template(exit_code="1", fail_shards="0,1", duration="2s"),
+        "payloads": {"count": 6},
+        "parallelism": 6,
+        "maxFailedShards": 1,
+        "retry": {"limit": 0},
+    }
+    await batches.create("too-many", spec)
+    failed = await batches.wait_for("too-many", "Failed")
+    assert failed["status"]["failedShards"] == "0-1"
+    cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert "2 shards failed permanently (maxFailedShards 1)" in cond["message"]
+    # Once the failure is recorded, the still-running attempts are stopped and deleted.
+    await until(lambda: _only_failed_jobs_left(batches), what="running shard Jobs stopped")
+
+
+async def _only_failed_jobs_left(batches: Batches) -> bool:
+    jobs = await batches.jobs()
+    return all(any(c.type == "Failed" for c in (j.status.conditions or [])) for j in jobs)
+
+
+async def test_shard_timeout_is_a_retryable_failure(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {
+        "template": template(duration="1h"),
+        "payloads": {"count": 1},
+        "shardTimeoutSeconds": 1,
+        "retry": {"limit": 1, "backoff": {"initialSeconds": 0, "jitter": 0}},
+    }
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("slow", spec)
+        failed = await batches.wait_for("slow", "Failed")
+    assert jobs.attempts("slow") == {0: [0, 1]}
+    assert failed["status"]["failures"][0]["reason"] == "RetriesExhausted"
+    assert "DeadlineExceeded" in failed["status"]["failures"][0]["message"]
+
+
+async def test_suspend_and_resume(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {"template": template(duration="3s"), "payloads": {"count": 4}, "parallelism": 2}
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("pausable", spec)
+        await batches.wait_status("pausable", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+        await batches.patch_spec("pausable", {"suspend": True})
+        suspended = await batches.wait_for("pausable", "Suspended")
+        assert suspended["status"]["phase"] == "Suspended"
+        await until(lambda: _all_jobs_suspended(batches), what="running Jobs suspended")
+        launched_while_suspended = sum(jobs.creations.values())
+        await batches.patch_spec("pausable", {"suspend": False})
+        await batches.wait_for("pausable", "Complete")
+    assert launched_while_suspended == 2
+    # Stopped attempts were resumed, not retried: every shard ran attempt 0 only.
+    assert jobs.attempts("pausable") == {i: [0] for i in range(4)}
+    reasons = [e["reason"] for e in await batches.events("pausable")]
+    assert "Suspended" in reasons
+    assert "Resumed" in reasons
+
+
+async def _all_jobs_suspended(batches: Batches) -> bool:
+    jobs = await batches.jobs()
+    return bool(jobs) and all(j.spec.suspend for j in jobs)
+
+
+async def test_parallelism_raised_mid_run(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("widen", {"template": template(duration="2s"), "payloads": {"count": 8}, "parallelism": 1})
+        await batches.wait_status("widen", lambda s: s.get("shards", {}).get("running") == 1, "1 running")
+        before = jobs.max_running["widen"]
+        await batches.patch_spec("widen", {"parallelism": 3})
+        await until(lambda: _running_at_least(jobs, "widen", 3), what="3 shards running after the change")
+        await batches.wait_for("widen", "Complete")
+    assert before == 1
+    assert jobs.max_running["widen"] == 3
+
+
+async def _running_at_least(jobs: JobRecorder, batch: str, n: int) -> bool:
+    return jobs.max_running[batch] >= n
+
+
+async def test_priority_orders_dispatch_under_the_cluster_cap(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    scheduling = client.SchedulingV1Api(api)
+    for name, value in ((f"{namespace}-high", 1000), (f"{namespace}-low", 10)):
+        await scheduling.create_priority_class(
+            client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value)
+        )
+    try:
+        await operator("--max-running-shards", "2")
+        async with JobRecorder(api, namespace) as jobs:
+            base = {"payloads": {"count": 4}, "parallelism": 2}
+            await batches.create(
+                "low", {**base, "template": template(duration="3s"), "priorityClassName": f"{namespace}-low"}
+            )
+            await until(lambda: _running_at_least(jobs, "low", 2), what="low batch holding the cap")
+            await batches.create(
+                "high", {**base, "template": template(duration="1s"), "priorityClassName": f"{namespace}-high"}
+            )
+            await batches.wait_for("high", "Complete")
+            await batches.wait_for("low", "Complete")
+        # Cap of 2 across both batches, and every high-priority shard started before low's remaining ones.
+        assert _max_total_running(jobs) <= 2
+        last_high = max(t for (b, _, _), t in jobs.created_at.items() if b == "high")
+        later_low = [t for (b, s, _), t in jobs.created_at.items() if b == "low" and s >= 2]
+        assert later_low
+        assert all(t > last_high for t in later_low)
+    finally:
+        for name in (f"{namespace}-high", f"{namespace}-low"):
+            await scheduling.delete_priority_class(name)
+
+
+def _max_total_running(jobs: JobRecorder) -> int:
+    current: dict[str, int] = {}
+    peak = 0
+    for _, batch, count in jobs.running_series:
+        current[batch] = count
+        peak = max(peak, sum(current.values()))
+    return peak
+
+
+async def test_payload_schema_violation_is_rejected_with_a_reason(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {
+        "template": template(),
+        "payloads": {"items": [{"url": "a"}, {"url": "b"}, {"url": 42}]},
+        "payloadSchema": {"type": "object", "properties": {"url": {"type": "string"}}},
+    }
+    await batches.create("invalid", spec)
+    rejected = await batches.wait_for("invalid", "Accepted", "False")
+    cond = next(c for c in rejected["status"]["conditions"] if c["type"] == "Accepted")
+    assert cond["reason"] == "PayloadSchemaViolation"
+    assert "item 2['url']" in cond["message"]
+    assert rejected["status"]["phase"] == "Pending"
+    assert await batches.jobs() == []  # nothing half-started
+    assert messages(await batches.events("invalid"), "PayloadSchemaViolation")
+
+
+async def test_missing_configmap_then_created_recovers(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {"template": template(), "payloads": {"configMap": {"name": "later", "key": "items"}}}
+    await batches.create("waiting", spec)
+    rejected = await batches.wait_for("waiting", "Accepted", "False")
+    cond = next(c for c in rejected["status"]["conditions"] if c["type"] == "Accepted")
+    assert cond["reason"] == "ConfigMapNotFound"
+    assert '"later"' in cond["message"]
+    await client.CoreV1Api(api).create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="later"), data={"items": "1\n2\n"})
+    )
+    done = await batches.wait_for("waiting", "Complete")
+    assert done["status"]["itemCount"] == 2
+
+
+async def test_unknown_priority_class_is_rejected(batches: Batches, operator: OperatorFactory) -> None:
+    await operator()
+    await batches.create(
+        "nopc", {"template": template(), "payloads": {"count": 1}, "priorityClassName": "no-such-class"}
+    )
+    rejected = await batches.wait_for("nopc", "Accepted", "False")
+    cond = next(c for c in rejected["status"]["conditions"] if c["type"] == "Accepted")
+    assert cond["reason"] == "PriorityClassNotFound"
+    assert await batches.jobs() == []
+
+
+async def test_operator_killed_mid_batch_loses_and_repeats_nothing(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    first = await operator()
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create(
+            "durable", {"template": template(duration="1s"), "payloads": {"count": 30}, "parallelism": 5}
+        )
+        await batches.wait_status("durable", lambda s: s.get("shards", {}).get("succeeded", 0) >= 5, "5 succeeded")
+        await first.kill()
+        # Work goes on without the operator: some attempts finish while nobody records them.
+        await until(lambda: _finished_unrecorded(batches), what="a shard finished while the operator was down")
+        await operator()
+        done = await batches.wait_for("durable", "Complete")
+    assert done["status"]["succeededShards"] == "0-29"
+    # Every shard was created exactly once, as attempt 0.
+    assert {key: n for key, n in jobs.creations.items() if n != 1} == {}
+    assert jobs.attempts("durable") == {i: [0] for i in range(30)}
+
+
+async def _finished_unrecorded(batches: Batches) -> bool:
+    body = await batches.get("durable")
+    recorded = body["status"].get("succeededShards", "")
+    for job in await batches.jobs():
+        done = any(c.type == "Complete" for c in (job.status.conditions or []))
+        if done and job.metadata.labels[jb.LABEL_SHARD] not in recorded.replace("-", ",").split(","):
+            return True
+    return False
+
+
+@pytest.mark.timeout(900)
+async def test_large_batch_of_2000_shards(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("big", {"template": template(), "payloads": {"count": 2000}, "parallelism": 200})
+        done = await batches.wait_for("big", "Complete", timeout=600)
+    assert done["status"]["succeededShards"] == "0-1999"
+    assert jobs.max_running["big"] <= 200
+    assert sum(jobs.creations.values()) == 2000
+    body = await batches.get("big")
+    assert len(str(body["status"])) < 4096
+
+
+async def test_large_inline_payload_stays_out_of_annotations(batches: Batches, operator: OperatorFactory) -> None:
+    await operator()
+    items = [{"id": i, "text": "x" * 200} for i in range(2000)]  # ~450 KB: past the 256 KiB annotation limit
+    await batches.create("bulky", {"template": template(), "payloads": {"items": items}, "shardSize": 500})
+    done = await batches.wait_for("bulky", "Complete")
+    annotations = done["metadata"].get("annotations") or {}
+    assert sum(len(v) for v in annotations.values()) < 1024, list(annotations)
+
+
+async def test_delete_cascades_to_running_jobs(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    await batches.create("doomed", {"template": template(duration="1h"), "payloads": {"count": 3}})
+    await batches.wait_status("doomed", lambda s: s.get("shards", {}).get("running") == 3, "3 running")
+    await batches.delete("doomed")
+    await until(lambda: _gone(batches, "doomed"), what="the batch and its Jobs gone")
+
+
+async def _gone(batches: Batches, name: str) -> bool:
+    """The batch and its own Jobs no longer exist."""
+    own = [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]
+    return not await batches.exists(name) and not own
+
+
+async def test_ttl_start_after_and_deadline(batches: Batches, operator: OperatorFactory) -> None:
+    await operator()
+    await batches.create("ephemeral", {"template": template(), "payloads": {"count": 1}, "ttlSecondsAfterFinished": 2})
+    await batches.create(
+        "deadline", {"template": template(duration="1h"), "payloads": {"count": 1}, "activeDeadlineSeconds": 2}
+    )
+    await batches.create(
+        "later", {"template": template(), "payloads": {"count": 1}, "startAfter": "2999-01-01T00:00:00Z"}
+    )
+    await batches.wait_for("ephemeral", "Complete")
+    await until(lambda: _gone(batches, "ephemeral"), what="the finished batch deleted after its TTL")
+    failed = await batches.wait_for("deadline", "Failed")
+    assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    await until(lambda: _gone_jobs(batches, "deadline"), what="the deadline batch's running Job stopped and removed")
+    later = await batches.get("later")
+    assert later["status"]["phase"] == "Pending"
+    assert not [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == "later"]
+
+
+async def test_batches_wait_for_each_other_only_through_the_cap(batches: Batches, operator: OperatorFactory) -> None:
+    await operator()
+    await asyncio.gather(
+        *(batches.create(f"p{i}", {"template": template(), "payloads": {"count": 3}}) for i in range(3))
+    )
+    for i in range(3):
+        await batches.wait_for(f"p{i}", "Complete")
+
+
+async def _gone_jobs(batches: Batches, name: str) -> bool:
+    return not [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]

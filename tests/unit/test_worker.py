@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from jobbatch import manifests, worker
+from jobbatch.api import JobBatchSpec
+from jobbatch.payloads import prepare
+
+
+class Url(BaseModel):
+    url: str
+
+
+def shard_env(tmp_path: Path, payloads: dict[str, object], shard: int, shard_size: int) -> dict[str, str]:
+    """The environment the operator gives a shard pod, with the payload file written locally."""
+    spec = JobBatchSpec.model_validate(
+        {
+            "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
+            "payloads": payloads,
+            "shardSize": shard_size,
+        }
+    )
+    items = prepare(spec)
+    job = manifests.shard_job(
+        name="b", namespace="ns", uid="u", spec=spec, item_count=items.count, shard=shard, attempt=1
+    )
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if items.jsonl is not None:
+        path = tmp_path / "payloads.jsonl"
+        path.write_text(items.jsonl)
+        env["JOBBATCH_PAYLOAD_FILE"] = str(path)
+    return env
+
+
+def test_items_of_a_shard_are_its_slice(tmp_path: Path) -> None:
+    env = shard_env(tmp_path, {"items": [{"url": f"u{i}"} for i in range(7)]}, shard=1, shard_size=3)
+    shard = worker.Shard.from_env(env)
+    assert (shard.index, shard.count, shard.attempt, shard.item_start, shard.item_end) == (1, 3, 1, 3, 6)
+    assert [i["url"] for i in worker.items(shard=shard)] == ["u3", "u4", "u5"]
+
+
+def test_typed_items(tmp_path: Path) -> None:
+    env = shard_env(tmp_path, {"items": [{"url": "a"}, {"url": "b"}]}, shard=0, shard_size=5)
+    got = list(worker.items(Url, shard=worker.Shard.from_env(env)))
+    assert got == [Url(url="a"), Url(url="b")]
+
+
+def test_typed_items_reject_bad_payloads(tmp_path: Path) -> None:
+    env = shard_env(tmp_path, {"items": [{"url": 1}]}, shard=0, shard_size=1)
+    with pytest.raises(ValidationError):
+        list(worker.items(Url, shard=worker.Shard.from_env(env)))
+
+
+def test_count_source_yields_indices(tmp_path: Path) -> None:
+    env = shard_env(tmp_path, {"count": 10}, shard=3, shard_size=3)
+    assert "JOBBATCH_PAYLOAD_FILE" not in env
+    assert list(worker.items(shard=worker.Shard.from_env(env))) == [9]
+
+
+def test_outside_a_shard_pod_the_error_says_so() -> None:
+    with pytest.raises(RuntimeError, match="JOBBATCH_NAME is not set"):
+        worker.Shard.from_env({})
