@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         print(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+        _say("installing the JobBatch CRD: kubectl apply -f crds/")
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+        wait_until(
+            lambda: cluster.kubectl("get", "jobbatches", check=False).returncode == 0, timeout=60, what="the CRD"
+        )
         _say("starting the operator: jobbatch run")
         operator = subprocess.Popen(
             [sys.executable, "-m", "jobbatch.cli", "run", "--liveness-endpoint", LIVENESS, "--metrics-port", "0"],
@@ -63,11 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_until(_healthy, timeout=60, what=f"operator liveness at {LIVENESS}")
         _say(f"operator is live ({LIVENESS} answers 200)")
-        _say("installing the JobBatch CRD: kubectl apply -f crds/")
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        wait_until(
-            lambda: cluster.kubectl("get", "jobbatches", check=False).returncode == 0, timeout=60, what="the CRD"
-        )
         _say(f"kubectl apply -f {args.example.relative_to(ROOT) if args.example.is_absolute() else args.example}")
         print(cluster.kubectl("apply", "-f", str(args.example)).stdout, end="")
         name = json.loads(cluster.kubectl("create", "--dry-run=client", "-o", "json", "-f", str(args.example)).stdout)[
@@ -96,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 def _follow(cluster: LocalCluster, name: str, timeout: float = 300) -> str:
     """Print the batch's row whenever it changes, until it finishes; return the final phase."""
     deadline = time.monotonic() + timeout
-    last = ""
+    shown = None
     while time.monotonic() < deadline:
         row = cluster.kubectl("get", "jobbatch", name, "--no-headers", check=False).stdout.strip()
-        if row != last:
-            if not last:
+        without_age = row.rsplit(maxsplit=1)[0] if row else ""
+        if without_age != shown:
+            if shown is None:
                 print(cluster.kubectl("get", "jobbatches").stdout.splitlines()[0])
             print(row, flush=True)
-            last = row
+            shown = without_age
         phase = row.split()[1] if len(row.split()) > 1 else ""
         if phase in ("Succeeded", "Failed"):
             return phase

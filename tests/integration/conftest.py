@@ -14,6 +14,7 @@ from kubernetes_asyncio import client, config
 from e2e import tools
 from e2e.cluster import LocalCluster, Settings, wait_until
 from tests.integration.harness import CRD_FILE, Batches, OperatorProcess
+from tests.waiting import eventually
 
 _CLUSTER: LocalCluster | None = None
 _OPERATOR_LOGS: list[Path] = []
@@ -101,9 +102,12 @@ OperatorFactory = Callable[..., Awaitable[OperatorProcess]]
 
 
 @pytest.fixture
-async def operator(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path) -> AsyncIterator[OperatorFactory]:
+async def operator(
+    kubeconfig: Path, namespace: str, crd: None, tmp_path: Path, api: client.ApiClient
+) -> AsyncIterator[OperatorFactory]:
     """Start `jobbatch run` processes watching the test's namespace; all are stopped at the end."""
     started: list[OperatorProcess] = []
+    api_client = api
 
     async def start(*args: str) -> OperatorProcess:
         log = tmp_path / f"operator-{len(started)}.log"
@@ -115,6 +119,18 @@ async def operator(kubeconfig: Path, namespace: str, crd: None, tmp_path: Path) 
         return proc
 
     yield start
+    # Delete the test's batches while an operator still runs, so every finalizer (kopf's on the
+    # batch, ours on shard Jobs) is released and the namespace can go: uninstall hygiene, tested.
+    live = [p for p in started if p.proc is not None and p.proc.returncode is None]
+    if live:
+        batches = Batches(api_client, namespace)
+        for body in await batches.all():
+            await batches.delete(body["metadata"]["name"])
+        await eventually(lambda: _all_gone(batches), what=f"every JobBatch and shard Job in {namespace} deleted")
     for proc in started:
         await proc.stop()
     _OPERATOR_LOGS.clear()
+
+
+async def _all_gone(batches: Batches) -> bool:
+    return not await batches.all() and not await batches.jobs()

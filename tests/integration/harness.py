@@ -101,6 +101,10 @@ class Batches:
             await self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, self.ns, api.PLURAL, body)
         )
 
+    async def all(self) -> list[dict[str, Any]]:
+        found = await self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, self.ns, api.PLURAL)
+        return list(found["items"])
+
     async def get(self, name: str) -> dict[str, Any]:
         return dict(await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, self.ns, api.PLURAL, name))
 
