@@ -173,7 +173,11 @@ class JobBatchSpec(_Model):
     )
     retry: Retry = Field(default_factory=Retry, description="Retries of failed shards.")
     max_failed_shards: int = Field(
-        default=0, ge=0, description="Permanently failed shards tolerated before the whole batch fails."
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Permanently failed shards tolerated before the whole batch fails (at most 10,000, which "
+        "keeps the status's index ranges bounded).",
     )
     shard_timeout_seconds: int | None = Field(
         default=None,

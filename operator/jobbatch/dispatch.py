@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+from collections.abc import Mapping
 
 
 @dataclasses.dataclass
@@ -36,12 +37,20 @@ class Dispatcher:
         self._batches.pop(uid, None)
         self._wake_waiting()
 
-    def budget(self, uid: str, wanted: int) -> int | None:
-        """How many shards ``uid`` may launch now (None: no cap). The grant is reserved at once."""
+    def budget(self, uid: str, wanted: int, observed_running: Mapping[str, int] | None = None) -> int | None:
+        """How many shards ``uid`` may launch now (None: no cap). The grant is reserved at once.
+
+        ``observed_running`` is what the Job index shows running per batch; it covers batches whose
+        first pass has not reported yet (right after a restart) and reports that lag behind.
+        """
         if not self.cap:
             return None
         me = self._batches[uid]
-        free = self.cap - sum(e.running for e in self._batches.values())
+        observed = observed_running or {}
+        busy = {other: e.running for other, e in self._batches.items()}
+        for other, count in observed.items():
+            busy[other] = max(busy.get(other, 0), count)
+        free = self.cap - sum(busy.values())
         ahead = sum(
             e.demand
             for other, e in self._batches.items()

@@ -31,7 +31,7 @@ async def shard_job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler = runtime.reconcilers.get(uid or "")
     if reconciler is not None:
         reconciler.wake.set()
-    elif body.meta.get("deletionTimestamp") and api.SHARD_FINALIZER in (body.meta.get("finalizers") or []):
+    if body.meta.get("deletionTimestamp") and api.SHARD_FINALIZER in (body.meta.get("finalizers") or []):
         await release_orphan(runtime.kube, dict(body))
 
 
@@ -63,6 +63,7 @@ async def run_batch(
         name=name,
         uid=uid,
         jobs=lambda: list(shard_jobs.get(uid, ())),
+        all_jobs=lambda: shard_jobs,  # every batch's Jobs: what the cluster-wide cap counts
     )
     runtime.reconcilers[uid] = reconciler
     try:

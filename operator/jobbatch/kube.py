@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import random
 import time
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -89,7 +91,7 @@ class Kube:
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
                 logger.info("%s: HTTP %s, retrying in %.1fs", what, exc.status, wait)
-            except (TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError, aiohttp.ClientError) as exc:
                 if attempt == self.attempts:
                     raise
                 wait = delay
@@ -172,24 +174,40 @@ class Kube:
                 raise
 
     async def release_job(self, namespace: str, name: str, finalizers: tuple[str, ...]) -> None:
-        """Remove the shard finalizer; a JSON-patch ``test`` guards against a changed finalizer list."""
-        if api.SHARD_FINALIZER not in finalizers:
-            return
-        index = finalizers.index(api.SHARD_FINALIZER)
-        ops = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.SHARD_FINALIZER},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
-        try:
-            await self._call(
-                f"release job {namespace}/{name}",
-                lambda: self.batch.patch_namespaced_job(name, namespace, ops),
-            )
-        except ApiException as exc:
-            if exc.status == 422:  # the list changed under us: the next pass sees the new list
-                raise Conflict(f"finalizers of job {namespace}/{name} changed") from None
-            if exc.status != 404:
+        """Remove the shard finalizer; a JSON-patch ``test`` guards against a changed finalizer list.
+
+        ``finalizers`` is the list as last observed; if it moved (or an earlier try already removed
+        ours), the Job is re-read and the patch made against what it holds now.
+        """
+        for _ in range(3):
+            if api.SHARD_FINALIZER not in finalizers:
+                return
+            index = finalizers.index(api.SHARD_FINALIZER)
+            ops = [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.SHARD_FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ]
+            try:
+                await self._call(
+                    f"release job {namespace}/{name}",
+                    functools.partial(self.batch.patch_namespaced_job, name, namespace, ops),
+                )
+                return
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 422:
+                    raise
+            try:
+                job = await self._call(
+                    f"get job {namespace}/{name}", lambda: self.batch.read_namespaced_job(name, namespace)
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
                 raise
+            finalizers = tuple(job.metadata.finalizers or ())
+        raise Conflict(f"finalizers of job {namespace}/{name} keep changing")
 
     async def delete_job(self, namespace: str, name: str) -> None:
         options = client.V1DeleteOptions(propagation_policy="Background")

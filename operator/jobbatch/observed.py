@@ -92,8 +92,9 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
             message=message,
             **common,
         )
-    if deleting:
-        # Deleted by someone before it finished: the attempt is lost, which counts as a failure.
+    if deleting and not status.get("active"):
+        # Deleted by someone before it finished, and its pod is gone: the attempt is lost, a failure.
+        # (While the pod still runs, the attempt still runs: it may yet succeed and be recorded.)
         return ShardJob(
             state="failed",
             finished_at=parse_time(meta.get("deletionTimestamp")),

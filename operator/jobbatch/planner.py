@@ -214,6 +214,10 @@ def plan(
             status.conditions, "Accepted", "True", "Accepted",
             f"{item_count} items in {total} shards of up to {spec.shard_size}", now, gen,
         )  # fmt: skip
+        # Launch only once acceptance (and so the item count) is persisted: a later pass must
+        # never re-accept from a source that may have changed meanwhile.
+        out.wake_in(0)
+        return finish(out)
     assert item_count is not None
     total = shard_count(item_count, spec.shard_size)
 
@@ -266,7 +270,13 @@ def plan(
     # -- the batch's fate ---------------------------------------------------------------------
     was_terminal = old.phase in TERMINAL_PHASES
     if not was_terminal:
-        if len(failed) > spec.max_failed_shards:
+        if len(succeeded) + len(failed) >= total and len(failed) <= spec.max_failed_shards:
+            msg = f"{len(succeeded)} of {total} shards succeeded"
+            if failed:
+                msg += f", {len(failed)} failed (tolerated: maxFailedShards {spec.max_failed_shards})"
+            _terminate(status, "Succeeded", "Completed", msg, now, gen)
+            out.events.append(Event("Normal", "Completed", msg))
+        elif len(failed) > spec.max_failed_shards:
             msg = (
                 f"{len(failed)} shards failed permanently (maxFailedShards {spec.max_failed_shards}): "
                 + _describe_failures(status.failures)
@@ -281,12 +291,6 @@ def plan(
             msg = f"the batch ran past its activeDeadlineSeconds ({spec.active_deadline_seconds}s)"
             _terminate(status, "Failed", "DeadlineExceeded", msg, now, gen)
             out.events.append(Event("Warning", "Failed", msg))
-        elif len(succeeded) + len(failed) >= total:
-            msg = f"{len(succeeded)} of {total} shards succeeded"
-            if failed:
-                msg += f", {len(failed)} failed (tolerated: maxFailedShards {spec.max_failed_shards})"
-            _terminate(status, "Succeeded", "Completed", msg, now, gen)
-            out.events.append(Event("Normal", "Completed", msg))
 
     terminal = status.phase in TERMINAL_PHASES
 
@@ -317,7 +321,7 @@ def plan(
         out.suspend += [j.name for j in running]
         if status.completion_time is not None and spec.ttl_seconds_after_finished is not None:
             expires = status.completion_time + datetime.timedelta(seconds=spec.ttl_seconds_after_finished)
-            if now >= expires:
+            if now >= expires and was_terminal:  # only once the outcome is persisted
                 out.delete_batch = True
             else:
                 out.wake_in((expires - now).total_seconds())

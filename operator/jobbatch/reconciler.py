@@ -7,9 +7,10 @@ the kopf index, plus in-memory *expectations* for Jobs this process created,
 resumed or suspended but whose events have not arrived yet -- without them a
 lagging watch would let a pass launch past ``parallelism``.
 
-Order of effects in a pass: create/resume/suspend Jobs, release and delete Jobs
-whose outcome the *persisted* status already records, write the status (at most
-about once a second), then post Events.
+Order of effects in a pass: write the status (at most about once a second), then
+create/resume/suspend Jobs, then release and delete Jobs whose outcome the status
+*read at the start of the pass* already records, then post Events. A failing call
+does not stop the others; the pass is retried with backoff.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -47,6 +48,10 @@ class BatchGone(Exception):
     """The batch is deleted (or replaced): the loop ends."""
 
 
+class ActionsFailed(Exception):
+    """Some of a pass's API calls failed (the others took effect); retried with backoff."""
+
+
 @dataclasses.dataclass
 class _Expectation:
     shard: int
@@ -69,11 +74,12 @@ class BatchReconciler:
         name: str,
         uid: str,
         jobs: Callable[[], Iterable[ShardJob]],
+        all_jobs: Callable[[], Mapping[str, Iterable[ShardJob]]] | None = None,
         clock: Callable[[], datetime.datetime] = utcnow,
     ) -> None:
         self.kube, self.dispatcher = kube, dispatcher
         self.namespace, self.name, self.uid = namespace, name, uid
-        self._jobs, self._clock = jobs, clock
+        self._jobs, self._all_jobs, self._clock = jobs, all_jobs, clock
         self.wake = asyncio.Event()
         self._expected: dict[str, _Expectation] = {}
         self._last_status_write = float("-inf")
@@ -120,7 +126,11 @@ class BatchReconciler:
         """One pass; returns seconds until the next one is due (None: only on events)."""
         body = await self.kube.get_batch(self.namespace, self.name)
         meta = (body or {}).get("metadata", {})
-        if body is None or meta.get("uid") != self.uid or meta.get("deletionTimestamp"):
+        if body is None or meta.get("uid") != self.uid:
+            raise BatchGone
+        if meta.get("deletionTimestamp"):
+            # Being deleted (foreground deletion waits for the Jobs): nothing is recorded any more.
+            await self._release_all()
             raise BatchGone
         status = JobBatchStatus.model_validate(body.get("status") or {})
         try:
@@ -138,7 +148,9 @@ class BatchReconciler:
         if self.dispatcher.cap:
             created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
             self.dispatcher.register(self.uid, await self._priority_value(spec), created, self.wake)
-            budget = self.dispatcher.budget(self.uid, spec.parallelism)
+            running = {uid: sum(1 for j in jobs if j.state == "active") for uid, jobs in self._running_index()}
+            running[self.uid] = sum(1 for j in observed if j.state == "active")
+            budget = self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid]), running)
         decision = plan(batch, observed, self._clock(), acceptance=acceptance, launch_budget=budget)
         try:
             requeue = await self._apply(decision, body, spec, status, observed)
@@ -151,6 +163,14 @@ class BatchReconciler:
         if finished and idle and decision.requeue_after is None:
             raise BatchGone  # nothing left to do for this batch, ever
         return requeue
+
+    def _running_index(self) -> list[tuple[str, list[ShardJob]]]:
+        index = self._all_jobs() if self._all_jobs is not None else {}
+        return [(uid, list(jobs)) for uid, jobs in index.items()]
+
+    async def _release_all(self) -> None:
+        jobs = [j for j in self._jobs() if j.has_finalizer]
+        await asyncio.gather(*(self.kube.release_job(self.namespace, j.name, j.finalizers) for j in jobs))
 
     def _observed(self) -> list[ShardJob]:
         jobs = {job.name: job for job in self._jobs()}
@@ -266,16 +286,6 @@ class BatchReconciler:
             async with limit:
                 await self.kube.delete_job(ns, job_name)
 
-        await asyncio.gather(
-            *(create(launch) for launch in decision.create),
-            *(set_suspended(n, False) for n in decision.resume),
-            *(set_suspended(n, True) for n in decision.suspend),
-        )
-        # Releases only follow outcomes the persisted status records, so they need no ordering
-        # against this pass's status write; deletes follow releases of the same Jobs.
-        await asyncio.gather(*(release(n) for n in decision.release))
-        await asyncio.gather(*(delete(n) for n in decision.delete))
-
         written = False
         if decision.status_changed:
             wait = MIN_STATUS_INTERVAL - (time.monotonic() - self._last_status_write)
@@ -287,10 +297,32 @@ class BatchReconciler:
                 self._last_status_write = time.monotonic()
                 metrics.status_writes.labels(ns).inc()
                 written = True
+
+        failures: list[BaseException] = []
+
+        async def each(calls: Iterable[Awaitable[None]]) -> None:
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            failures.extend(r for r in results if isinstance(r, BaseException))
+
+        await each(
+            [
+                *(create(launch) for launch in decision.create),
+                *(set_suspended(n, False) for n in decision.resume),
+                *(set_suspended(n, True) for n in decision.suspend),
+            ]
+        )
+        # Releases follow outcomes the status read at the start of the pass records; deletes
+        # follow the releases of the same Jobs.
+        await each(release(n) for n in decision.release)
+        await each(delete(n) for n in decision.delete)
         for event in decision.events:
             # Transition events are re-derived from the persisted status until it is written.
             if written or not event.on_status:
                 await self.kube.post_event(body, event.type, event.reason, event.message)
+        if failures:
+            for exc in failures:
+                logger.warning("%s/%s: %s: %s", ns, self.name, type(exc).__name__, exc)
+            raise ActionsFailed(f"{len(failures)} API calls failed; the next pass retries them")
         if decision.delete_batch:
             logger.info("%s/%s: ttlSecondsAfterFinished passed; deleting the batch", ns, self.name)
             await self.kube.delete_batch(ns, self.name, self.uid)
@@ -304,7 +336,8 @@ async def release_orphan(kube: Kube, job: dict[str, Any]) -> None:
     owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "JobBatch"]
     if owners:
         batch = await kube.get_batch(meta["namespace"], owners[0]["name"])
-        if batch is not None and batch["metadata"]["uid"] == owners[0]["uid"]:
+        owner_meta = batch["metadata"] if batch is not None else {}
+        if owner_meta.get("uid") == owners[0]["uid"] and not owner_meta.get("deletionTimestamp"):
             return  # the batch lives: its own reconciler decides
     logger.info("releasing shard job %s/%s: its JobBatch is gone", meta["namespace"], meta["name"])
     await kube.release_job(meta["namespace"], meta["name"], tuple(meta.get("finalizers") or ()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -454,3 +455,41 @@ async def test_batches_wait_for_each_other_only_through_the_cap(batches: Batches
 
 async def _gone_jobs(batches: Batches, name: str) -> bool:
     return not [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]
+
+
+async def test_foreground_delete_does_not_deadlock(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    await batches.create("fg", {"template": template(duration="1h"), "payloads": {"count": 2}})
+    await batches.wait_status("fg", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+    await batches.custom.delete_namespaced_custom_object(
+        jb.GROUP, jb.VERSION, namespace, jb.PLURAL, "fg", body=client.V1DeleteOptions(propagation_policy="Foreground")
+    )
+    await until(lambda: _gone(batches, "fg"), what="foreground deletion of the batch and its Jobs to finish")
+
+
+async def test_running_attempt_deleted_by_hand_is_retried_after_its_pod_ends(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {"template": template(duration="3s"), "payloads": {"count": 2}, "parallelism": 1, "retry": FAST_RETRY}
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("handled", spec)
+        pod = await until(lambda: _running_pod(api, namespace), what="the first worker pod Running")
+        (running,) = await batches.jobs()
+        assert pod.metadata.labels["job-name"] == running.metadata.name
+        deleted_at = time.monotonic()
+        # As `kubectl delete job` does (the API's default for Jobs would orphan the pod instead).
+        background = client.V1DeleteOptions(propagation_policy="Background")
+        await batches.batch.delete_namespaced_job(running.metadata.name, namespace, body=background)
+        await batches.wait_for("handled", "Complete")
+    # A Job being deleted is no longer tracked by the Job controller, so the attempt's outcome is
+    # unknown: it is discarded and retried -- but only once its pod has ended (3 s), never beside it.
+    assert jobs.attempts("handled") == {0: [0, 1], 1: [0]}
+    assert jobs.created_at[("handled", 0, 1)] - deleted_at >= 1.5  # the pod had ~3 s left
+
+
+async def _running_pod(api: client.ApiClient, namespace: str) -> Any:
+    pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items
+    return next((p for p in pods if p.status.phase == "Running"), None)

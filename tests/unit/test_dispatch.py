@@ -40,3 +40,11 @@ def test_equal_priority_older_batch_first() -> None:
     d.report("new", 0, 3)
     assert d.budget("new", 3) == 0
     assert d.budget("old", 3) == 1
+
+
+def test_batches_not_reported_yet_count_from_the_index() -> None:
+    # Right after a restart only one batch has run its first pass; the other's Jobs still run.
+    d = Dispatcher(10)
+    d.register("b", 0, T0, asyncio.Event())
+    assert d.budget("b", 10, observed_running={"a": 10, "b": 0}) == 0
+    assert d.budget("b", 10, observed_running={"a": 6, "b": 0}) == 4

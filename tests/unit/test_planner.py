@@ -64,12 +64,15 @@ def test_rejected_input_launches_nothing_and_says_why() -> None:
 
 
 def test_acceptance_then_launch_in_index_order_up_to_parallelism() -> None:
-    p = plan(
-        batch(spec(parallelism=3, shardSize=4)), [], T0, acceptance=Acceptance(True, "Accepted", "", item_count=10)
-    )
-    assert p.create == [Launch(0, 0), Launch(1, 0), Launch(2, 0)]
+    s = spec(parallelism=3, shardSize=4)
+    p = plan(batch(s), [], T0, acceptance=Acceptance(True, "Accepted", "", item_count=10))
+    # Acceptance is persisted before anything launches: no later pass re-reads a changed source.
+    assert p.create == []
+    assert p.requeue_after == 0
     assert cond(p, "Accepted") == ("True", "Accepted")
     assert p.status.shards.total == 3
+    p = plan(batch(s, p.status), [], T0)
+    assert p.create == [Launch(0, 0), Launch(1, 0), Launch(2, 0)]
     assert p.status.phase == "Running"
     assert p.status.start_time == T0
     assert p.status.progress == "0/3"
@@ -243,7 +246,7 @@ def test_condition_keeps_transition_time_until_status_flips() -> None:
 def test_status_of_100k_shards_with_scattered_failures_stays_small() -> None:
     total = 100_000
     failed = list(range(37, total, 997))  # ~100 scattered permanent failures
-    s = spec(payloads={"count": total}, maxFailedShards=total, retry={"limit": 0}, parallelism=1000)
+    s = spec(payloads={"count": total}, maxFailedShards=10_000, retry={"limit": 0}, parallelism=1000)
     b = accepted(s, items=total, succeeded_shards=str(IndexRanges.of(i for i in range(total) if i not in set(failed))))
     p = plan(b, [job(f, state="failed", exit_code=1) for f in failed], T0)
     assert p.status.phase == "Succeeded"
@@ -268,3 +271,19 @@ def test_start_is_derived_from_observed_attempts() -> None:
     assert "Started" in [e.reason for e in p.events]
     late = plan(batch(b.spec, p.status), [job(0)], T0 + datetime.timedelta(seconds=61))
     assert cond(late, "Failed") == ("True", "DeadlineExceeded")
+
+
+def test_finishing_just_before_the_deadline_is_success() -> None:
+    # The last shard succeeded at 59 s; the pass that notices runs at 61 s, past the 60 s deadline.
+    b = accepted(spec(activeDeadlineSeconds=60), items=1, start_time=T0)
+    p = plan(b, [job(0, state="succeeded", at=59)], T0 + datetime.timedelta(seconds=61))
+    assert cond(p, "Complete") == ("True", "Completed")
+    assert p.status.condition("Failed") is None
+
+
+def test_ttl_zero_deletes_only_after_the_outcome_is_persisted() -> None:
+    b = accepted(spec(ttlSecondsAfterFinished=0), items=1)
+    p = plan(b, [job(0, state="succeeded")], T0)
+    assert p.status.phase == "Succeeded"
+    assert not p.delete_batch
+    assert plan(batch(b.spec, p.status), [], T0).delete_batch
