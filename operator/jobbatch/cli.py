@@ -16,6 +16,14 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _pod_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobbatch",
@@ -70,6 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="burst of the operator's API calls (env JOBBATCH_API_BURST)",
     )
     run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        dest="leader_election",
+        default=os.environ.get("JOBBATCH_LEADER_ELECT", "").lower() in ("1", "true", "yes"),
+        help="reconcile only while holding a coordination.k8s.io Lease, for several replicas "
+        "(env JOBBATCH_LEADER_ELECT)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("JOBBATCH_LEADER_ELECTION_NAMESPACE") or _pod_namespace(),
+        help="namespace of the Lease (env JOBBATCH_LEADER_ELECTION_NAMESPACE; default: the pod's own)",
+    )
+    run.add_argument(
+        "--leader-election-lease",
+        default=os.environ.get("JOBBATCH_LEADER_ELECTION_LEASE", "jobbatch-operator"),
+        help="name of the Lease (env JOBBATCH_LEADER_ELECTION_LEASE)",
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=int,
+        dest="lease_duration_seconds",
+        default=_env_int("JOBBATCH_LEASE_DURATION", defaults.lease_duration_seconds),
+        help="seconds a standby waits on an unrenewed Lease before taking over (env JOBBATCH_LEASE_DURATION)",
+    )
+    run.add_argument(
         "--log-level",
         default=os.environ.get("JOBBATCH_LOG_LEVEL", defaults.log_level),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -88,6 +121,10 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         log_level=args.log_level,
         api_qps=args.api_qps,
         api_burst=args.api_burst,
+        leader_election=args.leader_election,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_lease=args.leader_election_lease,
+        lease_duration_seconds=args.lease_duration_seconds,
     )
 
 

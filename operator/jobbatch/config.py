@@ -28,12 +28,19 @@ class OperatorConfig:
     # API server's priority and fairness still protects it from a busy operator.
     api_qps: float = 200.0
     api_burst: int = 400
+    # Leader election: with several replicas, only the holder of this Lease reconciles.
+    leader_election: bool = False
+    leader_election_namespace: str = "default"
+    leader_election_lease: str = "jobbatch-operator"
+    lease_duration_seconds: int = 15
 
     def __post_init__(self) -> None:
         if self.max_running_shards < 0:
             raise ValueError("max_running_shards must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0 disables metrics)")
+        if self.lease_duration_seconds < 3:
+            raise ValueError("lease_duration_seconds must be >= 3")
         if self.api_qps <= 0 or self.api_burst < 1:
             raise ValueError("api_qps must be > 0 and api_burst >= 1")
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import urllib.parse
+import uuid
 from typing import Any
 
 import kopf
+from aiohttp import web
+from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
+from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from jobbatch import api, handlers, metrics
 from jobbatch.config import OperatorConfig
@@ -62,6 +69,85 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         await runtime.kube.api_client.close()
 
 
+async def _operator(config: OperatorConfig, *, liveness: bool = True) -> None:
+    await kopf.operator(
+        clusterwide=config.clusterwide,
+        namespaces=config.namespaces,
+        liveness_endpoint=(config.liveness_endpoint or None) if liveness else None,
+        standalone=True,
+        memo=kopf.Memo(config=config),
+    )
+
+
+async def _health_server(endpoint: str) -> web.AppRunner | None:
+    """A plain /healthz for a leader-electing replica: answers while its event loop runs, leader or not."""
+    if not endpoint:
+        return None
+    url = urllib.parse.urlsplit(endpoint)
+    app = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_get(url.path or "/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, url.hostname or "0.0.0.0", url.port or 8081).start()
+    return runner
+
+
+async def _lead(config: OperatorConfig) -> None:
+    """Run kopf only while holding the Lease; exit when it is lost, so the pod restarts as a standby."""
+    identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    api_client = await new_api_client()
+    lock = LeaseLock(config.leader_election_lease, config.leader_election_namespace, identity, api_client)
+    lost = asyncio.Event()
+    stopped = asyncio.Event()  # kopf ended on its own (SIGTERM/SIGINT): the process ends too
+
+    async def on_lost() -> None:
+        logger.error("lost the leader Lease %s/%s; exiting", config.leader_election_namespace, lock.name)
+        lost.set()
+
+    async def on_lead() -> None:
+        logger.info("%s leads (Lease %s/%s)", identity, config.leader_election_namespace, lock.name)
+        try:
+            await _operator(config, liveness=False)
+        finally:
+            stopped.set()
+
+    duration = config.lease_duration_seconds
+    try:
+        election = leaderelection.LeaderElection(
+            electionconfig.Config(
+                lock,
+                lease_duration=duration,
+                renew_deadline=duration * 2 / 3,
+                retry_period=max(1.1, duration / 5),  # the library needs > 1 s and < renew_deadline / 1.2
+                onstarted_leading=on_lead,
+                onstopped_leading=on_lost,
+            )
+        )
+    except ValueError:
+        await api_client.close()
+        raise
+    health = await _health_server(config.liveness_endpoint)
+    logger.info("%s is a standby until it holds the Lease %s/%s", identity, config.leader_election_namespace, lock.name)
+    electing = asyncio.create_task(election.run())
+    ending = asyncio.create_task(stopped.wait())
+    try:
+        await asyncio.wait([electing, ending], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (electing, ending):
+            task.cancel()
+        if health is not None:
+            await health.cleanup()
+        await api_client.close()
+    if electing.done() and not electing.cancelled() and (failure := electing.exception()) is not None:
+        raise failure
+    if lost.is_set():
+        raise SystemExit(1)
+
+
 def run(config: OperatorConfig) -> None:
     """Run the operator until it is signalled to stop (SIGINT/SIGTERM)."""
     logging.basicConfig(
@@ -72,13 +158,4 @@ def run(config: OperatorConfig) -> None:
         # kopf logs every handler call at INFO: thousands of lines per large batch.
         for noisy in ("aiohttp.access", "kopf.objects"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    memo = kopf.Memo(config=config)
-    asyncio.run(
-        kopf.operator(
-            clusterwide=config.clusterwide,
-            namespaces=config.namespaces,
-            liveness_endpoint=config.liveness_endpoint or None,
-            standalone=True,
-            memo=memo,
-        )
-    )
+    asyncio.run(_lead(config) if config.leader_election else _operator(config))

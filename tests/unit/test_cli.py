@@ -39,3 +39,17 @@ def test_negative_cap_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
         main(["run", "--max-running-shards", "-1"])
     assert exc.value.code == 2
     assert "max_running_shards must be >= 0" in capsys.readouterr().err
+
+
+def test_leader_election_flags() -> None:
+    args = build_parser().parse_args(
+        ["run", "--leader-elect", "--leader-election-namespace", "ops", "--lease-duration", "9"]
+    )
+    config = config_from_args(args)
+    assert config.leader_election
+    assert (config.leader_election_namespace, config.leader_election_lease) == ("ops", "jobbatch-operator")
+    assert config.lease_duration_seconds == 9
+
+
+def test_leader_election_is_off_by_default() -> None:
+    assert not config_from_args(build_parser().parse_args(["run"])).leader_election

@@ -1,0 +1,64 @@
+"""Two replicas with leader election: one reconciles; the other takes over when it dies."""
+
+from __future__ import annotations
+
+import time
+
+from kubernetes_asyncio import client
+
+from tests.integration.conftest import OperatorFactory
+from tests.integration.harness import Batches, JobRecorder, template, until
+
+LEASE = "jobbatch-test-leader"
+
+
+async def _holder(api: client.ApiClient, namespace: str) -> str | None:
+    try:
+        lease = await client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return str(lease.spec.holder_identity or "") or None
+
+
+def _pid_of(holder: str) -> int:
+    return int(holder.rsplit("-", 2)[-2])  # identity: <hostname>-<pid>-<random>
+
+
+async def test_standby_takes_over_when_the_leader_dies(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    flags = ("--leader-elect", "--leader-election-namespace", namespace, "--leader-election-lease", LEASE)
+    replicas = [await operator(*flags, "--lease-duration", "4") for _ in range(2)]
+    holder = await until(lambda: _holder(api, namespace), what="a replica holding the Lease")
+    by_pid = {r.proc.pid: r for r in replicas if r.proc is not None}
+    leader = by_pid[_pid_of(holder)]
+    (standby,) = [r for r in replicas if r is not leader]
+
+    async with JobRecorder(api, namespace) as jobs:
+        await batches.create("ha", {"template": template(duration="1s"), "payloads": {"count": 24}, "parallelism": 4})
+        await batches.wait_status("ha", lambda s: s.get("shards", {}).get("succeeded", 0) >= 4, "4 succeeded")
+        # Exactly one replica reconciles: the standby has not started kopf at all.
+        assert "leads" in leader.log.read_text()
+        assert "leads" not in standby.log.read_text()
+        await leader.kill()
+        killed = time.monotonic()
+        new_holder = await until(
+            lambda: _other_holder(api, namespace, holder), what="the standby taking the Lease", timeout=30
+        )
+        took_over = time.monotonic() - killed
+        assert _pid_of(new_holder) == standby.proc.pid  # type: ignore[union-attr]
+        await batches.wait_for("ha", "Complete")
+    assert took_over < 15, took_over  # lease 4 s: seconds, not minutes
+    assert {key: n for key, n in jobs.creations.items() if n != 1} == {}
+    assert jobs.attempts("ha") == {i: [0] for i in range(24)}
+
+
+async def _other_holder(api: client.ApiClient, namespace: str, old: str) -> str | None:
+    holder = await _holder(api, namespace)
+    return holder if holder and holder != old else None
+
+
+def test_identity_carries_the_pid() -> None:
+    assert _pid_of("host-name-1234-abcdef") == 1234
