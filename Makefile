@@ -30,9 +30,10 @@ unit: $(STAMP)
 integration: $(STAMP) tools
 	$(BIN)/pytest tests/integration
 
-# Regenerate the CRD from operator/jobbatch/api.py (a unit test fails when crds/ drifts).
+# Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart (a unit test fails on drift).
 crds: $(STAMP)
 	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
+	cp crds/jobbatch.io_jobbatches.yaml charts/jobbatch-operator/crds/
 
 tools: $(STAMP) deps
 	$(BIN)/python -m e2e.tools ensure

@@ -48,6 +48,9 @@ class GoTool:
     # version; they are built inside a throwaway wrapper module instead.
     wrapper_replaces: dict[str, str] = dataclasses.field(default_factory=dict)
     wrapper: bool = False
+    # Linker -X flags (version stamping); bump `revision` when the recipe changes so caches rebuild.
+    ldflags_x: dict[str, str] = dataclasses.field(default_factory=dict)
+    revision: int = 1
 
 
 TOOLS: tuple[GoTool, ...] = (
@@ -61,6 +64,19 @@ TOOLS: tuple[GoTool, ...] = (
         },
         wrapper=True,
         wrapper_replaces={f"k8s.io/{m}": f"k8s.io/{m} {_STAGING_VERSION}" for m in _STAGING_MODULES},
+        # Without these the binaries report v0.0.0-master, and version checks (helm's kubeVersion,
+        # `kubectl version`) see a wrong server.
+        ldflags_x={
+            f"{pkg}.{var}": value
+            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+            for var, value in {
+                "gitVersion": KUBERNETES_VERSION,
+                "gitMajor": KUBERNETES_VERSION.split(".")[0].removeprefix("v"),
+                "gitMinor": KUBERNETES_VERSION.split(".")[1],
+                "gitTreeState": "clean",
+            }.items()
+        },
+        revision=2,
     ),
     GoTool(
         key="etcd",
@@ -99,7 +115,8 @@ def bin_dir() -> Path:
 
 
 def _tool_dir(tool: GoTool) -> Path:
-    return cache_dir() / "tools" / f"{tool.key}-{tool.version}"
+    suffix = f"-r{tool.revision}" if tool.revision > 1 else ""
+    return cache_dir() / "tools" / f"{tool.key}-{tool.version}{suffix}"
 
 
 def _is_built(tool: GoTool) -> bool:
@@ -125,7 +142,7 @@ def _build(tool: GoTool) -> None:
     out = _tool_dir(tool)
     staging = Path(tempfile.mkdtemp(prefix=f".{tool.key}-", dir=out.parent))
     env = _go_env()
-    ldflags = ["-ldflags", "-s -w"]
+    ldflags = ["-ldflags", " ".join(["-s", "-w", *(f"-X {k}={v}" for k, v in tool.ldflags_x.items())])]
     try:
         if tool.wrapper:
             lines = ["module jobbatch.local/build", "", "go 1.25.0", ""]

@@ -6,6 +6,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from e2e import tools
 from tests.waiting import eventually
 
 
@@ -72,3 +73,8 @@ async def test_pod_failure_policy_fails_job(api: client.ApiClient, namespace: st
 
     assert cond.reason == "PodFailurePolicy"
     assert "exit code 3" in cond.message
+
+
+async def test_server_reports_the_pinned_version(api: client.ApiClient) -> None:
+    info = await client.VersionApi(api).get_code()
+    assert info.git_version == tools.KUBERNETES_VERSION  # helm's kubeVersion checks depend on it

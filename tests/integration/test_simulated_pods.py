@@ -22,7 +22,7 @@ def _pod(name: str, *, annotations: dict[str, str], labels: dict[str, str] | Non
 
 # name -> (annotations, labels, expected phase, expected exit code)
 CASES: dict[str, tuple[dict[str, str], dict[str, str], str, int]] = {
-    "plain": ({}, {}, "Succeeded", 0),
+    "plain": ({"sim.jobbatch.io/duration": "0s"}, {}, "Succeeded", 0),
     "exit-code": ({"sim.jobbatch.io/exit-code": "5"}, {}, "Failed", 5),
     "listed-attempt": (
         {"sim.jobbatch.io/exit-code": "7", "sim.jobbatch.io/fail-attempts": "0,2"},
@@ -101,3 +101,17 @@ async def _is(probe: Any, value: str) -> bool:
 async def _finished(core: client.CoreV1Api, ns: str, name: str) -> Any:
     pod = await core.read_namespaced_pod(name, ns)
     return pod if pod.status.phase in ("Succeeded", "Failed") else None
+
+
+async def test_pods_outside_jobs_without_annotations_keep_running(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_pod(namespace, _pod("server", annotations={}))
+    await core.create_namespaced_pod(namespace, _pod("marker", annotations={"sim.jobbatch.io/duration": "0s"}))
+    await eventually(lambda: _is(lambda: _phase(core, namespace, "server"), "Running"), what="pod server Running")
+    # The annotated pod ends at once; the plain one, Running at least as long, has not ended.
+    await eventually(lambda: _finished(core, namespace, "marker"), what="pod marker finished")
+    assert await _is(lambda: _phase(core, namespace, "server"), "Running")
+
+
+async def _phase(core: client.CoreV1Api, ns: str, name: str) -> Any:
+    return (await core.read_namespaced_pod(name, ns)).status.phase
