@@ -142,24 +142,18 @@ def set_condition(
 
 def _failure_of(job: ShardJob, non_retryable: Sequence[int], limit: int) -> ShardFailure | None:
     """The permanent failure a failed attempt causes, or None if the shard may retry."""
-    code = f" (exit code {job.exit_code})" if job.exit_code is not None else ""
     if job.exit_code is not None and job.exit_code in non_retryable:
-        return ShardFailure(
-            shard=job.shard,
-            attempt=job.attempt,
-            exit_code=job.exit_code,
-            reason="NonRetryableExitCode",
-            message=f"attempt {job.attempt} exited with non-retryable code {job.exit_code}",
+        reason, message = (
+            "NonRetryableExitCode",
+            f"attempt {job.attempt} exited with non-retryable code {job.exit_code}",
         )
-    if job.attempt >= limit:
-        return ShardFailure(
-            shard=job.shard,
-            attempt=job.attempt,
-            exit_code=job.exit_code,
-            reason="RetriesExhausted",
-            message=f"attempt {job.attempt} failed{code}: {job.reason}; no retries left (limit {limit})",
-        )
-    return None
+    elif job.attempt >= limit:
+        code = f" (exit code {job.exit_code})" if job.exit_code is not None else ""
+        reason = "RetriesExhausted"
+        message = f"attempt {job.attempt} failed{code}: {job.reason}; no retries left (limit {limit})"
+    else:
+        return None
+    return ShardFailure(shard=job.shard, attempt=job.attempt, exit_code=job.exit_code, reason=reason, message=message)
 
 
 def _describe_failures(failures: Iterable[ShardFailure]) -> str:

@@ -5,31 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from tests.integration.harness import free_port, healthy
 from tests.waiting import eventually
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthz(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 async def test_operator_runs_and_stops(kubeconfig: Path, tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/healthz"
+    url = f"http://127.0.0.1:{free_port()}/healthz"
     log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     with log.open("wb") as out:
@@ -47,7 +31,7 @@ async def test_operator_runs_and_stops(kubeconfig: Path, tmp_path: Path) -> None
             stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            await eventually(lambda: asyncio.to_thread(_healthz, url), what=f"liveness {url}")
+            await eventually(lambda: asyncio.to_thread(healthy, url), what=f"liveness {url}")
             assert "jobbatch operator started" in log.read_text()
         finally:
             proc.send_signal(signal.SIGTERM)
