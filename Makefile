@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration tools deps crds clean
+.PHONY: demo test lint typecheck unit integration tools deps crds images clean
 
 demo: $(STAMP) tools
 	$(BIN)/python -m e2e.demo
@@ -34,6 +34,10 @@ integration: $(STAMP) tools
 crds: $(STAMP)
 	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
 	cp crds/jobbatch.io_jobbatches.yaml charts/jobbatch-operator/crds/
+
+# Operator and example-worker images from a Debian base made here (no registry needed); see images/build.sh.
+images: $(STAMP)
+	BASE=local bash images/build.sh
 
 tools: $(STAMP) deps
 	$(BIN)/python -m e2e.tools ensure
