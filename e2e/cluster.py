@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -436,17 +436,6 @@ class LocalCluster:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"===== {comp} ({path}) =====\n" + "\n".join(tail))
         return "\n".join(parts)
-
-
-@contextlib.contextmanager
-def running_cluster(settings: Settings | None = None) -> Iterator[LocalCluster]:
-    """Bring a cluster up for the duration of a block, then down again."""
-    cluster = LocalCluster(settings)
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.down()
 
 
 def main(argv: list[str] | None = None) -> int:

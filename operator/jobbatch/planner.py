@@ -310,6 +310,7 @@ def plan(
 
     # -- dispatch -------------------------------------------------------------------------------
     launched_now = 0
+    retry_events = 0
     if terminal:
         # Stop what still runs; the Jobs are released once the terminal status is persisted.
         out.suspend += [j.name for j in running]
@@ -354,7 +355,8 @@ def plan(
             if launched_now >= budget:
                 break
             out.create.append(Launch(job.shard, job.attempt + 1))
-            if len([e for e in out.events if e.reason == "ShardRetrying"]) < MAX_SHARD_EVENTS_PER_PASS:
+            if retry_events < MAX_SHARD_EVENTS_PER_PASS:
+                retry_events += 1
                 why = f"exit code {job.exit_code}" if job.exit_code is not None else job.reason
                 out.events.append(
                     Event(

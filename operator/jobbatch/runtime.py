@@ -56,7 +56,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     configure_kopf(settings)
     config: OperatorConfig = memo["config"]
     kube = Kube(await new_api_client(), qps=config.api_qps, burst=config.api_burst)
-    memo["runtime"] = Runtime(config=config, kube=kube, dispatcher=Dispatcher(config.max_running_shards))
+    memo["runtime"] = Runtime(kube=kube, dispatcher=Dispatcher(config.max_running_shards))
     metrics.serve(config.metrics_port)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     logger.info("jobbatch operator started, watching %s", scope)

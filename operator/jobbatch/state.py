@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Kube
 
@@ -15,7 +14,6 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class Runtime:
-    config: OperatorConfig
     kube: Kube
     dispatcher: Dispatcher
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)

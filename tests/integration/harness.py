@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,3 @@ class JobRecorder:
             if b == batch:
                 out[shard] += [attempt] * n
         return dict(out)
-
-
-async def until(probe: Callable[[], Awaitable[Any]], what: str, timeout: float = TIMEOUT) -> Any:
-    return await eventually(probe, what=what, timeout=timeout)

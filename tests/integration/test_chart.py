@@ -15,7 +15,8 @@ import yaml
 from kubernetes_asyncio import client
 
 from e2e import tools
-from tests.integration.harness import Batches, OperatorProcess, template, until
+from tests.integration.harness import Batches, OperatorProcess, template
+from tests.waiting import eventually
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "jobbatch-operator"
 KUBE_VERSION = tools.KUBERNETES_VERSION.removeprefix("v")
@@ -116,7 +117,7 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
             await batches.wait_for("rbac", "Complete")
             reasons = [e["reason"] for e in await batches.events("rbac")]
             assert "Completed" in reasons
-            await until(lambda: _gone(batches), what="the batch deleted after its TTL, by the chart's RBAC")
+            await eventually(lambda: _gone(batches), what="the batch deleted after its TTL, by the chart's RBAC")
             lease = await client.CoordinationV1Api(api).read_namespaced_lease(fullname, release_namespace)
             assert lease.spec.holder_identity
             log = await asyncio.to_thread(operator.log.read_text)

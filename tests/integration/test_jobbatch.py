@@ -12,7 +12,8 @@ from kubernetes_asyncio import client
 from jobbatch import api as jb
 from jobbatch import manifests, naming
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, JobRecorder, template, until
+from tests.integration.harness import Batches, JobRecorder, template
+from tests.waiting import eventually
 
 FAST_RETRY = {"limit": 3, "backoff": {"initialSeconds": 0, "jitter": 0}}
 
@@ -45,7 +46,7 @@ async def test_inline_items_complete(
     assert cm.immutable
     assert cm.data[manifests.PAYLOAD_KEY].splitlines() == [f'{{"n":{i}}}' for i in range(7)]
     # Succeeded attempt Jobs are removed once recorded.
-    await until(lambda: _no_jobs(batches), what="succeeded Jobs cleaned up")
+    await eventually(lambda: _no_jobs(batches), what="succeeded Jobs cleaned up")
     reasons = [e["reason"] for e in await batches.events("inline")]
     assert "Started" in reasons
     assert "Completed" in reasons
@@ -68,7 +69,7 @@ async def test_worker_pods_get_the_contract(
         pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items
         return pods[0] if pods else None
 
-    pod = await until(first_pod, what="the first worker pod")
+    pod = await eventually(first_pod, what="the first worker pod")
     env = {e.name: e.value for e in pod.spec.containers[0].env}
     assert env["JOBBATCH_NAME"] == "contract"
     assert env["JOBBATCH_NAMESPACE"] == namespace
@@ -194,7 +195,7 @@ async def test_max_failed_shards_exceeded_stops_the_batch(
     cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
     assert "2 shards failed permanently (maxFailedShards 1)" in cond["message"]
     # Once the failure is recorded, the still-running attempts are stopped and deleted.
-    await until(lambda: _only_failed_jobs_left(batches), what="running shard Jobs stopped")
+    await eventually(lambda: _only_failed_jobs_left(batches), what="running shard Jobs stopped")
 
 
 async def _only_failed_jobs_left(batches: Batches) -> bool:
@@ -231,7 +232,7 @@ async def test_suspend_and_resume(
         await batches.patch_spec("pausable", {"suspend": True})
         suspended = await batches.wait_for("pausable", "Suspended")
         assert suspended["status"]["phase"] == "Suspended"
-        await until(lambda: _all_jobs_suspended(batches), what="running Jobs suspended")
+        await eventually(lambda: _all_jobs_suspended(batches), what="running Jobs suspended")
         launched_while_suspended = sum(jobs.creations.values())
         await batches.patch_spec("pausable", {"suspend": False})
         await batches.wait_for("pausable", "Complete")
@@ -257,7 +258,7 @@ async def test_parallelism_raised_mid_run(
         await batches.wait_status("widen", lambda s: s.get("shards", {}).get("running") == 1, "1 running")
         before = jobs.max_running["widen"]
         await batches.patch_spec("widen", {"parallelism": 3})
-        await until(lambda: _running_at_least(jobs, "widen", 3), what="3 shards running after the change")
+        await eventually(lambda: _running_at_least(jobs, "widen", 3), what="3 shards running after the change")
         await batches.wait_for("widen", "Complete")
     assert before == 1
     assert jobs.max_running["widen"] == 3
@@ -282,7 +283,7 @@ async def test_priority_orders_dispatch_under_the_cluster_cap(
             await batches.create(
                 "low", {**base, "template": template(duration="3s"), "priorityClassName": f"{namespace}-low"}
             )
-            await until(lambda: _running_at_least(jobs, "low", 2), what="low batch holding the cap")
+            await eventually(lambda: _running_at_least(jobs, "low", 2), what="low batch holding the cap")
             await batches.create(
                 "high", {**base, "template": template(duration="1s"), "priorityClassName": f"{namespace}-high"}
             )
@@ -366,7 +367,7 @@ async def test_operator_killed_mid_batch_loses_and_repeats_nothing(
         await batches.wait_status("durable", lambda s: s.get("shards", {}).get("succeeded", 0) >= 5, "5 succeeded")
         await first.kill()
         # Work goes on without the operator: some attempts finish while nobody records them.
-        await until(lambda: _finished_unrecorded(batches), what="a shard finished while the operator was down")
+        await eventually(lambda: _finished_unrecorded(batches), what="a shard finished while the operator was down")
         await operator()
         done = await batches.wait_for("durable", "Complete")
     assert done["status"]["succeededShards"] == "0-29"
@@ -416,7 +417,7 @@ async def test_delete_cascades_to_running_jobs(
     await batches.create("doomed", {"template": template(duration="1h"), "payloads": {"count": 3}})
     await batches.wait_status("doomed", lambda s: s.get("shards", {}).get("running") == 3, "3 running")
     await batches.delete("doomed")
-    await until(lambda: _gone(batches, "doomed"), what="the batch and its Jobs gone")
+    await eventually(lambda: _gone(batches, "doomed"), what="the batch and its Jobs gone")
 
 
 async def _gone(batches: Batches, name: str) -> bool:
@@ -435,10 +436,12 @@ async def test_ttl_start_after_and_deadline(batches: Batches, operator: Operator
         "later", {"template": template(), "payloads": {"count": 1}, "startAfter": "2999-01-01T00:00:00Z"}
     )
     await batches.wait_for("ephemeral", "Complete")
-    await until(lambda: _gone(batches, "ephemeral"), what="the finished batch deleted after its TTL")
+    await eventually(lambda: _gone(batches, "ephemeral"), what="the finished batch deleted after its TTL")
     failed = await batches.wait_for("deadline", "Failed")
     assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
-    await until(lambda: _gone_jobs(batches, "deadline"), what="the deadline batch's running Job stopped and removed")
+    await eventually(
+        lambda: _gone_jobs(batches, "deadline"), what="the deadline batch's running Job stopped and removed"
+    )
     later = await batches.get("later")
     assert later["status"]["phase"] == "Pending"
     assert not [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == "later"]
@@ -466,7 +469,7 @@ async def test_foreground_delete_does_not_deadlock(
     await batches.custom.delete_namespaced_custom_object(
         jb.GROUP, jb.VERSION, namespace, jb.PLURAL, "fg", body=client.V1DeleteOptions(propagation_policy="Foreground")
     )
-    await until(lambda: _gone(batches, "fg"), what="foreground deletion of the batch and its Jobs to finish")
+    await eventually(lambda: _gone(batches, "fg"), what="foreground deletion of the batch and its Jobs to finish")
 
 
 async def test_running_attempt_deleted_by_hand_is_retried_after_its_pod_ends(
@@ -476,7 +479,7 @@ async def test_running_attempt_deleted_by_hand_is_retried_after_its_pod_ends(
     spec = {"template": template(duration="3s"), "payloads": {"count": 2}, "parallelism": 1, "retry": FAST_RETRY}
     async with JobRecorder(api, namespace) as jobs:
         await batches.create("handled", spec)
-        pod = await until(lambda: _running_pod(api, namespace), what="the first worker pod Running")
+        pod = await eventually(lambda: _running_pod(api, namespace), what="the first worker pod Running")
         (running,) = await batches.jobs()
         assert pod.metadata.labels["job-name"] == running.metadata.name
         deleted_at = time.monotonic()

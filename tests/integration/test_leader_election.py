@@ -7,7 +7,8 @@ import time
 from kubernetes_asyncio import client
 
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, JobRecorder, template, until
+from tests.integration.harness import Batches, JobRecorder, template
+from tests.waiting import eventually
 
 LEASE = "jobbatch-test-leader"
 
@@ -31,7 +32,7 @@ async def test_standby_takes_over_when_the_leader_dies(
 ) -> None:
     flags = ("--leader-elect", "--leader-election-namespace", namespace, "--leader-election-lease", LEASE)
     replicas = [await operator(*flags, "--lease-duration", "4") for _ in range(2)]
-    holder = await until(lambda: _holder(api, namespace), what="a replica holding the Lease")
+    holder = await eventually(lambda: _holder(api, namespace), what="a replica holding the Lease")
     by_pid = {r.proc.pid: r for r in replicas if r.proc is not None}
     leader = by_pid[_pid_of(holder)]
     (standby,) = [r for r in replicas if r is not leader]
@@ -44,7 +45,7 @@ async def test_standby_takes_over_when_the_leader_dies(
         assert "leads" not in standby.log.read_text()
         await leader.kill()
         killed = time.monotonic()
-        new_holder = await until(
+        new_holder = await eventually(
             lambda: _other_holder(api, namespace, holder), what="the standby taking the Lease", timeout=30
         )
         took_over = time.monotonic() - killed
