@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   local control plane + operator, shown running, then stopped
 #   make test   lint + types + unit + integration tests (what CI runs)
+# and, for performance work, `make bench` (docs/performance.md).
 # Both install what they need: a virtualenv in .venv, Debian packages, and the
 # Go-built Kubernetes binaries cached in ~/.cache/jobbatch (see e2e/tools.py).
 
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration tools deps crds images clean
+.PHONY: demo test bench lint typecheck unit integration tools deps crds images clean
 
 demo: $(STAMP) tools
 	$(BIN)/python -m e2e.demo
@@ -17,9 +18,13 @@ demo: $(STAMP) tools
 test: lint typecheck
 	$(BIN)/pytest tests
 
+# JobBatch against a native Indexed Job on local control planes; BENCH_ARGS, e.g. "--runs 1 --shards 1000".
+bench: $(STAMP) tools
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests e2e
-	$(BIN)/ruff format --check operator tests e2e
+	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/ruff format --check operator tests e2e bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

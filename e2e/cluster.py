@@ -69,7 +69,7 @@ def kubeconfig_path(name: str) -> Path:
     return state_dir(name) / "kubeconfig"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -218,7 +218,8 @@ class LocalCluster:
     def _pids_file(self) -> Path:
         return self.state / "pids.json"
 
-    def _pids(self) -> dict[str, int]:
+    def pids(self) -> dict[str, int]:
+        """Process id of each component (the leader of its process group)."""
         try:
             return dict(json.loads(self._pids_file.read_text()))
         except FileNotFoundError:
@@ -234,13 +235,13 @@ class LocalCluster:
                 start_new_session=True,  # outlives `up`; `down` signals the whole group
             )
         self._procs[name] = proc
-        pids = self._pids()
+        pids = self.pids()
         pids[name] = proc.pid
         self._pids_file.write_text(json.dumps(pids))
 
     def running(self) -> dict[str, bool]:
         out = {}
-        for name, pid in self._pids().items():
+        for name, pid in self.pids().items():
             try:
                 os.kill(pid, 0)
                 out[name] = True
@@ -252,10 +253,21 @@ class LocalCluster:
         states = self.running()
         return bool(states) and all(states.get(c) for c in COMPONENTS) and self._api_ready()
 
+    def recorded_settings(self) -> Settings | None:
+        """The settings the running cluster was started with (None if it never started)."""
+        try:
+            return Settings(**json.loads((self.state / "settings.json").read_text()))
+        except FileNotFoundError:
+            return None
+
+    def ports(self) -> dict[str, int]:
+        """Loopback ports: ``etcd`` (client) and ``apiserver``."""
+        return dict(json.loads((self.state / "ports.json").read_text()))
+
     # -- lifecycle ------------------------------------------------------------
     def up(self, *, timeout: float = 180) -> Path:
-        """Start every component (reusing a healthy cluster of the same name)."""
-        if self.is_up():
+        """Start every component (reusing a healthy cluster of the same name and settings)."""
+        if self.is_up() and self.recorded_settings() == self.settings:
             return self.kubeconfig
         self.down()
         tools.ensure()
@@ -266,8 +278,9 @@ class LocalCluster:
         self.logs.mkdir(parents=True)
         pki = self.state / "pki"
         _make_pki(pki)
-        etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         (self.state / "ports.json").write_text(json.dumps({"etcd": etcd_port, "apiserver": api_port}))
+        (self.state / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
         _write_kubeconfig(self.kubeconfig, pki, api_port)
         kc = str(self.kubeconfig)
 
@@ -323,7 +336,7 @@ class LocalCluster:
             [
                 "kube-controller-manager",
                 *common,
-                f"--secure-port={_free_port()}",
+                f"--secure-port={free_port()}",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 f"--kube-api-qps={s.kcm_api_qps}",
@@ -332,7 +345,7 @@ class LocalCluster:
                 "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route",
             ],
         )
-        self._start("kube-scheduler", ["kube-scheduler", *common, f"--secure-port={_free_port()}"])
+        self._start("kube-scheduler", ["kube-scheduler", *common, f"--secure-port={free_port()}"])
         self._start(
             "kwok",
             [
@@ -341,7 +354,7 @@ class LocalCluster:
                 f"--config={STAGES_FILE}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                f"--server-address=127.0.0.1:{_free_port()}",
+                f"--server-address=127.0.0.1:{free_port()}",
                 "--node-lease-duration-seconds=40",
                 "--cidr=10.128.0.0/12",
             ],
@@ -360,7 +373,7 @@ class LocalCluster:
 
     def down(self) -> None:
         """Stop every component (TERM, then KILL) and delete the state folder."""
-        pids = self._pids()
+        pids = self.pids()
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
@@ -405,7 +418,7 @@ class LocalCluster:
 
     def _api_ready(self) -> bool:
         try:
-            ports = json.loads((self.state / "ports.json").read_text())
+            ports = self.ports()
         except FileNotFoundError:
             return False
         pki = self.state / "pki"

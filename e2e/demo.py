@@ -14,10 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from e2e.cluster import LocalCluster, Settings, wait_until
+from e2e.operator_process import healthy
 
 LIVENESS = "http://127.0.0.1:18081/healthz"
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +27,6 @@ EXAMPLE = ROOT / "examples" / "01-minimal" / "jobbatch.yaml"
 
 def _say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
-
-
-def _healthy() -> bool:
-    try:
-        with urllib.request.urlopen(LIVENESS, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "jobbatch.cli", "run", "--liveness-endpoint", LIVENESS, "--metrics-port", "0"],
             env=env,
         )
-        wait_until(_healthy, timeout=60, what=f"operator liveness at {LIVENESS}")
+        wait_until(lambda: healthy(LIVENESS), timeout=60, what=f"operator liveness at {LIVENESS}")
         _say(f"operator is live ({LIVENESS} answers 200)")
         _say(f"kubectl apply -f {args.example.relative_to(ROOT) if args.example.is_absolute() else args.example}")
         print(cluster.kubectl("apply", "-f", str(args.example)).stdout, end="")

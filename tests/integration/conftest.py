@@ -13,7 +13,8 @@ from kubernetes_asyncio import client, config
 
 from e2e import tools
 from e2e.cluster import LocalCluster, Settings, wait_until
-from tests.integration.harness import CRD_FILE, Batches, OperatorProcess
+from e2e.operator_process import OperatorProcess
+from tests.integration.harness import CRD_FILE, Batches
 from tests.waiting import eventually
 
 _CLUSTER: LocalCluster | None = None

@@ -5,13 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
-import signal
-import socket
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,58 +18,6 @@ from tests.waiting import TIMEOUT, eventually
 
 MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "jobbatch.io_jobbatches.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@dataclasses.dataclass
-class OperatorProcess:
-    """One `jobbatch run` process watching one namespace."""
-
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/healthz"
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "jobbatch.cli", "run", "--liveness-endpoint", url, "--metrics-port", "0",
-                *self.args, env=self.env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-        await eventually(lambda: asyncio.to_thread(healthy, url), what=f"operator liveness {url}")
-
-    async def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, as when a node dies."""
-        assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
-
-    async def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.returncode is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout=30)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
 
 
 def template(**annotations: str) -> dict[str, Any]:

@@ -15,7 +15,8 @@ import yaml
 from kubernetes_asyncio import client
 
 from e2e import tools
-from tests.integration.harness import Batches, OperatorProcess, template
+from e2e.operator_process import OperatorProcess
+from tests.integration.harness import Batches, template
 from tests.waiting import eventually
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "jobbatch-operator"

@@ -8,7 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.integration.harness import free_port, healthy
+from e2e.cluster import free_port
+from e2e.operator_process import healthy
 from tests.waiting import eventually
 
 

@@ -1,0 +1,199 @@
+"""What the harness measures, computed from watch events, /proc and the API server's metrics.
+
+Everything here is plain computation on recorded data (unit-tested without a cluster);
+``bench.run`` feeds it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bench.kubeapi import WRITE_VERBS
+
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def request_totals(metrics_text: str) -> collections.Counter[str]:
+    """``apiserver_request_total`` summed over codes, keyed ``"VERB resource[/subresource]"``."""
+    out: collections.Counter[str] = collections.Counter()
+    for line in metrics_text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        if not labels.get("resource"):
+            continue  # non-resource URLs: /healthz, discovery
+        resource = labels["resource"]
+        if labels.get("group"):
+            resource = f"{resource}.{labels['group']}"
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        out[f"{labels['verb']} {resource}"] += round(float(match["value"]))
+    return out
+
+
+def writes_between(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Write requests made between two ``request_totals`` readings, by verb and resource."""
+    out = {}
+    for key, value in after.items():
+        if key.split(" ", 1)[0] in WRITE_VERBS and value - before.get(key, 0) > 0:
+            out[key] = value - before.get(key, 0)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# Writes only the operator makes: shard Jobs (the Job controller writes only jobs/status),
+# the JobBatch and its status, the payload snapshot. Events are shared with the controllers.
+OPERATOR_RESOURCES = frozenset({"jobs.batch", "jobbatches.jobbatch.io", "jobbatches.jobbatch.io/status", "configmaps"})
+
+
+def operator_writes(writes: Mapping[str, int]) -> int:
+    return sum(n for key, n in writes.items() if key.split(" ", 1)[1] in OPERATOR_RESOURCES)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's high-water resident set (VmHWM): a true peak, not a sample."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmHWM for pid {pid}")
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None without data."""
+    data = sorted(values)
+    if not data:
+        return None
+    rank = max(1, -(-len(data) * q // 100))  # ceil(len*q/100), at least 1
+    return data[int(rank) - 1]
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    data = [v for v in values if v is not None]
+    return statistics.median(data) if data else None
+
+
+class SlotLatency:
+    """Time from a worker finishing, while work is left to start, to the next worker starting.
+
+    Each such finish frees a slot that should be refilled at once; finishes are paired,
+    first in first out, with the following starts. A finish counts even when fewer workers
+    than the parallelism were active: a dispatcher that lags behind its slots is exactly
+    what this must show. Finishes once every worker has started free nothing and are not counted.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = 0
+        self._freed: collections.deque[float] = collections.deque()
+        self.samples: list[float] = []
+
+    def start(self, t: float) -> None:
+        self.started += 1
+        if self._freed:
+            self.samples.append(t - self._freed.popleft())
+
+    def finish(self, t: float) -> None:
+        if self.started < self.total:
+            self._freed.append(t)
+
+    def summary(self) -> dict[str, float | int | None]:
+        return {
+            "samples": len(self.samples),
+            "p50": percentile(self.samples, 50),
+            "p99": percentile(self.samples, 99),
+        }
+
+
+def _finished(obj: Mapping[str, Any]) -> str | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+@dataclasses.dataclass
+class Timeline:
+    """One run as seen through watches: pods, worker Jobs, and the object under test.
+
+    Times are seconds since ``t0`` (the moment the object was submitted), on the
+    harness's monotonic clock, stamped when each event arrives.
+    """
+
+    total: int
+    t0: float = 0.0
+    first_pod: float | None = None
+    completed: float | None = None
+    outcome: str | None = None
+    # (t, running pods, succeeded pods) at every change: the plots' data.
+    series: list[tuple[float, int, int]] = dataclasses.field(default_factory=list)
+    _pod_phase: dict[str, str] = dataclasses.field(default_factory=dict)
+    _running: int = 0
+    _succeeded: int = 0
+    _jobs_seen: set[str] = dataclasses.field(default_factory=set)
+    _jobs_done: set[str] = dataclasses.field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.pod_slots = SlotLatency(self.total)
+        self.job_slots = SlotLatency(self.total)
+
+    def on_pod(self, now: float, kind: str, pod: Mapping[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        t = now - self.t0
+        old = self._pod_phase.get(uid)
+        if old is None:
+            if kind == "DELETED":
+                return
+            self._pod_phase[uid] = "Pending"
+            old = "Pending"
+            self.pod_slots.start(t)
+            if self.first_pod is None:
+                self.first_pod = t
+        phase = (pod.get("status") or {}).get("phase") or "Pending"
+        if old in ("Succeeded", "Failed") or phase == old:
+            return
+        if kind == "DELETED" and phase not in ("Succeeded", "Failed"):
+            phase = "Failed"  # deleted before it ended: its slot is free all the same
+        self._pod_phase[uid] = phase
+        self._running += (phase == "Running") - (old == "Running")
+        if phase in ("Succeeded", "Failed"):
+            self._succeeded += phase == "Succeeded"
+            self.pod_slots.finish(t)
+        self.series.append((t, self._running, self._succeeded))
+
+    def on_worker_job(self, now: float, kind: str, job: Mapping[str, Any]) -> None:
+        """A JobBatch's shard Job (A only): the operator's own dispatch latency is Job to Job."""
+        uid = job["metadata"]["uid"]
+        t = now - self.t0
+        if uid not in self._jobs_seen:
+            if kind == "DELETED":
+                return
+            self._jobs_seen.add(uid)
+            self.job_slots.start(t)
+        if uid not in self._jobs_done and (_finished(job) or kind == "DELETED"):
+            self._jobs_done.add(uid)
+            self.job_slots.finish(t)
+
+    def on_subject(self, now: float, obj: Mapping[str, Any]) -> None:
+        outcome = _finished(obj)
+        if outcome and self.completed is None:
+            self.completed, self.outcome = now - self.t0, outcome
+
+    @property
+    def pods_seen(self) -> int:
+        return len(self._pod_phase)

@@ -1,0 +1,368 @@
+"""Benchmark: a JobBatch (A) against a native Indexed Job (B) on the same local control plane.
+
+    python -m bench.run [--shards 1000,10000] [--parallelism 100,1000] [--durations 0,5]
+                        [--runs 3] [--planes default,raised] [--out bench/results/latest]
+    python -m bench.run --cluster pytest ...   # one already-running local cluster, as it is
+
+For each control plane (controller-manager limits at Kubernetes' defaults, then raised)
+and each case (N shards of one item, parallelism P, pods lasting D seconds), A and B run
+alternately, ``--runs`` times each, in fresh namespaces; the report (JSON, Markdown, PNG
+plots) goes to ``--out``. Method and latest results: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from bench import measure, report
+from bench.kubeapi import LocalApi
+from e2e import tools
+from e2e.cluster import LocalCluster, Settings, free_port
+from e2e.operator_process import OperatorProcess
+from jobbatch import __version__, api
+
+logger = logging.getLogger("bench")
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD_FILE = ROOT / "crds" / "jobbatch.io_jobbatches.yaml"
+System = Literal["A", "B"]
+
+# Control planes compared: the controller-manager as Kubernetes ships it, and with its
+# client limits and Job workers raised, so the report shows whose limits bind.
+PLANES = {
+    "default": Settings(name="bench-default", kcm_api_qps=20, kcm_api_burst=30, concurrent_job_syncs=5),
+    "raised": Settings(name="bench-raised", kcm_api_qps=200, kcm_api_burst=400, concurrent_job_syncs=50),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    shards: int
+    parallelism: int
+    duration: float  # seconds each simulated pod runs
+
+    @property
+    def slug(self) -> str:
+        return f"n{self.shards}-p{self.parallelism}-d{self.duration:g}"
+
+    def timeout(self) -> float:
+        """Generous: the slowest plane (20 qps for pods) plus the pods' own running time."""
+        waves = -(-self.shards // self.parallelism)
+        return 300 + self.shards * 0.25 + waves * self.duration * 3
+
+
+def pod_template(case: Case) -> dict[str, Any]:
+    """The same simulated worker for A and B (kwok runs it; see docs/testing.md)."""
+    return {
+        "metadata": {"annotations": {"sim.jobbatch.io/duration": f"{case.duration:g}s"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "worker", "image": "example.invalid/worker:1"}],
+        },
+    }
+
+
+def subject(system: System, case: Case) -> tuple[str, dict[str, Any]]:
+    """(collection path suffix, manifest) of the object a run submits."""
+    if system == "A":
+        return "/apis/jobbatch.io/v1alpha1/namespaces/{ns}/jobbatches", {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": "bench"},
+            "spec": {
+                "template": pod_template(case),
+                "payloads": {"count": case.shards},
+                "shardSize": 1,
+                "parallelism": case.parallelism,
+            },
+        }
+    return "/apis/batch/v1/namespaces/{ns}/jobs", {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": case.shards,
+            "parallelism": case.parallelism,
+            "backoffLimit": 0,
+            "template": pod_template(case),
+        },
+    }
+
+
+def etcd_key(system: System, namespace: str) -> str:
+    if system == "A":
+        return f"/registry/{api.GROUP}/{api.PLURAL}/{namespace}/bench"
+    return f"/registry/jobs/{namespace}/bench"
+
+
+@dataclasses.dataclass
+class Bench:
+    cluster: LocalCluster
+    api: LocalApi
+    workdir: Path
+    profile: bool = False  # sample the operator with py-spy (collapsed stacks in workdir)
+
+    async def prepare(self) -> None:
+        """The CRD, served (idempotent: server-side apply)."""
+        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+        deadline = time.monotonic() + 60
+        while await self.api.get(f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}") is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the jobbatches resource is not served")
+            await asyncio.sleep(0.5)
+
+    async def _namespace(self, name: str) -> None:
+        await self.api.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+        # Pods cannot be created before the controller-manager made the default ServiceAccount.
+        deadline = time.monotonic() + 60
+        while await self.api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default") is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no default ServiceAccount in {name}")
+            await asyncio.sleep(0.2)
+
+    def _cpu(self) -> dict[str, float]:
+        out = {}
+        for component, pid in self.cluster.pids().items():
+            try:
+                out[component] = measure.cpu_seconds(pid)
+            except FileNotFoundError:
+                continue
+        out["harness"] = measure.cpu_seconds(os.getpid())
+        return out
+
+    async def run_once(self, system: System, case: Case, run: int) -> dict[str, Any]:
+        """One measured run in a fresh namespace, torn down afterwards."""
+        ns = f"bench-{system.lower()}-{case.slug.replace('.', '-')}-r{run}-{uuid.uuid4().hex[:4]}"
+        result: dict[str, Any] = {"system": system, "run": run, "namespace": ns, **dataclasses.asdict(case)}
+        await self._namespace(ns)
+        operator = None
+        if system == "A":
+            operator = OperatorProcess(
+                args=["--namespace", ns],
+                env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+                log=self.workdir / f"operator-{ns}.log",
+                metrics_port=free_port(),
+            )
+            await operator.start()
+        profiler = None
+        if operator is not None and self.profile:
+            stacks = self.workdir / f"profile-{ns}.txt"
+            profiler = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(operator.pid),
+                "--format", "raw", "--rate", "200", "--output", str(stacks),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        timeline = measure.Timeline(total=case.shards)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_pod(kind: str, obj: dict[str, Any]) -> None:
+            timeline.on_pod(loop.time(), kind, obj)
+
+        def on_job(kind: str, obj: dict[str, Any]) -> None:
+            if system == "B" and obj["metadata"]["name"] == "bench":
+                on_subject(kind, obj)
+            elif api.LABEL_SHARD in (obj["metadata"].get("labels") or {}):
+                timeline.on_worker_job(loop.time(), kind, obj)
+
+        def on_subject(kind: str, obj: dict[str, Any]) -> None:
+            timeline.on_subject(loop.time(), obj)
+            if timeline.completed is not None:
+                done.set()
+
+        ready = [asyncio.Event() for _ in range(3)]
+        watches = [
+            asyncio.create_task(self.api.watch(f"/api/v1/namespaces/{ns}/pods", on_pod, ready[0])),
+            asyncio.create_task(self.api.watch(f"/apis/batch/v1/namespaces/{ns}/jobs", on_job, ready[1])),
+        ]
+        if system == "A":
+            path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{ns}/{api.PLURAL}"
+            watches.append(asyncio.create_task(self.api.watch(path, on_subject, ready[2])))
+        else:
+            ready[2].set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), timeout=60)
+            collection, manifest = subject(system, case)
+            requests_before = measure.request_totals(await self.api.metrics_text())
+            cpu_before = self._cpu()
+            op_cpu_before = measure.cpu_seconds(operator.pid) if operator else 0.0
+            timeline.t0 = loop.time()
+            await self.api.request("POST", collection.format(ns=ns), manifest)
+            try:
+                await asyncio.wait_for(done.wait(), timeout=case.timeout())
+            except TimeoutError:
+                result["error"] = f"not finished after {case.timeout():.0f}s; {timeline.pods_seen} pods seen"
+            result["wall_seconds"] = timeline.completed
+            result["outcome"] = timeline.outcome
+            result["first_pod_seconds"] = timeline.first_pod
+            requests_after = measure.request_totals(await self.api.metrics_text())
+            cpu_after = self._cpu()
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                await profiler.wait()
+            if operator is not None:
+                result["operator_cpu_seconds"] = measure.cpu_seconds(operator.pid) - op_cpu_before
+                result["operator_peak_rss_bytes"] = measure.peak_rss_bytes(operator.pid)
+                result["operator_metrics"] = await self._operator_metrics(operator.metrics_port)
+            result["object_bytes_in_etcd"] = await self.api.etcd_value_size(etcd_key(system, ns))
+            result["cpu_seconds"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_after if k in cpu_before}
+            result["writes"] = measure.writes_between(requests_before, requests_after)
+            result["pod_slot_latency"] = timeline.pod_slots.summary()
+            if system == "A":
+                result["dispatch_latency"] = timeline.job_slots.summary()
+            result["series"] = timeline.series
+        finally:
+            for task in watches:
+                task.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+            # Tear down while the operator runs: it releases its finalizers as the batch goes.
+            before_teardown = measure.request_totals(await self.api.metrics_text())
+            started = time.monotonic()
+            await self.api.request("DELETE", f"/api/v1/namespaces/{ns}")
+            await self.api.wait_gone(f"/api/v1/namespaces/{ns}", timeout=case.timeout())
+            result["teardown_seconds"] = round(time.monotonic() - started, 2)
+            after_teardown = measure.request_totals(await self.api.metrics_text())
+            result["teardown_writes"] = measure.writes_between(before_teardown, after_teardown)
+            if operator is not None:
+                await operator.stop()
+        return result
+
+    async def _operator_metrics(self, port: int) -> dict[str, float]:
+        async with self.api.session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+        wanted = (
+            "jobbatch_dispatch_latency_seconds_sum",
+            "jobbatch_dispatch_latency_seconds_count",
+            "jobbatch_status_writes_total",
+            "jobbatch_reconcile_duration_seconds_count",
+            "jobbatch_reconcile_duration_seconds_sum",
+        )
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in wanted:
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024**2, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+async def bench_plane(
+    cluster: LocalCluster, plane: str, cases: list[Case], runs: int, workdir: Path, warmup: bool, profile: bool
+) -> list[dict[str, Any]]:
+    results = []
+    async with LocalApi(cluster) as local:
+        bench = Bench(cluster, local, workdir, profile)
+        await bench.prepare()
+        if warmup:  # first-use costs (caches, connections, imports) stay out of the figures
+            for system in ("A", "B"):
+                await bench.run_once(system, Case(50, 10, 0), 0)
+        for case in cases:
+            for run in range(1, runs + 1):
+                order: tuple[System, System] = ("A", "B") if run % 2 else ("B", "A")
+                for system in order:
+                    logger.info("%s %s run %d/%d: %s", plane, case.slug, run, runs, system)
+                    result = await bench.run_once(system, case, run)
+                    result["plane"] = plane
+                    logger.info(
+                        "  wall %s s, first pod %s s%s",
+                        result.get("wall_seconds"),
+                        result.get("first_pod_seconds"),
+                        f", ERROR {result['error']}" if "error" in result else "",
+                    )
+                    results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--shards", type=_ints, default=[1000, 10000], help="N values, comma-separated")
+    parser.add_argument("--parallelism", type=_ints, default=[100, 1000], help="P values")
+    parser.add_argument("--durations", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 5.0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of A and of B per case")
+    parser.add_argument("--planes", default="default,raised", help=f"of {', '.join(PLANES)}")
+    parser.add_argument("--cluster", help="use this running local cluster as the only plane (left running)")
+    parser.add_argument("--keep", action="store_true", help="leave the planes the harness started running")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--profile", action="store_true", help="py-spy the operator (stacks in OUT/logs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cases = [Case(n, p, d) for n in args.shards for p in args.parallelism for d in args.durations]
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.out / "logs"
+    workdir.mkdir(exist_ok=True)
+    planes: list[tuple[str, LocalCluster, bool]] = []
+    if args.cluster:
+        cluster = LocalCluster(Settings(name=args.cluster))
+        recorded = cluster.recorded_settings()
+        if not cluster.is_up() or recorded is None:
+            parser.error(f"local cluster {args.cluster!r} is not running")
+        planes.append((args.cluster, LocalCluster(recorded), False))
+    else:
+        for plane in args.planes.split(","):
+            cluster = LocalCluster(PLANES[plane])
+            reused = cluster.is_up() and cluster.recorded_settings() == cluster.settings
+            planes.append((plane, cluster, not (args.keep or reused)))  # stop only what this run started
+    started = datetime.datetime.now(datetime.UTC)
+    results: list[dict[str, Any]] = []
+    plane_info = []
+    for plane, cluster, stop in planes:
+        logger.info("control plane %s (%s): starting or reusing", plane, cluster.settings.name)
+        cluster.up()
+        try:
+            results += asyncio.run(bench_plane(cluster, plane, cases, args.runs, workdir, args.warmup, args.profile))
+        finally:
+            if stop:
+                cluster.down()
+        plane_info.append({"name": plane, "settings": dataclasses.asdict(cluster.settings)})
+    data = {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "versions": {"jobbatch": __version__, **{t.key: t.version for t in tools.TOOLS}},
+        "runs": args.runs,
+        "planes": plane_info,
+        "results": results,
+    }
+    report.write(data, args.out)
+    print(f"report: {args.out / 'report.md'}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

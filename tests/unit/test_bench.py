@@ -1,0 +1,180 @@
+"""The benchmark's measurements and report, on recorded data (no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import measure, report
+
+
+def _sample(verb: str, resource: str, value: int, *, group: str = "", sub: str = "", code: str = "200") -> str:
+    labels = (
+        f'code="{code}",component="apiserver",dry_run="",group="{group}",resource="{resource}",'
+        f'scope="resource",subresource="{sub}",verb="{verb}",version="v1"'
+    )
+    return f"apiserver_request_total{{{labels}}} {value}"
+
+
+METRICS_BEFORE = "\n".join(
+    [
+        "# HELP apiserver_request_total Counter of apiserver requests",
+        _sample("POST", "jobs", 10, group="batch", code="201"),
+        _sample("PATCH", "pods", 4, sub="status"),
+        _sample("LIST", "pods", 7),
+        'apiserver_request_total{code="200",group="",resource="",subresource="/healthz",verb="GET"} 1',
+    ]
+)
+METRICS_AFTER = "\n".join(
+    [
+        _sample("POST", "jobs", 30, group="batch", code="201"),
+        _sample("POST", "jobs", 2, group="batch", code="409"),
+        _sample("PUT", "jobs", 60, group="batch", sub="status"),
+        _sample("PATCH", "jobbatches", 3, group="jobbatch.io", sub="status"),
+        _sample("PATCH", "pods", 4, sub="status"),
+        _sample("LIST", "pods", 99),
+    ]
+)
+
+
+def test_writes_are_counted_by_verb_and_resource_over_all_codes() -> None:
+    writes = measure.writes_between(measure.request_totals(METRICS_BEFORE), measure.request_totals(METRICS_AFTER))
+    # Reads (LIST), unchanged counters and non-resource URLs are left out; codes are summed.
+    assert writes == {"PUT jobs.batch/status": 60, "POST jobs.batch": 22, "PATCH jobbatches.jobbatch.io/status": 3}
+
+
+def test_operator_writes_exclude_what_the_job_controller_writes() -> None:
+    writes = {"PUT jobs.batch/status": 60, "POST jobs.batch": 22, "PATCH jobbatches.jobbatch.io/status": 3}
+    assert measure.operator_writes(writes) == 25
+
+
+def test_percentile_is_nearest_rank() -> None:
+    data = [float(i) for i in range(1, 101)]
+    assert measure.percentile(data, 50) == 50.0
+    assert measure.percentile(data, 99) == 99.0
+    assert measure.percentile([3.0], 99) == 3.0
+    assert measure.percentile([], 50) is None
+
+
+def test_slot_latency_pairs_finishes_with_the_next_starts_while_work_remains() -> None:
+    slots = measure.SlotLatency(total=4)
+    slots.start(0.0)
+    slots.start(0.0)  # the ramp-up: no slot was freed, no sample
+    slots.finish(1.0)
+    slots.finish(1.5)
+    slots.start(1.2)  # refills the slot freed at 1.0
+    slots.start(2.0)  # refills the slot freed at 1.5
+    slots.finish(3.0)  # every worker started: nothing to refill
+    assert slots.samples == pytest.approx([0.2, 0.5])
+    assert slots.summary()["samples"] == 2
+
+
+def _pod(uid: str, phase: str) -> dict[str, Any]:
+    return {"metadata": {"uid": uid}, "status": {"phase": phase}}
+
+
+def test_timeline_counts_running_and_succeeded_pods_once_each() -> None:
+    t = measure.Timeline(total=2, t0=100.0)
+    t.on_pod(100.5, "ADDED", _pod("a", "Pending"))
+    t.on_pod(101.0, "MODIFIED", _pod("a", "Running"))
+    t.on_pod(102.0, "MODIFIED", _pod("a", "Succeeded"))
+    t.on_pod(102.1, "MODIFIED", _pod("a", "Succeeded"))  # a repeated phase changes nothing
+    t.on_pod(102.5, "ADDED", _pod("b", "Pending"))
+    t.on_pod(103.0, "DELETED", _pod("a", "Succeeded"))  # deleting a finished pod changes nothing
+    assert t.first_pod == 0.5
+    assert t.series == [(1.0, 1, 0), (2.0, 0, 1)]
+    assert t.pod_slots.samples == pytest.approx([0.5])
+
+
+def test_timeline_takes_the_first_terminal_condition_of_the_subject() -> None:
+    t = measure.Timeline(total=1, t0=10.0)
+    t.on_subject(11.0, {"status": {"conditions": [{"type": "Running", "status": "True"}]}})
+    assert _end(t) == (None, None)
+    t.on_subject(12.0, {"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+    t.on_subject(13.0, {"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+    assert _end(t) == (2.0, "Complete")
+
+
+def _end(t: measure.Timeline) -> tuple[float | None, str | None]:
+    return t.completed, t.outcome
+
+
+def _result(system: str, run: int, wall: float, **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "plane": "raised",
+        "system": system,
+        "run": run,
+        "shards": 10000,
+        "parallelism": 1000,
+        "duration": 0.0,
+        "wall_seconds": wall,
+        "first_pod_seconds": 0.1,
+        "pod_slot_latency": {"p50": 0.1, "p99": 0.3, "samples": 10},
+        "writes": {"POST pods": 10000, "POST jobs.batch": 10000 if system == "A" else 1},
+        "teardown_writes": {"DELETE pods": 10},
+        "object_bytes_in_etcd": 4000,
+        "cpu_seconds": {"kube-apiserver": 10.0},
+        "series": [(0.5, 1, 0), (1.0, 0, 1)],
+    }
+    if system == "A":
+        base.update(
+            dispatch_latency={"p50": 0.15, "p99": 0.9, "samples": 9000},
+            operator_cpu_seconds=30.0,
+            operator_peak_rss_bytes=150 * report.MiB,
+            operator_metrics={"jobbatch_status_writes_total": 40.0},
+        )
+    return {**base, **extra}
+
+
+def test_summary_gives_medians_and_ratios_pair_by_pair() -> None:
+    results = [
+        _result("A", 1, 110.0),
+        _result("B", 1, 100.0),
+        _result("A", 2, 130.0),
+        _result("B", 2, 100.0),
+        _result("A", 3, 120.0),
+        _result("B", 3, 80.0),
+    ]
+    (row,) = report.summarize(results)
+    assert row["A"]["wall_seconds"] == 120.0
+    assert row["B"]["wall_seconds"] == 100.0
+    assert row["ratio"] == pytest.approx(1.2)
+    assert row["pair_ratios"] == pytest.approx([1.1, 1.3, 1.5])
+    assert row["A"]["cpu_per_1000"] == pytest.approx(3.0)
+    assert row["A"]["operator_writes_per_shard"] == pytest.approx(1.0)
+    assert row["writes_by_resource"]["B"] == {"POST pods": 1.0, "POST jobs.batch": 0.0001}
+
+
+def test_targets_name_the_worst_case_and_say_what_was_not_measured() -> None:
+    rows = report.summarize([_result("A", 1, 120.0), _result("B", 1, 100.0)])
+    targets = {t["target"]: t for t in report.evaluate_targets(rows)}
+    ratio = targets["A/B wall-time ratio at N=10,000, P=1,000 (raised limits)"]
+    assert ratio["measured"] == pytest.approx(1.2)
+    assert ratio["met"] is False
+    assert targets["dispatch latency p50 (s)"]["met"] is True
+    assert targets["operator CPU seconds per 1,000 shards"]["met"] is False
+    assert targets["operator peak RSS at 100,000 shards (MiB)"]["met"] is None  # no 100k run
+
+
+def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
+    results = [_result("A", 1, 120.0), _result("B", 1, 100.0), _result("A", 2, 0.0, error="not finished after 9s")]
+    data = {
+        "started": "2026-11-22T00:00:00+00:00",
+        "finished": "2026-11-22T01:00:00+00:00",
+        "command": "python -m bench.run",
+        "machine": {"cpu": "test", "cores": 2, "memory_gib": 24, "kernel": "6", "python": "3.11"},
+        "versions": {"jobbatch": "0"},
+        "runs": 2,
+        "planes": [
+            {"name": "raised", "settings": {"kcm_api_qps": 200, "kcm_api_burst": 400, "concurrent_job_syncs": 50}}
+        ],
+        "results": results,
+    }
+    report.write(data, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| N=10,000 P=1,000 D=0s | 120.0 s | 100.0 s | 1.20 |" in text
+    assert "not finished after 9s" in text
+    assert (tmp_path / "plots" / "raised-n10000-p1000-d0.png").stat().st_size > 1000
+    assert (tmp_path / "report.json").exists()
