@@ -40,7 +40,7 @@ async def batch_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     reconciler = runtime.reconcilers.get(uid)
     if reconciler is not None:
-        reconciler.wake.set()
+        reconciler.batch_changed()
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)

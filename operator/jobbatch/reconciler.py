@@ -1,16 +1,19 @@
 """One JobBatch's reconcile loop: gather inputs, ask the planner, apply the plan.
 
 The loop is woken by watch events (the batch, its Jobs) and by the planner's
-requeue time; each pass re-reads the batch with a GET, so it always plans from the
-status it last wrote (watch caches may lag behind our own writes). Jobs come from
-the kopf index, plus in-memory *expectations* for Jobs this process created,
-resumed or suspended but whose events have not arrived yet -- without them a
-lagging watch would let a pass launch past ``parallelism``.
+requeue time. It plans from the batch as last persisted: the response of its own
+status write, or a fresh GET once a batch watch event says the object changed (watch
+caches may lag behind our own writes, so a watched body is never planned from).
+Jobs come from the kopf index, plus in-memory *expectations* for Jobs this process
+is creating, resuming or suspending but whose events have not arrived yet -- without
+them a lagging watch would let a pass launch past ``parallelism``.
 
 Order of effects in a pass: write the status (at most about once a second), then
-create/resume/suspend Jobs, then release and delete Jobs whose outcome the status
-*read at the start of the pass* already records, then post Events. A failing call
-does not stop the others; the pass is retried with backoff.
+start the Job calls -- create/resume/suspend, and release-then-delete of Jobs whose
+outcome the status *read at the start of the pass* already records -- then post
+Events. The Job calls run as background tasks, one per Job at a time, so a pass
+takes one status write, not a round of API calls, and the next pass can refill a
+slot the moment a Job finishes. A failed call wakes the loop, whose next pass backs off.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from jobbatch import manifests, metrics, payloads
+from jobbatch import manifests, metrics, naming, payloads
 from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, JobBatchSpec, JobBatchStatus
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Conflict, Kube
@@ -36,6 +39,7 @@ from jobbatch.planner import Acceptance, Batch, Launch, Plan, plan, set_conditio
 logger = logging.getLogger(__name__)
 
 MIN_STATUS_INTERVAL = 1.0  # seconds between status writes of one batch
+MAX_BODY_AGE = 10.0  # re-read the batch at least this often, even if no watch event said it changed
 RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
 COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
 EXPECTATION_TTL = 60.0  # forget an expectation the watch never confirmed
@@ -81,6 +85,12 @@ class BatchReconciler:
         self.namespace, self.name, self.uid = namespace, name, uid
         self._jobs, self._all_jobs, self._clock = jobs, all_jobs, clock
         self.wake = asyncio.Event()
+        self._body: dict[str, Any] | None = None  # the batch as last persisted (GET or our own write)
+        self._body_read = float("-inf")
+        self._body_stale = True
+        self._limit = asyncio.Semaphore(API_CONCURRENCY)
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # Job name -> its call in progress
+        self._failures: list[BaseException] = []
         self._expected: dict[str, _Expectation] = {}
         self._last_status_write = float("-inf")
         self._finishes: collections.deque[float] = collections.deque(maxlen=10_000)
@@ -90,6 +100,20 @@ class BatchReconciler:
     # -- the loop -----------------------------------------------------------------------------
     async def run(self, stopped: Any) -> None:
         """Reconcile until the batch is gone, finished and cleaned up, or ``stopped`` is set."""
+        try:
+            await self._loop(stopped)
+        finally:
+            # Calls are idempotent: whatever is cut short here, the next pass (or operator) redoes.
+            for task in self._inflight.values():
+                task.cancel()
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    def batch_changed(self) -> None:
+        """A watch event for the batch: re-read it before the next pass plans."""
+        self._body_stale = True
+        self.wake.set()
+
+    async def _loop(self, stopped: Any) -> None:
         errors = 0
         while not stopped:
             self.wake.clear()
@@ -102,6 +126,7 @@ class BatchReconciler:
                 return
             except Conflict as exc:
                 logger.debug("%s/%s: %s; re-planning", self.namespace, self.name, exc)
+                self._body_stale = True
                 requeue = 0.0
             except Exception:
                 metrics.reconcile_errors.labels(self.namespace).inc()
@@ -124,7 +149,7 @@ class BatchReconciler:
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile_once(self) -> float | None:
         """One pass; returns seconds until the next one is due (None: only on events)."""
-        body = await self.kube.get_batch(self.namespace, self.name)
+        body = await self._persisted_batch()
         meta = (body or {}).get("metadata", {})
         if body is None or meta.get("uid") != self.uid:
             raise BatchGone
@@ -153,7 +178,7 @@ class BatchReconciler:
             budget = self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid]), running)
         decision = plan(batch, observed, self._clock(), acceptance=acceptance, launch_budget=budget)
         try:
-            requeue = await self._apply(decision, body, spec, status, observed)
+            requeue = await self._apply(decision, body, spec, observed)
         finally:
             if self.dispatcher.cap:
                 self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
@@ -163,6 +188,13 @@ class BatchReconciler:
         if finished and idle and decision.requeue_after is None:
             raise BatchGone  # nothing left to do for this batch, ever
         return requeue
+
+    async def _persisted_batch(self) -> dict[str, Any] | None:
+        if self._body is None or self._body_stale or time.monotonic() - self._body_read > MAX_BODY_AGE:
+            self._body_stale = False  # before the GET: an event during it marks it stale again
+            self._body = await self.kube.get_batch(self.namespace, self.name)
+            self._body_read = time.monotonic()
+        return self._body
 
     def _running_index(self) -> list[tuple[str, list[ShardJob]]]:
         index = self._all_jobs() if self._all_jobs is not None else {}
@@ -241,23 +273,38 @@ class BatchReconciler:
         decision: Plan,
         body: dict[str, Any],
         spec: JobBatchSpec,
-        persisted: JobBatchStatus,
         observed: list[ShardJob],
     ) -> float | None:
         ns = self.namespace
         requeue = decision.requeue_after
         item_count = decision.status.item_count or 0
-        limit = asyncio.Semaphore(API_CONCURRENCY)
+        limit = self._limit
 
-        async def create(launch: Launch) -> None:
+        written = False
+        if decision.status_changed:
+            wait = MIN_STATUS_INTERVAL - (time.monotonic() - self._last_status_write)
+            if wait > 0:
+                requeue = wait if requeue is None else min(requeue, wait)
+            else:
+                meta = body["metadata"]
+                self._body = await self.kube.patch_batch_status(
+                    ns, self.name, decision.status.dump(), meta["resourceVersion"]
+                )
+                self._body_read = self._last_status_write = time.monotonic()
+                metrics.status_writes.labels(ns).inc()
+                written = True
+
+        async def create(launch: Launch, job_name: str) -> None:
             manifest = manifests.shard_job(
                 name=self.name, namespace=ns, uid=self.uid, spec=spec, item_count=item_count,
                 shard=launch.shard, attempt=launch.attempt,
             )  # fmt: skip
-            job_name = manifest["metadata"]["name"]
-            async with limit:
-                made = await self.kube.create_job(ns, manifest)
-            self._expected[job_name] = _Expectation(launch.shard, launch.attempt, "active", time.monotonic())
+            try:
+                async with limit:
+                    made = await self.kube.create_job(ns, manifest)
+            except BaseException:
+                self._expected.pop(job_name, None)  # it holds no slot: never created
+                raise
             if made:
                 metrics.launches.labels(ns).inc()
                 if launch.attempt:
@@ -268,58 +315,49 @@ class BatchReconciler:
         by_name = {job.name: job for job in observed}
 
         async def set_suspended(job_name: str, suspend: bool) -> None:
-            async with limit:
-                await self.kube.set_job_suspended(ns, job_name, suspend)
+            try:
+                async with limit:
+                    await self.kube.set_job_suspended(ns, job_name, suspend)
+            except BaseException:
+                self._expected.pop(job_name, None)  # the Job keeps the state the watch reports
+                raise
+
+        async def clean_up(job_name: str, release: bool, delete: bool) -> None:
+            # Release before delete: a deleting Job still holding our finalizer looks orphaned.
             job = by_name[job_name]
-            state: Literal["active", "suspended"] = "suspended" if suspend else "active"
-            self._expected[job_name] = _Expectation(job.shard, job.attempt, state, time.monotonic())
+            if release:
+                async with limit:
+                    await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
+                if job.finished and job.started_at and job.finished_at:
+                    duration = (job.finished_at - job.started_at).total_seconds()
+                    metrics.attempt_duration.labels(job.state).observe(max(0.0, duration))
+            if delete:
+                async with limit:
+                    await self.kube.delete_job(ns, job_name)
 
-        async def release(job_name: str) -> None:
-            job = by_name[job_name]
-            async with limit:
-                await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
-            if job.finished and job.started_at and job.finished_at:
-                duration = (job.finished_at - job.started_at).total_seconds()
-                metrics.attempt_duration.labels(job.state).observe(max(0.0, duration))
-
-        async def delete(job_name: str) -> None:
-            async with limit:
-                await self.kube.delete_job(ns, job_name)
-
-        written = False
-        if decision.status_changed:
-            wait = MIN_STATUS_INTERVAL - (time.monotonic() - self._last_status_write)
-            if wait > 0:
-                requeue = wait if requeue is None else min(requeue, wait)
-            else:
-                meta = body["metadata"]
-                await self.kube.patch_batch_status(ns, self.name, decision.status.dump(), meta["resourceVersion"])
-                self._last_status_write = time.monotonic()
-                metrics.status_writes.labels(ns).inc()
-                written = True
-
-        failures: list[BaseException] = []
-
-        async def each(calls: Iterable[Awaitable[None]]) -> None:
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            failures.extend(r for r in results if isinstance(r, BaseException))
-
-        await each(
-            [
-                *(create(launch) for launch in decision.create),
-                *(set_suspended(n, False) for n in decision.resume),
-                *(set_suspended(n, True) for n in decision.suspend),
-            ]
-        )
-        # Releases follow outcomes the status read at the start of the pass records; deletes
-        # follow the releases of the same Jobs.
-        await each(release(n) for n in decision.release)
-        await each(delete(n) for n in decision.delete)
+        # Expectations are set before the calls start, so the next pass counts these Jobs already.
+        now = time.monotonic()
+        for launch in decision.create:
+            job_name = naming.job_name(self.name, self.uid, launch.shard, launch.attempt)
+            if job_name not in self._inflight:
+                self._expected[job_name] = _Expectation(launch.shard, launch.attempt, "active", now)
+                self._spawn(job_name, create(launch, job_name))
+        for job_name, suspend in [*((n, False) for n in decision.resume), *((n, True) for n in decision.suspend)]:
+            if job_name not in self._inflight:
+                job = by_name[job_name]
+                state: Literal["active", "suspended"] = "suspended" if suspend else "active"
+                self._expected[job_name] = _Expectation(job.shard, job.attempt, state, now)
+                self._spawn(job_name, set_suspended(job_name, suspend))
+        releases, deletes = set(decision.release), set(decision.delete)
+        for job_name in sorted(releases | deletes):
+            if job_name not in self._inflight:
+                self._spawn(job_name, clean_up(job_name, job_name in releases, job_name in deletes))
         for event in decision.events:
             # Transition events are re-derived from the persisted status until it is written.
             if written or not event.on_status:
                 await self.kube.post_event(body, event.type, event.reason, event.message)
-        if failures:
+        if self._failures:  # calls started by earlier passes; their retries are started above
+            failures, self._failures = self._failures, []
             for exc in failures:
                 logger.warning("%s/%s: %s: %s", ns, self.name, type(exc).__name__, exc)
             raise ActionsFailed(f"{len(failures)} API calls failed; the next pass retries them")
@@ -328,6 +366,20 @@ class BatchReconciler:
             await self.kube.delete_batch(ns, self.name, self.uid)
             raise BatchGone
         return requeue
+
+    def _spawn(self, job_name: str, call: Coroutine[Any, Any, None]) -> None:
+        """Run one Job's call in the background; at most one per Job at a time."""
+        task = asyncio.create_task(call)
+        self._inflight[job_name] = task
+
+        def done(task: asyncio.Task[None]) -> None:
+            if self._inflight.get(job_name) is task:
+                del self._inflight[job_name]
+            if not task.cancelled() and task.exception() is not None:
+                self._failures.append(task.exception())  # type: ignore[arg-type]
+                self.wake.set()
+
+        task.add_done_callback(done)
 
 
 async def release_orphan(kube: Kube, job: dict[str, Any]) -> None:
