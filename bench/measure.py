@@ -41,9 +41,18 @@ def request_totals(metrics_text: str) -> collections.Counter[str]:
 
 def writes_between(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
     """Write requests made between two ``request_totals`` readings, by verb and resource."""
+    return _between(before, after, writes=True)
+
+
+def reads_between(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Read requests (GET, LIST, WATCH) made between two readings, by verb and resource."""
+    return _between(before, after, writes=False)
+
+
+def _between(before: Mapping[str, int], after: Mapping[str, int], *, writes: bool) -> dict[str, int]:
     out = {}
     for key, value in after.items():
-        if key.split(" ", 1)[0] in WRITE_VERBS and value - before.get(key, 0) > 0:
+        if (key.split(" ", 1)[0] in WRITE_VERBS) == writes and value - before.get(key, 0) > 0:
             out[key] = value - before.get(key, 0)
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -52,6 +52,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "pod_slot_p50": _med(ok, lambda r: r["pod_slot_latency"]["p50"]),
         "pod_slot_p99": _med(ok, lambda r: r["pod_slot_latency"]["p99"]),
         "writes_per_shard": _med(ok, lambda r: sum(r["writes"].values()) / n),
+        "reads_per_shard": _med(ok, lambda r: sum(r.get("reads", {}).values()) / n),
         "teardown_writes_per_shard": _med(ok, lambda r: sum(r["teardown_writes"].values()) / n),
         "object_bytes": _med(ok, lambda r: r["object_bytes_in_etcd"]),
         "cpu_seconds": {c: median(r["cpu_seconds"].get(c) for r in ok) for c in COMPONENTS},
@@ -207,8 +208,8 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             "",
             "| case | operator CPU s / 1,000 shards | operator peak RSS | operator writes / shard "
             "| status writes | all writes / shard A | B | teardown writes / shard A | B "
-            "| object in etcd A | B |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| reads / shard A | B | object in etcd A | B |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in prows:
             a, b = r["A"], r["B"]
@@ -217,6 +218,7 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
                 f"| {_f(a.get('operator_writes_per_shard'))} | {_f(a.get('status_writes'), 0)} "
                 f"| {_f(a['writes_per_shard'])} | {_f(b['writes_per_shard'])} "
                 f"| {_f(a['teardown_writes_per_shard'])} | {_f(b['teardown_writes_per_shard'])} "
+                f"| {_f(a['reads_per_shard'])} | {_f(b['reads_per_shard'])} "
                 f"| {_f(a['object_bytes'], 0, ' B')} | {_f(b['object_bytes'], 0, ' B')} |"
             )
         lines += [
@@ -300,3 +302,38 @@ def write(data: dict[str, Any], out: Path) -> None:
     stored["summary"], stored["targets"] = rows, targets
     (out / "report.json").write_text(json.dumps(stored, indent=1))
     (out / "report.md").write_text(render_markdown(data, rows, targets))
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs of the harness (e.g. different run counts for N=1,000 and 10,000)."""
+    planes: dict[str, dict[str, Any]] = {}
+    for data in reports:
+        for plane in data["planes"]:
+            planes.setdefault(plane["name"], plane)
+    return {
+        "started": min(d["started"] for d in reports),
+        "finished": max(d["finished"] for d in reports),
+        "command": "; ".join(d["command"] for d in reports),
+        "machine": reports[0]["machine"],
+        "versions": reports[0]["versions"],
+        "runs": "/".join(sorted({str(d["runs"]) for d in reports})),
+        "planes": list(planes.values()),
+        "results": [r for d in reports for r in d["results"]],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description="Merge reports into one.")
+    parser.add_argument("reports", type=Path, nargs="+", help="report.json files of earlier runs")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write(merge([json.loads(p.read_text()) for p in args.reports]), args.out)
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

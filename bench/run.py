@@ -220,6 +220,7 @@ class Bench:
             result["object_bytes_in_etcd"] = await self.api.etcd_value_size(etcd_key(system, ns))
             result["cpu_seconds"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_after if k in cpu_before}
             result["writes"] = measure.writes_between(requests_before, requests_after)
+            result["reads"] = measure.reads_between(requests_before, requests_after)
             result["pod_slot_latency"] = timeline.pod_slots.summary()
             if system == "A":
                 result["dispatch_latency"] = timeline.job_slots.summary()

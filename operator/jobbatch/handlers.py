@@ -18,8 +18,8 @@ from jobbatch.state import Runtime
 
 
 @kopf.index("batch", "v1", "jobs", labels={api.LABEL_BATCH_UID: kopf.PRESENT})
-def shard_jobs(body: kopf.Body, **_: Any) -> dict[str, ShardJob]:
-    """Shard Jobs by batch UID, as compact summaries."""
+async def shard_jobs(body: kopf.Body, **_: Any) -> dict[str, ShardJob]:
+    """Shard Jobs by batch UID, as compact summaries (async: kopf runs sync handlers in a thread pool)."""
     uid, job = batch_uid_of(body), summarize(body)
     return {uid: job} if uid and job else {}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.rest import RESTResponse
 
 from jobbatch import api
 
@@ -100,6 +100,22 @@ class Kube:
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _unread(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Callable[[], Awaitable[None]]:
+        """A call whose response body is not needed: no model is built from it.
+
+        Decoding every created or deleted Job into kubernetes_asyncio models (dates parsed
+        field by field) was a tenth of the operator's CPU in the benchmark profile.
+        """
+
+        async def call() -> None:
+            resp = await fn(*args, **kwargs, _preload_content=False)
+            data = await resp.read()
+            if not 200 <= resp.status <= 299:
+                raise ApiException(http_resp=RESTResponse(resp, data))  # type: ignore[arg-type]  # as rest.py does
+
+        return call
+
     def _plain(self, obj: Any) -> dict[str, Any]:
         return dict(self.api_client.sanitize_for_serialization(obj))
 
@@ -153,7 +169,7 @@ class Kube:
         try:
             await self._call(
                 f"create job {namespace}/{body['metadata']['name']}",
-                lambda: self.batch.create_namespaced_job(namespace, body),  # type: ignore[arg-type]
+                self._unread(self.batch.create_namespaced_job, namespace, body),
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -165,8 +181,8 @@ class Kube:
         try:
             await self._call(
                 f"{'suspend' if suspend else 'resume'} job {namespace}/{name}",
-                lambda: self.batch.patch_namespaced_job(
-                    name, namespace, {"spec": {"suspend": suspend}}, **_MERGE_PATCH
+                self._unread(
+                    self.batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}}, **_MERGE_PATCH
                 ),
             )
         except ApiException as exc:
@@ -190,7 +206,7 @@ class Kube:
             try:
                 await self._call(
                     f"release job {namespace}/{name}",
-                    functools.partial(self.batch.patch_namespaced_job, name, namespace, ops),
+                    self._unread(self.batch.patch_namespaced_job, name, namespace, ops),
                 )
                 return
             except ApiException as exc:
@@ -214,7 +230,7 @@ class Kube:
         try:
             await self._call(
                 f"delete job {namespace}/{name}",
-                lambda: self.batch.delete_namespaced_job(name, namespace, body=options),
+                self._unread(self.batch.delete_namespaced_job, name, namespace, body=options),
             )
         except ApiException as exc:
             if exc.status != 404:

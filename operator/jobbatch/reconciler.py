@@ -92,6 +92,9 @@ class BatchReconciler:
         self._inflight: dict[str, asyncio.Task[None]] = {}  # Job name -> its call in progress
         self._failures: list[BaseException] = []
         self._expected: dict[str, _Expectation] = {}
+        # (Job name, "release" | "delete") done, while the watch still shows the Job as it was:
+        # not repeated (a repeated release costs a failed patch and a GET).
+        self._settled: dict[tuple[str, str], float] = {}
         self._last_status_write = float("-inf")
         self._finishes: collections.deque[float] = collections.deque(maxlen=10_000)
         self._finish_seen: set[str] = set()
@@ -216,6 +219,9 @@ class BatchReconciler:
                 jobs[name] = ShardJob(name=name, shard=exp.shard, attempt=exp.attempt, state=exp.state)
             else:
                 jobs[name] = dataclasses.replace(seen, state=exp.state)
+        for key, since in list(self._settled.items()):
+            if key[0] not in jobs or now - since > EXPECTATION_TTL:
+                del self._settled[key]
         # Remember when each attempt was first seen finished: dispatch latency starts there.
         for job in jobs.values():
             if job.finished and job.has_finalizer and job.name not in self._finish_seen:
@@ -328,12 +334,14 @@ class BatchReconciler:
             if release:
                 async with limit:
                     await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
+                self._settled[job_name, "release"] = time.monotonic()
                 if job.finished and job.started_at and job.finished_at:
                     duration = (job.finished_at - job.started_at).total_seconds()
                     metrics.attempt_duration.labels(job.state).observe(max(0.0, duration))
             if delete:
                 async with limit:
                     await self.kube.delete_job(ns, job_name)
+                self._settled[job_name, "delete"] = time.monotonic()
 
         # Expectations are set before the calls start, so the next pass counts these Jobs already.
         now = time.monotonic()
@@ -348,7 +356,8 @@ class BatchReconciler:
                 state: Literal["active", "suspended"] = "suspended" if suspend else "active"
                 self._expected[job_name] = _Expectation(job.shard, job.attempt, state, now)
                 self._spawn(job_name, set_suspended(job_name, suspend))
-        releases, deletes = set(decision.release), set(decision.delete)
+        releases = {n for n in decision.release if (n, "release") not in self._settled}
+        deletes = {n for n in decision.delete if (n, "delete") not in self._settled}
         for job_name in sorted(releases | deletes):
             if job_name not in self._inflight:
                 self._spawn(job_name, clean_up(job_name, job_name in releases, job_name in deletes))

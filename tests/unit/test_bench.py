@@ -158,23 +158,36 @@ def test_targets_name_the_worst_case_and_say_what_was_not_measured() -> None:
     assert targets["operator peak RSS at 100,000 shards (MiB)"]["met"] is None  # no 100k run
 
 
-def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
-    results = [_result("A", 1, 120.0), _result("B", 1, 100.0), _result("A", 2, 0.0, error="not finished after 9s")]
-    data = {
+def _data(results: list[dict[str, Any]], runs: int = 2) -> dict[str, Any]:
+    return {
         "started": "2026-11-22T00:00:00+00:00",
         "finished": "2026-11-22T01:00:00+00:00",
         "command": "python -m bench.run",
         "machine": {"cpu": "test", "cores": 2, "memory_gib": 24, "kernel": "6", "python": "3.11"},
         "versions": {"jobbatch": "0"},
-        "runs": 2,
+        "runs": runs,
         "planes": [
             {"name": "raised", "settings": {"kcm_api_qps": 200, "kcm_api_burst": 400, "concurrent_job_syncs": 50}}
         ],
         "results": results,
     }
-    report.write(data, tmp_path)
+
+
+def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
+    results = [_result("A", 1, 120.0), _result("B", 1, 100.0), _result("A", 2, 0.0, error="not finished after 9s")]
+    report.write(_data(results), tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| N=10,000 P=1,000 D=0s | 120.0 s | 100.0 s | 1.20 |" in text
     assert "not finished after 9s" in text
     assert (tmp_path / "plots" / "raised-n10000-p1000-d0.png").stat().st_size > 1000
     assert (tmp_path / "report.json").exists()
+
+
+def test_reports_of_several_harness_runs_merge_into_one() -> None:
+    small = _data([_result("A", 1, 10.0, shards=1000), _result("B", 1, 5.0, shards=1000)], runs=3)
+    big = _data([_result("A", 1, 120.0), _result("B", 1, 100.0)], runs=1)
+    merged = report.merge([small, big])
+    assert len(merged["results"]) == 4
+    assert [p["name"] for p in merged["planes"]] == ["raised"]
+    assert merged["runs"] == "1/3"
+    assert {row["shards"] for row in report.summarize(merged["results"])} == {1000, 10000}
