@@ -1,38 +1,39 @@
-"""kopf registrations: the Job index, wake-ups on watch events, and one daemon per JobBatch.
+"""kopf registrations: one daemon per JobBatch and wake-ups on its watch events; shard Job events.
 
-Only daemon, index and event handlers are used: kopf then never writes its
+Only daemon and event handlers are used: kopf then never writes its
 last-handled-configuration annotation (a large inline payload list would overflow
-it, nolar/kopf#1087) and the reconcile decision stays level-triggered.
+it, nolar/kopf#1087) and the reconcile decision stays level-triggered. Shard Jobs
+are watched by ``jobbatch.jobwatch``, not by kopf (see there why).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from jobbatch import api, metrics
-from jobbatch.observed import ShardJob, batch_uid_of, summarize
 from jobbatch.reconciler import BatchReconciler, release_orphan
 from jobbatch.state import Runtime
 
 
-@kopf.index("batch", "v1", "jobs", labels={api.LABEL_BATCH_UID: kopf.PRESENT})
-async def shard_jobs(body: kopf.Body, **_: Any) -> dict[str, ShardJob]:
-    """Shard Jobs by batch UID, as compact summaries (async: kopf runs sync handlers in a thread pool)."""
-    uid, job = batch_uid_of(body), summarize(body)
-    return {uid: job} if uid and job else {}
+def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]], None]:
+    """What a shard Job's watch event does: wake its batch, and release it if the batch is gone."""
 
+    def on_event(kind: str, uid: str, body: dict[str, Any]) -> None:
+        reconciler = runtime.reconcilers.get(uid)
+        if reconciler is not None:
+            reconciler.wake.set()
+        meta = body.get("metadata") or {}
+        if (
+            kind != "DELETED"
+            and meta.get("deletionTimestamp")
+            and api.SHARD_FINALIZER in (meta.get("finalizers") or [])
+        ):
+            runtime.spawn(release_orphan(runtime.kube, body))
 
-@kopf.on.event("batch", "v1", "jobs", labels={api.LABEL_BATCH_UID: kopf.PRESENT})
-async def shard_job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    runtime: Runtime = memo["runtime"]
-    uid = batch_uid_of(body)
-    reconciler = runtime.reconcilers.get(uid or "")
-    if reconciler is not None:
-        reconciler.wake.set()
-    if body.meta.get("deletionTimestamp") and api.SHARD_FINALIZER in (body.meta.get("finalizers") or []):
-        await release_orphan(runtime.kube, dict(body))
+    return on_event
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -55,15 +56,15 @@ async def run_batch(
     """Reconcile one batch until it is finished and cleaned up, or deleted."""
     assert namespace is not None  # JobBatch is namespaced
     runtime: Runtime = memo["runtime"]
-    shard_jobs: kopf.Index[str, ShardJob] = kwargs["shard_jobs"]  # the index above, by its name
+    shard_jobs = runtime.jobs.index  # complete: listed before kopf started any daemon
     reconciler = BatchReconciler(
         kube=runtime.kube,
         dispatcher=runtime.dispatcher,
         namespace=namespace,
         name=name,
         uid=uid,
-        jobs=lambda: list(shard_jobs.get(uid, ())),
-        all_jobs=lambda: shard_jobs,  # every batch's Jobs: what the cluster-wide cap counts
+        jobs=lambda: shard_jobs.jobs(uid),
+        all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
     )
     runtime.reconcilers[uid] = reconciler
     try:

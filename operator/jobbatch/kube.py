@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from kubernetes_asyncio import client, config
@@ -28,12 +29,18 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRIABLE = {429, 500, 502, 503, 504}
+JOB_LIST_PAGE = 500
+WATCH_SECONDS = 300  # the server ends each watch stream after this; it is resumed from the last version
 # Passed as **kwargs: the generated signatures omit `_content_type`, which the client accepts.
 _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
 
 class Conflict(Exception):
     """An optimistic write lost a race (HTTP 409); re-read and re-plan."""
+
+
+class Gone(Exception):
+    """A watch or list resumed from a version the API server no longer has (HTTP 410): list again."""
 
 
 class RateLimiter:
@@ -101,18 +108,19 @@ class Kube:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _unread(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Callable[[], Awaitable[None]]:
-        """A call whose response body is not needed: no model is built from it.
+    def _raw(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Callable[[], Awaitable[bytes]]:
+        """A call returning the response's bytes: no kubernetes_asyncio model is built from it.
 
-        Decoding every created or deleted Job into kubernetes_asyncio models (dates parsed
-        field by field) was a tenth of the operator's CPU in the benchmark profile.
+        Decoding every Job into models (dates parsed field by field) was a tenth of the
+        operator's CPU in the benchmark profile (docs/performance.md).
         """
 
-        async def call() -> None:
+        async def call() -> bytes:
             resp = await fn(*args, **kwargs, _preload_content=False)
-            data = await resp.read()
+            data: bytes = await resp.read()
             if not 200 <= resp.status <= 299:
                 raise ApiException(http_resp=RESTResponse(resp, data))  # type: ignore[arg-type]  # as rest.py does
+            return data
 
         return call
 
@@ -169,7 +177,7 @@ class Kube:
         try:
             await self._call(
                 f"create job {namespace}/{body['metadata']['name']}",
-                self._unread(self.batch.create_namespaced_job, namespace, body),
+                self._raw(self.batch.create_namespaced_job, namespace, body),
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -177,11 +185,81 @@ class Kube:
             raise
         return True
 
+    async def list_shard_jobs(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every shard Job (in ``namespace``, or everywhere), page by page; and the list's resourceVersion."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": api.LABEL_BATCH_UID, "limit": JOB_LIST_PAGE}
+            if token:
+                kwargs["_continue"] = token
+            call = (
+                self._raw(self.batch.list_namespaced_job, namespace, **kwargs)
+                if namespace
+                else self._raw(self.batch.list_job_for_all_namespaces, **kwargs)
+            )
+            try:
+                page = json.loads(await self._call(f"list shard jobs in {namespace or 'all namespaces'}", call))
+            except ApiException as exc:
+                if exc.status == 410:  # the continue token expired: start over
+                    raise Gone("list continue token expired") from None
+                raise
+            items += page.get("items") or []
+            token = page["metadata"].get("continue") or ""
+            if not token:
+                return items, page["metadata"]["resourceVersion"]
+
+    async def watch_shard_jobs(
+        self, namespace: str | None, resource_version: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event type, Job) after ``resource_version``, BOOKMARKs included, until the server ends the stream.
+
+        Raises Gone when the version is too old to watch from (list again).
+        """
+        kwargs: dict[str, Any] = {
+            "label_selector": api.LABEL_BATCH_UID,
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS,
+            "_request_timeout": WATCH_SECONDS + 30,
+            "_preload_content": False,
+        }
+        await self.limiter.acquire()
+        # With _preload_content=False the generated client hands back the raw aiohttp response.
+        if namespace:
+            resp = cast(aiohttp.ClientResponse, await self.batch.list_namespaced_job(namespace, **kwargs))
+        else:
+            resp = cast(aiohttp.ClientResponse, await self.batch.list_job_for_all_namespaces(**kwargs))
+        try:
+            if resp.status == 410:
+                raise Gone(f"resourceVersion {resource_version} is too old")
+            if not 200 <= resp.status <= 299:
+                raise ApiException(http_resp=RESTResponse(resp, await resp.read()))  # type: ignore[arg-type]
+            # One JSON object per line. Lines are split here, not by StreamReader.readline,
+            # which refuses lines over 64 KiB (a Job with a large pod template).
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone(str(obj.get("message", "resourceVersion too old")))
+                        raise ApiException(status=int(obj.get("code") or 500), reason=str(obj.get("message")))
+                    yield str(event["type"]), obj
+        finally:
+            resp.release()
+
     async def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
         try:
             await self._call(
                 f"{'suspend' if suspend else 'resume'} job {namespace}/{name}",
-                self._unread(
+                self._raw(
                     self.batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}}, **_MERGE_PATCH
                 ),
             )
@@ -206,7 +284,7 @@ class Kube:
             try:
                 await self._call(
                     f"release job {namespace}/{name}",
-                    self._unread(self.batch.patch_namespaced_job, name, namespace, ops),
+                    self._raw(self.batch.patch_namespaced_job, name, namespace, ops),
                 )
                 return
             except ApiException as exc:
@@ -230,7 +308,7 @@ class Kube:
         try:
             await self._call(
                 f"delete job {namespace}/{name}",
-                self._unread(self.batch.delete_namespaced_job, name, namespace, body=options),
+                self._raw(self.batch.delete_namespaced_job, name, namespace, body=options),
             )
         except ApiException as exc:
             if exc.status != 404:

@@ -1,6 +1,6 @@
 """What the operator needs to know of one shard Job, distilled from the Job object.
 
-The kopf index keeps one ``ShardJob`` per Job instead of whole Job bodies, so
+The shard Job index (``jobbatch.jobwatch``) keeps one ``ShardJob`` per Job instead of whole Job bodies, so
 memory stays small with thousands of Jobs, and the planner gets plain values.
 """
 

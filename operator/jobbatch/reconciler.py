@@ -4,7 +4,7 @@ The loop is woken by watch events (the batch, its Jobs) and by the planner's
 requeue time. It plans from the batch as last persisted: the response of its own
 status write, or a fresh GET once a batch watch event says the object changed (watch
 caches may lag behind our own writes, so a watched body is never planned from).
-Jobs come from the kopf index, plus in-memory *expectations* for Jobs this process
+Jobs come from the shard Job index (``jobbatch.jobwatch``), plus in-memory *expectations* for Jobs this process
 is creating, resuming or suspending but whose events have not arrived yet -- without
 them a lagging watch would let a pass launch past ``parallelism``.
 

@@ -19,9 +19,10 @@ from aiohttp import web
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from jobbatch import api, handlers, metrics
+from jobbatch import handlers, metrics
 from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
+from jobbatch.jobwatch import ShardJobWatch
 from jobbatch.kube import Kube, new_api_client
 from jobbatch.state import Runtime
 
@@ -38,8 +39,6 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 330
-    # Watch only our shard Jobs, filtered by the API server rather than in memory.
-    settings.watching.label_selectors["batch", "jobs"] = api.LABEL_BATCH_UID
     # kopf's own state on our objects goes under our API group, not kopf.zalando.org.
     settings.persistence.finalizer = "jobbatch.io/kopf-finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="jobbatch.io")
@@ -56,7 +55,10 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     configure_kopf(settings)
     config: OperatorConfig = memo["config"]
     kube = Kube(await new_api_client(), qps=config.api_qps, burst=config.api_burst)
-    memo["runtime"] = Runtime(kube=kube, dispatcher=Dispatcher(config.max_running_shards))
+    jobs = ShardJobWatch(kube, config.namespaces)
+    runtime = Runtime(kube=kube, dispatcher=Dispatcher(config.max_running_shards), jobs=jobs)
+    await jobs.start(handlers.on_shard_job_event(runtime))  # daemons start after this: every Job is known
+    memo["runtime"] = runtime
     metrics.serve(config.metrics_port)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     logger.info("jobbatch operator started, watching %s", scope)
@@ -66,7 +68,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
-        await runtime.kube.api_client.close()
+        await runtime.close()
 
 
 async def _operator(config: OperatorConfig, *, liveness: bool = True) -> None:

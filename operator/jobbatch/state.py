@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Kube
 
 if TYPE_CHECKING:
+    from jobbatch.jobwatch import ShardJobWatch
     from jobbatch.reconciler import BatchReconciler
 
 
@@ -16,4 +19,19 @@ if TYPE_CHECKING:
 class Runtime:
     kube: Kube
     dispatcher: Dispatcher
+    jobs: ShardJobWatch
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    def spawn(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run a call in the background, kept referenced until it ends (failures are logged by the call)."""
+        task = asyncio.create_task(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await self.jobs.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.kube.api_client.close()
