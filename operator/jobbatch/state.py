@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Kube
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from jobbatch.jobwatch import ShardJobWatch
@@ -24,10 +27,18 @@ class Runtime:
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     def spawn(self, call: Coroutine[Any, Any, None]) -> None:
-        """Run a call in the background, kept referenced until it ends (failures are logged by the call)."""
+        """Run a call in the background, kept referenced until it ends; a failure is logged.
+
+        For idempotent calls a later event repeats anyway (e.g. releasing an orphaned Job).
+        """
         task = asyncio.create_task(call)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("background call failed: %s: %s", type(exc).__name__, exc)
 
     async def close(self) -> None:
         await self.jobs.stop()
