@@ -130,9 +130,11 @@ class LocalApi:
         kvs = found.get("kvs") or []
         return len(base64.b64decode(kvs[0]["value"])) if kvs else None
 
-    async def wait_gone(self, path: str, timeout: float) -> None:
+    async def wait_for(self, path: str, *, exists: bool, timeout: float) -> None:
+        """Poll ``path`` until it exists (or is gone); TimeoutError saying which after ``timeout``."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while await self.get(path) is not None:
+        while (await self.get(path) is not None) != exists:
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{path} still exists after {timeout:.0f}s")
-            await asyncio.sleep(0.5)
+                state = "missing" if exists else "still there"
+                raise TimeoutError(f"{path} {state} after {timeout:.0f}s")
+            await asyncio.sleep(0.2)

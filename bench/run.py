@@ -118,20 +118,12 @@ class Bench:
     async def prepare(self) -> None:
         """The CRD, served (idempotent: server-side apply)."""
         self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        deadline = time.monotonic() + 60
-        while await self.api.get(f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}") is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the jobbatches resource is not served")
-            await asyncio.sleep(0.5)
+        await self.api.wait_for(f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}", exists=True, timeout=60)
 
     async def _namespace(self, name: str) -> None:
         await self.api.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
         # Pods cannot be created before the controller-manager made the default ServiceAccount.
-        deadline = time.monotonic() + 60
-        while await self.api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default") is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no default ServiceAccount in {name}")
-            await asyncio.sleep(0.2)
+        await self.api.wait_for(f"/api/v1/namespaces/{name}/serviceaccounts/default", exists=True, timeout=60)
 
     def _cpu(self) -> dict[str, float]:
         out = {}
@@ -233,7 +225,7 @@ class Bench:
             before_teardown = measure.request_totals(await self.api.metrics_text())
             started = time.monotonic()
             await self.api.request("DELETE", f"/api/v1/namespaces/{ns}")
-            await self.api.wait_gone(f"/api/v1/namespaces/{ns}", timeout=case.timeout())
+            await self.api.wait_for(f"/api/v1/namespaces/{ns}", exists=False, timeout=case.timeout())
             result["teardown_seconds"] = round(time.monotonic() - started, 2)
             after_teardown = measure.request_totals(await self.api.metrics_text())
             result["teardown_writes"] = measure.writes_between(before_teardown, after_teardown)
