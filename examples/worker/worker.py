@@ -7,8 +7,8 @@ the shard at once.
 Try it outside Kubernetes by faking the environment the operator provides:
 
     printf '{"url": "https://example.com/a"}\n{"url": "https://example.com/b"}\n' > /tmp/items.jsonl
-    JOBBATCH_NAME=demo JOBBATCH_NAMESPACE=default JOBBATCH_SHARD=0 JOBBATCH_SHARD_COUNT=1 \
-    JOBBATCH_ATTEMPT=0 JOBBATCH_ITEM_START=0 JOBBATCH_ITEM_END=2 \
+    JOBBATCH_NAME=demo JOBBATCH_NAMESPACE=default JOBBATCH_FIRST_SHARD=0 JOB_COMPLETION_INDEX=0 \
+    JOBBATCH_ATTEMPT=0 JOBBATCH_SHARD_COUNT=1 JOBBATCH_SHARD_SIZE=2 JOBBATCH_ITEM_COUNT=2 \
     JOBBATCH_PAYLOAD_FILE=/tmp/items.jsonl python examples/worker/worker.py
 """
 

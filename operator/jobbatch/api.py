@@ -24,8 +24,11 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # Labels and finalizers the operator puts on the objects it owns.
 LABEL_BATCH = "jobbatch.io/batch"
 LABEL_BATCH_UID = "jobbatch.io/batch-uid"
-LABEL_SHARD = "jobbatch.io/shard"
+# On shard Jobs and their pods: the Job runs attempt ATTEMPT of shards FIRST .. FIRST + completions - 1.
+LABEL_FIRST_SHARD = "jobbatch.io/first-shard"
 LABEL_ATTEMPT = "jobbatch.io/attempt"
+# Set by Kubernetes on every pod of an Indexed Job; a pod's shard is first-shard + this index.
+LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
 SHARD_FINALIZER = "jobbatch.io/shard-record"
 
@@ -155,7 +158,9 @@ class JobBatchSpec(_Model):
         default=10,
         ge=0,
         le=100_000,
-        description="Most shards running at once. Changes take effect at once; 0 launches nothing new.",
+        description="Most shards running at once: a hard ceiling. Changes take effect at once; lowering it "
+        "below the running count stops the newest running attempts, which (as with suspend) use no retry and "
+        "run again when slots free. 0 stops everything.",
     )
     priority_class_name: str | None = Field(
         default=None,
@@ -196,7 +201,8 @@ class JobBatchSpec(_Model):
         default=5,
         ge=0,
         le=100,
-        description="Failed shard attempt Jobs kept for inspection (kubectl logs) once no longer needed.",
+        description="Shard Jobs holding failed attempts kept for inspection (kubectl logs) once no longer "
+        "needed; their succeeded pods are removed.",
     )
 
 

@@ -18,6 +18,17 @@ from jobbatch.reconciler import BatchReconciler, release_orphan
 from jobbatch.state import Runtime
 
 
+def on_failed_pod_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]], None]:
+    """A worker pod failed (or a failed one went): wake its batch, which reads the exit code."""
+
+    def on_event(kind: str, uid: str, body: dict[str, Any]) -> None:
+        reconciler = runtime.reconcilers.get(uid)
+        if reconciler is not None:
+            reconciler.wake.set()
+
+    return on_event
+
+
 def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]], None]:
     """What a shard Job's watch event does: wake its batch, and release it if the batch is gone."""
 
@@ -56,14 +67,15 @@ async def run_batch(
     """Reconcile one batch until it is finished and cleaned up, or deleted."""
     assert namespace is not None  # JobBatch is namespaced
     runtime: Runtime = memo["runtime"]
-    shard_jobs = runtime.jobs.index  # complete: listed before kopf started any daemon
+    shard_jobs = runtime.watch.jobs  # complete: listed before kopf started any daemon
     reconciler = BatchReconciler(
         kube=runtime.kube,
         dispatcher=runtime.dispatcher,
         namespace=namespace,
         name=name,
         uid=uid,
-        jobs=lambda: shard_jobs.jobs(uid),
+        jobs=lambda: shard_jobs.jobs(namespace, uid),
+        failures=runtime.watch.failed_pods.failures,
         all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
     )
     runtime.reconcilers[uid] = reconciler

@@ -1,85 +1,143 @@
-"""The shard Jobs this operator knows of: a list+watch of labelled Jobs, kept as ShardJob summaries.
+"""What the operator knows of its shard Jobs and failed worker pods: list+watch loops feeding two indexes.
 
-kopf runs the JobBatch daemons; Jobs are watched here. A shard Job sees about eight
-events in its life, and kopf's per-event machinery (a deep-copied diff base, cause
-detection, handler dispatch) was most of the operator's CPU in the benchmark
-(docs/performance.md). This watch decodes each event once and keeps only what the
-planner reads.
+kopf runs the JobBatch daemons; Jobs and pods are watched here. kopf's per-event machinery (a
+deep-copied diff base, cause detection, handler dispatch) was most of the operator's CPU in the
+benchmark (docs/performance.md). These watches decode each event once and keep only what the
+planner reads: a ``ShardJob`` per Job, a ``PodFailure`` per failed pod (the exit codes).
 
-Like kopf's indexes, the index is complete before any batch is reconciled: ``start``
-returns once every watched namespace has been listed. A daemon planning from an
-empty index would see no attempts and start shards over.
+Like kopf's indexes, both are complete before any batch is reconciled: ``start`` returns once
+every watched namespace has been listed. A daemon planning from an empty index would see no
+attempts and start shards over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
+from jobbatch.api import LABEL_BATCH_UID
 from jobbatch.kube import Gone, Kube
-from jobbatch.observed import ShardJob, batch_uid_of, summarize
+from jobbatch.observed import PodFailure, ShardJob, batch_uid_of, summarize, summarize_failed_pod
 
 logger = logging.getLogger(__name__)
 
 RELIST_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
-# Called with (event type, batch UID, Job body) for every event of a shard Job.
+# Called with (event type, batch UID, body) for every event concerning a batch.
 OnEvent = Callable[[str, str, dict[str, Any]], None]
+BatchKey = tuple[str, str]  # (namespace, batch UID)
+_EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+class Index(Protocol):
+    def apply(self, kind: str, body: Mapping[str, Any]) -> str | None: ...
+    def replace(self, namespace: str | None, bodies: Iterable[Mapping[str, Any]]) -> set[str]: ...
 
 
 class ShardJobIndex:
-    """ShardJob summaries by batch UID (then by Job name)."""
+    """ShardJob summaries by (namespace, owning batch UID), then by Job name.
+
+    A Job belongs to a batch only through its controller ownerReference, and only in the batch's
+    namespace: anyone may copy a batch's labels (or its UID) onto a Job of their own.
+    """
 
     def __init__(self) -> None:
-        self._by_batch: dict[str, dict[str, ShardJob]] = {}
-        self._namespace: dict[str, str] = {}  # batch UID -> namespace (a batch's Jobs share it)
+        self._by_batch: dict[BatchKey, dict[str, ShardJob]] = {}
 
-    def jobs(self, uid: str) -> list[ShardJob]:
-        return list(self._by_batch.get(uid, {}).values())
+    def jobs(self, namespace: str, uid: str) -> dict[str, ShardJob]:
+        return dict(self._by_batch.get((namespace, uid), {}))
 
-    def by_batch(self) -> Mapping[str, Iterable[ShardJob]]:
-        return {uid: jobs.values() for uid, jobs in self._by_batch.items()}
+    def by_batch(self) -> Mapping[BatchKey, Iterable[ShardJob]]:
+        return {key: jobs.values() for key, jobs in self._by_batch.items()}
 
     def apply(self, kind: str, body: Mapping[str, Any]) -> str | None:
         """Take one watch event in; returns the UID of the batch it concerns (None: not a shard Job)."""
         uid, job = batch_uid_of(body), summarize(body)
         if uid is None or job is None:
             return None
+        key = (str(body.get("metadata", {}).get("namespace", "")), uid)
         if kind == "DELETED":
-            jobs = self._by_batch.get(uid, {})
+            jobs = self._by_batch.get(key, {})
             jobs.pop(job.name, None)
             if not jobs:
-                self._by_batch.pop(uid, None)
-                self._namespace.pop(uid, None)
+                self._by_batch.pop(key, None)
         else:
-            self._by_batch.setdefault(uid, {})[job.name] = job
-            self._namespace[uid] = body.get("metadata", {}).get("namespace", "")
+            self._by_batch.setdefault(key, {})[job.name] = job
         return uid
 
     def replace(self, namespace: str | None, bodies: Iterable[Mapping[str, Any]]) -> set[str]:
         """A fresh list of one namespace (None: all): forget what it no longer holds. Returns UIDs touched."""
-        gone = {uid for uid, ns in self._namespace.items() if namespace is None or ns == namespace}
-        for uid in gone:
-            self._by_batch.pop(uid, None)
-            self._namespace.pop(uid, None)
-        touched = set(gone)
+        gone = [key for key in self._by_batch if namespace is None or key[0] == namespace]
+        for key in gone:
+            del self._by_batch[key]
+        touched = {uid for _, uid in gone}
         for body in bodies:
-            added = self.apply("ADDED", body)
-            if added is not None:
+            if (added := self.apply("ADDED", body)) is not None:
                 touched.add(added)
         return touched
 
 
-class ShardJobWatch:
-    """Keeps a ShardJobIndex current: one list+watch loop per namespace (or one for the cluster)."""
+class FailedPodIndex:
+    """PodFailure summaries of failed worker pods, by the UID of the Job that controls them.
 
-    def __init__(self, kube: Kube, namespaces: tuple[str, ...]) -> None:
-        self.kube = kube
+    A pod being deleted is dropped: its index is either not failed (the Job controller deleted it,
+    e.g. for suspension) or its failure is already recorded (the Job is going).
+    """
+
+    def __init__(self) -> None:
+        self._by_job: dict[str, dict[str, PodFailure]] = {}
+        self._namespace: dict[str, str] = {}  # Job UID -> namespace
+
+    def failures(self, job_uids: Iterable[str]) -> dict[tuple[int, int], PodFailure]:
+        """The failed pods of these Jobs by (shard, attempt); of several pods of one index, the latest."""
+        out: dict[tuple[int, int], PodFailure] = {}
+        for uid in job_uids:
+            for pod in self._by_job.get(uid, {}).values():
+                key = (pod.shard, pod.attempt)
+                have = out.get(key)
+                if have is None or (pod.finished_at or _EPOCH) > (have.finished_at or _EPOCH):
+                    out[key] = pod
+        return out
+
+    def apply(self, kind: str, body: Mapping[str, Any]) -> str | None:
+        meta = body.get("metadata", {})
+        failure = summarize_failed_pod(body)
+        if failure is None:
+            return None
+        name = str(meta.get("name", ""))
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            pods = self._by_job.get(failure.job_uid, {})
+            pods.pop(name, None)
+            if not pods:
+                self._by_job.pop(failure.job_uid, None)
+                self._namespace.pop(failure.job_uid, None)
+        else:
+            self._by_job.setdefault(failure.job_uid, {})[name] = failure
+            self._namespace[failure.job_uid] = str(meta.get("namespace", ""))
+        # Which batch to wake: the label is enough for that (the failure itself is trusted via its Job).
+        return str((meta.get("labels") or {}).get(LABEL_BATCH_UID) or "") or None
+
+    def replace(self, namespace: str | None, bodies: Iterable[Mapping[str, Any]]) -> set[str]:
+        for uid in [u for u, ns in self._namespace.items() if namespace is None or ns == namespace]:
+            self._by_job.pop(uid, None)
+            self._namespace.pop(uid, None)
+        touched = set()
+        for body in bodies:
+            if (added := self.apply("ADDED", body)) is not None:
+                touched.add(added)
+        return touched
+
+
+class ListWatch:
+    """Keeps one index current: one list+watch loop per namespace (or one for the cluster)."""
+
+    def __init__(self, kube: Kube, kind: str, namespaces: tuple[str, ...], index: Index) -> None:
+        self.kube, self.kind, self.index = kube, kind, index
         self.on_event: OnEvent = lambda kind, uid, body: None
-        self.index = ShardJobIndex()
         self._scopes: tuple[str | None, ...] = namespaces or (None,)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,17 +158,17 @@ class ShardJobWatch:
                 await task
 
     async def _run(self, namespace: str | None, listed: asyncio.Event) -> None:
-        scope = namespace or "all namespaces"
+        scope = f"{self.kind} watch in {namespace or 'all namespaces'}"
         failures = 0
         while True:
             try:
-                items, version = await self.kube.list_shard_jobs(namespace)
+                items, version = await self.kube.list_watched(self.kind, namespace)
                 for batch in self.index.replace(namespace, items):
                     self.on_event("LISTED", batch, {})
                 listed.set()
                 failures = 0
                 while True:  # resume after each server-side timeout, from the last version seen
-                    async for kind, body in self.kube.watch_shard_jobs(namespace, version):
+                    async for kind, body in self.kube.watch(self.kind, namespace, version):
                         version = body.get("metadata", {}).get("resourceVersion") or version
                         if kind == "BOOKMARK":
                             continue
@@ -120,9 +178,28 @@ class ShardJobWatch:
             except asyncio.CancelledError:
                 raise
             except Gone as exc:
-                logger.info("shard job watch in %s: %s; listing again", scope, exc)
+                logger.info("%s: %s; listing again", scope, exc)
             except Exception:
                 delay = RELIST_BACKOFF[min(failures, len(RELIST_BACKOFF) - 1)]
                 failures += 1
-                logger.exception("shard job watch in %s failed; listing again in %.1fs", scope, delay)
+                logger.exception("%s failed; listing again in %.1fs", scope, delay)
                 await asyncio.sleep(delay)
+
+
+class ShardWatch:
+    """The shard Job and failed-pod watches of one operator process."""
+
+    def __init__(self, kube: Kube, namespaces: tuple[str, ...]) -> None:
+        self.jobs = ShardJobIndex()
+        self.failed_pods = FailedPodIndex()
+        self._watches = [
+            ListWatch(kube, "jobs", namespaces, self.jobs),
+            ListWatch(kube, "failed-pods", namespaces, self.failed_pods),
+        ]
+
+    async def start(self, on_job_event: OnEvent, on_pod_event: OnEvent) -> None:
+        await asyncio.gather(self._watches[0].start(on_job_event), self._watches[1].start(on_pod_event))
+
+    async def stop(self) -> None:
+        for watch in self._watches:
+            await watch.stop()

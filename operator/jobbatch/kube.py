@@ -32,6 +32,7 @@ T = TypeVar("T")
 _RETRIABLE = {429, 500, 502, 503, 504}
 _PROXY_ENV = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy"}
 JOB_LIST_PAGE = 500
+LABEL_JOB_NAME = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
 WATCH_SECONDS = 300  # the server ends each watch stream after this; it is resumed from the last version
 # Passed as **kwargs: the generated signatures omit `_content_type`, which the client accepts.
 _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
@@ -199,21 +200,32 @@ class Kube:
             raise
         return True
 
-    async def list_shard_jobs(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-        """Every shard Job (in ``namespace``, or everywhere), page by page; and the list's resourceVersion."""
+    def _listers(
+        self, kind: str
+    ) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]], dict[str, Any]]:
+        """(namespaced list, cluster-wide list, selectors) of what the operator watches: shard Jobs or failed pods."""
+        selectors: dict[str, Any] = {"label_selector": api.LABEL_BATCH_UID}
+        if kind == "jobs":
+            return self.batch.list_namespaced_job, self.batch.list_job_for_all_namespaces, selectors
+        if kind == "failed-pods":
+            # Only failed worker pods: what exit codes are read from. The field selector keeps the
+            # watch to a few events per failure instead of every pod's every change.
+            selectors["field_selector"] = "status.phase=Failed"
+            return self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces, selectors
+        raise ValueError(kind)
+
+    async def list_watched(self, kind: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every object of ``kind`` (in ``namespace``, or everywhere), page by page; and the list's resourceVersion."""
+        namespaced, everywhere, selectors = self._listers(kind)
         items: list[dict[str, Any]] = []
         token = ""
         while True:
-            kwargs: dict[str, Any] = {"label_selector": api.LABEL_BATCH_UID, "limit": JOB_LIST_PAGE}
+            kwargs: dict[str, Any] = {**selectors, "limit": JOB_LIST_PAGE}
             if token:
                 kwargs["_continue"] = token
-            call = (
-                self._raw(self.batch.list_namespaced_job, namespace, **kwargs)
-                if namespace
-                else self._raw(self.batch.list_job_for_all_namespaces, **kwargs)
-            )
+            call = self._raw(namespaced, namespace, **kwargs) if namespace else self._raw(everywhere, **kwargs)
             try:
-                page = json.loads(await self._call(f"list shard jobs in {namespace or 'all namespaces'}", call))
+                page = json.loads(await self._call(f"list {kind} in {namespace or 'all namespaces'}", call))
             except ApiException as exc:
                 if exc.status == 410:  # the continue token expired: start over
                     raise Gone("list continue token expired") from None
@@ -223,15 +235,16 @@ class Kube:
             if not token:
                 return items, page["metadata"]["resourceVersion"]
 
-    async def watch_shard_jobs(
-        self, namespace: str | None, resource_version: str
+    async def watch(
+        self, kind: str, namespace: str | None, resource_version: str
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(event type, Job) after ``resource_version``, BOOKMARKs included, until the server ends the stream.
+        """(event type, object) after ``resource_version``, BOOKMARKs included, until the server ends the stream.
 
         Raises Gone when the version is too old to watch from (list again).
         """
+        namespaced, everywhere, selectors = self._listers(kind)
         kwargs: dict[str, Any] = {
-            "label_selector": api.LABEL_BATCH_UID,
+            **selectors,
             "watch": True,
             "resource_version": resource_version,
             "allow_watch_bookmarks": True,
@@ -242,9 +255,9 @@ class Kube:
         await self.limiter.acquire()
         # With _preload_content=False the generated client hands back the raw aiohttp response.
         if namespace:
-            resp = cast(aiohttp.ClientResponse, await self.batch.list_namespaced_job(namespace, **kwargs))
+            resp = cast(aiohttp.ClientResponse, await namespaced(namespace, **kwargs))
         else:
-            resp = cast(aiohttp.ClientResponse, await self.batch.list_job_for_all_namespaces(**kwargs))
+            resp = cast(aiohttp.ClientResponse, await everywhere(**kwargs))
         try:
             if resp.status == 410:
                 raise Gone(f"resourceVersion {resource_version} is too old")
@@ -269,13 +282,38 @@ class Kube:
         finally:
             resp.release()
 
-    async def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
+    async def scale_job(self, namespace: str, name: str, current: int, to: int) -> bool:
+        """Set a Job's parallelism from ``current`` to ``to``; False if it no longer is ``current`` (or is gone).
+
+        Conditional (a JSON-patch ``test``), so a write planned from a stale view never undoes a newer one:
+        lowering a Job's parallelism below its running pods stops them.
+        """
+        ops = [
+            {"op": "test", "path": "/spec/parallelism", "value": current},
+            {"op": "replace", "path": "/spec/parallelism", "value": to},
+        ]
         try:
             await self._call(
-                f"{'suspend' if suspend else 'resume'} job {namespace}/{name}",
-                self._raw(
-                    self.batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}}, **_MERGE_PATCH
-                ),
+                f"scale job {namespace}/{name} to {to}",
+                self._raw(self.batch.patch_namespaced_job, name, namespace, ops),
+            )
+        except ApiException as exc:
+            if exc.status in (404, 422):
+                return False
+            raise
+        return True
+
+    async def resume_job(self, namespace: str, name: str, parallelism: int) -> None:
+        await self._patch_job(namespace, name, {"spec": {"suspend": False, "parallelism": parallelism}}, "resume")
+
+    async def suspend_job(self, namespace: str, name: str) -> None:
+        await self._patch_job(namespace, name, {"spec": {"suspend": True}}, "suspend")
+
+    async def _patch_job(self, namespace: str, name: str, patch: dict[str, Any], what: str) -> None:
+        try:
+            await self._call(
+                f"{what} job {namespace}/{name}",
+                self._raw(self.batch.patch_namespaced_job, name, namespace, patch, **_MERGE_PATCH),
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -316,6 +354,18 @@ class Kube:
                 raise
             finalizers = tuple(job.metadata.finalizers or ())
         raise Conflict(f"finalizers of job {namespace}/{name} keep changing")
+
+    async def delete_succeeded_pods(self, namespace: str, job_name: str) -> None:
+        """Delete a Job's succeeded pods in one call (a Job kept for inspection keeps its failed ones)."""
+        await self._call(
+            f"delete succeeded pods of job {namespace}/{job_name}",
+            self._raw(
+                self.core.delete_collection_namespaced_pod,
+                namespace,
+                label_selector=f"{LABEL_JOB_NAME}={job_name}",
+                field_selector="status.phase=Succeeded",
+            ),
+        )
 
     async def delete_job(self, namespace: str, name: str) -> None:
         options = client.V1DeleteOptions(propagation_policy="Background")

@@ -10,7 +10,7 @@ import copy
 from typing import Any
 
 from jobbatch import api, naming
-from jobbatch.planner import item_range, shard_count
+from jobbatch.planner import shard_count
 
 PAYLOAD_KEY = "payloads.jsonl"
 PAYLOAD_DIR = "/var/run/jobbatch"
@@ -58,13 +58,23 @@ def shard_job(
     uid: str,
     spec: api.JobBatchSpec,
     item_count: int,
-    shard: int,
+    first_shard: int,
+    count: int,
     attempt: int,
+    parallelism: int,
 ) -> dict[str, Any]:
-    """The batch/v1 Job running one attempt of one shard."""
+    """The Indexed Job running ``attempt`` of shards ``first_shard .. first_shard + count - 1``.
+
+    Its pod with completion index i runs shard ``first_shard + i``. Each index gets one try
+    (``backoffLimitPerIndex: 0``): the operator, not the Job controller, retries a failed shard,
+    with the batch's own backoff, as a Job of its own. ``FailIndex`` (never ``FailJob``) on
+    non-zero exit codes: the Job controller applies the podFailurePolicy even to a pod it
+    deleted for suspension (measured on a real kubelet: SIGTERM, exit 143), and ``FailJob`` would
+    then fail every shard of the Job; a failed index is only recorded for pods it did not delete.
+    """
     labels = {
         **batch_labels(name, uid),
-        api.LABEL_SHARD: str(shard),
+        api.LABEL_FIRST_SHARD: str(first_shard),
         api.LABEL_ATTEMPT: str(attempt),
     }
     template = copy.deepcopy(spec.template)
@@ -75,15 +85,18 @@ def shard_job(
     if spec.priority_class_name:
         pod["priorityClassName"] = spec.priority_class_name
         pod.pop("priority", None)  # the admission plugin fills it from the class
-    start, end = item_range(shard, spec.shard_size, item_count)
+    if spec.shard_timeout_seconds is not None:
+        # Per pod, so it bounds each attempt of a shard, not the whole Job.
+        own = pod.get("activeDeadlineSeconds")
+        pod["activeDeadlineSeconds"] = min(spec.shard_timeout_seconds, own) if own else spec.shard_timeout_seconds
     env = [
         {"name": "JOBBATCH_NAME", "value": name},
         {"name": "JOBBATCH_NAMESPACE", "value": namespace},
-        {"name": "JOBBATCH_SHARD", "value": str(shard)},
-        {"name": "JOBBATCH_SHARD_COUNT", "value": str(shard_count(item_count, spec.shard_size))},
+        {"name": "JOBBATCH_FIRST_SHARD", "value": str(first_shard)},
         {"name": "JOBBATCH_ATTEMPT", "value": str(attempt)},
-        {"name": "JOBBATCH_ITEM_START", "value": str(start)},
-        {"name": "JOBBATCH_ITEM_END", "value": str(end)},
+        {"name": "JOBBATCH_SHARD_COUNT", "value": str(shard_count(item_count, spec.shard_size))},
+        {"name": "JOBBATCH_SHARD_SIZE", "value": str(spec.shard_size)},
+        {"name": "JOBBATCH_ITEM_COUNT", "value": str(item_count)},
     ]
     has_file = spec.payloads.count is None
     if has_file:
@@ -98,33 +111,32 @@ def shard_job(
                 },
             },
         ]
-    ours = {e["name"] for e in env}
+    ours = {e["name"] for e in env} | {"JOB_COMPLETION_INDEX"}
     for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
         container["env"] = [*(e for e in container.get("env") or [] if e.get("name") not in ours), *env]
         if has_file:
             mount = {"name": PAYLOAD_VOLUME, "mountPath": PAYLOAD_DIR, "readOnly": True}
             container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]
     job_spec: dict[str, Any] = {
-        "backoffLimit": 0,
-        "completions": 1,
-        "parallelism": 1,
+        "completionMode": "Indexed",
+        "completions": count,
+        "parallelism": parallelism,
+        "backoffLimitPerIndex": 0,
         "podFailurePolicy": {
             "rules": [
-                # Evictions and preemptions are not the worker's fault: the Job makes a new pod.
+                # Evictions and preemptions are not the worker's fault: the index gets a new pod.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                # Any other non-zero exit fails the Job at once, naming the exit code in its condition.
-                {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+                # Any other non-zero exit fails the index (the shard's attempt) at once.
+                {"action": "FailIndex", "onExitCodes": {"operator": "NotIn", "values": [0]}},
             ]
         },
         "template": template,
     }
-    if spec.shard_timeout_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.shard_timeout_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": naming.job_name(name, uid, shard, attempt),
+            "name": naming.job_name(name, uid, first_shard, attempt),
             "namespace": namespace,
             "labels": labels,
             "finalizers": [api.SHARD_FINALIZER],

@@ -9,19 +9,12 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 SHARD_STATES = ("pending", "running", "retrying", "succeeded", "failed")
 
 shards = Gauge("jobbatch_shards", "Shards of each JobBatch by state.", ["namespace", "batch", "state"])
-launches = Counter("jobbatch_shard_launches_total", "Shard attempt Jobs created.", ["namespace"])
+launches = Counter(
+    "jobbatch_shard_launches_total",
+    "Slots given to shard attempts: in new shard Jobs, and by raising or resuming existing ones.",
+    ["namespace"],
+)
 retries = Counter("jobbatch_shard_retries_total", "Shard attempts launched after a failed attempt.", ["namespace"])
-attempt_duration = Histogram(
-    "jobbatch_shard_attempt_duration_seconds",
-    "Duration of finished shard attempts, from Job start to its end.",
-    ["outcome"],
-    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
-)
-dispatch_latency = Histogram(
-    "jobbatch_dispatch_latency_seconds",
-    "From seeing a shard attempt finish to creating the next shard's Job in the freed slot.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
-)
 reconcile_errors = Counter("jobbatch_reconcile_errors_total", "Reconcile passes that failed.", ["namespace"])
 reconcile_duration = Histogram(
     "jobbatch_reconcile_duration_seconds",

@@ -1,6 +1,6 @@
 """Deterministic names of the objects a JobBatch owns.
 
-The same (batch, shard, attempt) always gives the same Job name, so creating it
+The same (batch, first shard, attempt) always gives the same Job name, so creating it
 twice yields AlreadyExists instead of a duplicate, and a restarted operator finds
 what it made. Names include a hash of the batch UID: a batch deleted and
 re-created under the same name never mistakes the old batch's Jobs for its own.
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 
-# Job names must stay <= 63 characters (they become pod label values).
+# An Indexed Job's pods get the hostname "<job>-<index>", a DNS label of at most 63 characters:
+# 40 (prefix) + 1 + 5 (uid hash) + 1 + 7 (first shard) + 1 + 3 (attempt) = 58, plus "-" and a
+# 4-digit index (chunks hold at most 10,000 shards) = 63.
 _PREFIX_LEN = 40
 
 
@@ -19,12 +21,16 @@ def _uid_hash(uid: str) -> str:
 
 
 def _prefix(batch_name: str) -> str:
-    return batch_name[:_PREFIX_LEN].rstrip("-.")
+    # Batch names are DNS subdomains (dots allowed); pod hostnames are DNS labels (no dots).
+    return batch_name[:_PREFIX_LEN].replace(".", "-").rstrip("-")
 
 
-def job_name(batch_name: str, batch_uid: str, shard: int, attempt: int) -> str:
-    """``<batch>-<uidhash>-<shard>-<attempt>``: at most 40 + 1 + 5 + 1 + 7 + 1 + 3 = 58 characters."""
-    return f"{_prefix(batch_name)}-{_uid_hash(batch_uid)}-{shard}-{attempt}"
+def job_name(batch_name: str, batch_uid: str, first_shard: int, attempt: int) -> str:
+    """``<batch>-<uidhash>-<first shard>-<attempt>``: the Job running ``attempt`` of shards from ``first_shard``.
+
+    Unique per batch: attempt 0 Jobs start at distinct shards, and a retry Job runs one shard.
+    """
+    return f"{_prefix(batch_name)}-{_uid_hash(batch_uid)}-{first_shard}-{attempt}"
 
 
 def payload_configmap_name(batch_name: str, batch_uid: str) -> str:

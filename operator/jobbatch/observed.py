@@ -1,48 +1,98 @@
-"""What the operator needs to know of one shard Job, distilled from the Job object.
+"""What the operator needs to know of its shard Jobs and failed worker pods, distilled from the objects.
 
-The shard Job index (``jobbatch.jobwatch``) keeps one ``ShardJob`` per Job instead of whole Job bodies, so
-memory stays small with thousands of Jobs, and the planner gets plain values.
+The indexes (``jobbatch.jobwatch``) keep one ``ShardJob`` per Job and one ``PodFailure`` per failed
+worker pod instead of whole bodies, so memory stays small, and the planner gets plain values.
+
+Trust: a Job counts for a batch only if its *controller* ownerReference names that batch's UID and
+kind; labels are set by whoever creates the object and prove nothing. A pod counts for a Job only
+if its controller ownerReference names that Job's UID.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from jobbatch.api import LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_SHARD, SHARD_FINALIZER
+from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD, SHARD_FINALIZER
+from jobbatch.ranges import IndexRanges
 
-JobState = Literal["active", "suspended", "succeeded", "failed"]
-
-# Message of a Job failed by a podFailurePolicy FailJob rule (pkg/controller/job/pod_failure_policy.go).
-_EXIT_CODE = re.compile(r"failed with exit code (\d+)")
+NO_SHARDS = IndexRanges()
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardJob:
-    """One attempt of one shard, as the API server last reported it."""
+    """One Indexed Job: attempt ``attempt`` of shards ``first .. first + count - 1``, as last reported.
+
+    ``succeeded`` and ``failed`` hold absolute shard indexes (the Job's completed and failed
+    completion indexes, shifted by ``first``).
+    """
 
     name: str
-    shard: int
+    first: int
+    count: int
     attempt: int
-    state: JobState
+    parallelism: int
+    suspended: bool = False
+    succeeded: IndexRanges = NO_SHARDS
+    failed: IndexRanges = NO_SHARDS
+    active: int = 0  # pods running (status.active) ...
+    terminating: int = 0  # ... and pods stopping (status.terminating): both still hold a slot
+    finished: bool = False  # a Complete or Failed condition: no pod will start any more
     finished_at: datetime.datetime | None = None
-    exit_code: int | None = None
-    reason: str = ""
-    message: str = ""
+    reason: str = ""  # of the Job's Failed condition
     finalizers: tuple[str, ...] = (SHARD_FINALIZER,)
     deleting: bool = False
-    started_at: datetime.datetime | None = None
+    uid: str = ""
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+    @property
+    def shards(self) -> IndexRanges:
+        return IndexRanges([(self.first, self.last)]) if self.count else NO_SHARDS
+
+    @property
+    def unfinished(self) -> int:
+        return self.count - len(self.succeeded) - len(self.failed)
 
     @property
     def has_finalizer(self) -> bool:
         return SHARD_FINALIZER in self.finalizers
 
     @property
-    def finished(self) -> bool:
-        return self.state in ("succeeded", "failed")
+    def lost(self) -> bool:
+        """Deleted before it finished, its pods gone: the Job controller records nothing more for it."""
+        return self.deleting and not self.finished and self.active == 0 and self.terminating == 0
+
+    @property
+    def slots(self) -> int:
+        """How many of the batch's ``parallelism`` slots this Job holds (or will hold at once).
+
+        A running Job may run a pod for each unfinished index up to its parallelism; a pod that is
+        stopping still holds its slot until it is gone. A Job being deleted starts no pods.
+        """
+        pods = self.active + self.terminating
+        if self.finished:
+            return 0
+        if self.suspended or self.deleting:
+            return pods
+        return max(pods, min(self.parallelism, self.unfinished))
+
+
+@dataclasses.dataclass(frozen=True)
+class PodFailure:
+    """A failed worker pod: one failed attempt of one shard."""
+
+    job_uid: str
+    shard: int
+    attempt: int
+    exit_code: int | None
+    reason: str
+    message: str
+    finished_at: datetime.datetime | None
 
 
 def parse_time(value: str | None) -> datetime.datetime | None:
@@ -51,55 +101,101 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def controller_of(body: Mapping[str, Any], kind: str) -> tuple[str, str] | None:
+    """(name, uid) of the object's controller ownerReference if it is of ``kind``."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind and ref.get("uid"):
+            return str(ref.get("name", "")), str(ref["uid"])
+    return None
+
+
 def batch_uid_of(job: Mapping[str, Any]) -> str | None:
-    labels = job.get("metadata", {}).get("labels") or {}
-    uid = labels.get(LABEL_BATCH_UID)
-    return str(uid) if uid else None
+    """The UID of the JobBatch that controls this Job (its ownerReference, never its labels)."""
+    owner = controller_of(job, KIND)
+    return owner[1] if owner else None
+
+
+def _relative_ranges(text: str | None, first: int, count: int) -> IndexRanges:
+    try:
+        found = IndexRanges.parse(text)
+    except ValueError:
+        return NO_SHARDS
+    return IndexRanges((first + lo, first + min(hi, count - 1)) for lo, hi in found.intervals if lo < count)
 
 
 def summarize(job: Mapping[str, Any]) -> ShardJob | None:
     """The ShardJob of a batch/v1 Job made by this operator; None for any other Job."""
     meta = job.get("metadata", {})
     labels = meta.get("labels") or {}
+    spec, status = job.get("spec") or {}, job.get("status") or {}
     try:
-        shard, attempt = int(labels[LABEL_SHARD]), int(labels[LABEL_ATTEMPT])
+        first, attempt = int(labels[LABEL_FIRST_SHARD]), int(labels[LABEL_ATTEMPT])
+        count = int(spec["completions"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    if spec.get("completionMode") != "Indexed" or first < 0 or attempt < 0 or count < 0:
+        return None
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    done = conditions.get("Complete") or conditions.get("Failed")
+    return ShardJob(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        first=first,
+        count=count,
+        attempt=attempt,
+        parallelism=int(spec.get("parallelism") or 0),
+        suspended=bool(spec.get("suspend")),
+        succeeded=_relative_ranges(status.get("completedIndexes"), first, count),
+        failed=_relative_ranges(status.get("failedIndexes"), first, count),
+        active=int(status.get("active") or 0),
+        terminating=int(status.get("terminating") or 0),
+        finished=done is not None,
+        finished_at=parse_time(done.get("lastTransitionTime")) if done else None,
+        reason=str((conditions.get("Failed") or {}).get("reason") or ""),
+        finalizers=tuple(meta.get("finalizers") or ()),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
+    """The PodFailure of a failed worker pod of a shard Job; None for any other pod.
+
+    The exit code is the first non-zero one among the containers (what the podFailurePolicy's
+    ``FailIndex`` rule matched); the reason is the pod's (``DeadlineExceeded``, ``Evicted``) or the
+    container's (``Error``, ``OOMKilled``).
+    """
+    meta = pod.get("metadata", {})
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    owner = controller_of(pod, "Job")
+    if owner is None or status.get("phase") != "Failed":
+        return None
+    try:
+        shard = int(labels[LABEL_FIRST_SHARD]) + int(labels[LABEL_COMPLETION_INDEX])
+        attempt = int(labels[LABEL_ATTEMPT])
     except (KeyError, ValueError):
         return None
-    spec, status = job.get("spec") or {}, job.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    deleting = bool(meta.get("deletionTimestamp"))
-    common: dict[str, Any] = {
-        "name": meta.get("name", ""),
-        "shard": shard,
-        "attempt": attempt,
-        "finalizers": tuple(meta.get("finalizers") or ()),
-        "deleting": deleting,
-        "started_at": parse_time(status.get("startTime")),
-    }
-    if "Complete" in conditions:
-        return ShardJob(
-            state="succeeded", finished_at=parse_time(conditions["Complete"].get("lastTransitionTime")), **common
-        )
-    if "Failed" in conditions:
-        cond = conditions["Failed"]
-        message = str(cond.get("message") or "")
-        match = _EXIT_CODE.search(message)
-        return ShardJob(
-            state="failed",
-            finished_at=parse_time(cond.get("lastTransitionTime")),
-            exit_code=int(match.group(1)) if match else None,
-            reason=str(cond.get("reason") or "Failed"),
-            message=message,
-            **common,
-        )
-    if deleting and not status.get("active"):
-        # Deleted by someone before it finished, and its pod is gone: the attempt is lost, a failure.
-        # (While the pod still runs, the attempt still runs: it may yet succeed and be recorded.)
-        return ShardJob(
-            state="failed",
-            finished_at=parse_time(meta.get("deletionTimestamp")),
-            reason="Deleted",
-            message="the shard Job was deleted before it finished",
-            **common,
-        )
-    return ShardJob(state="suspended" if spec.get("suspend") else "active", **common)
+    exit_code: int | None = None
+    reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    finished_at = None
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        code = terminated.get("exitCode")
+        if isinstance(code, int) and code != 0 and exit_code is None:
+            exit_code = code
+            reason = reason or str(terminated.get("reason") or "")
+            message = message or str(terminated.get("message") or "")
+            finished_at = parse_time(terminated.get("finishedAt"))
+    if finished_at is None:
+        ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        finished_at = parse_time(ready.get("lastTransitionTime"))
+    return PodFailure(
+        job_uid=owner[1],
+        shard=shard,
+        attempt=attempt,
+        exit_code=exit_code,
+        reason=reason or "Failed",
+        message=message[:512],
+        finished_at=finished_at,
+    )

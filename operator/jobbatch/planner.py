@@ -1,17 +1,27 @@
-"""The reconcile decision, as a pure function: (batch, observed shard Jobs, now) -> Plan.
+"""The reconcile decision, as a pure function: (batch, observed shard Jobs, pod failures, now) -> Plan.
 
-Nothing here talks to Kubernetes or reads a clock; ``jobbatch.reconciler`` gathers
-the inputs and applies the plan. Every pass recomputes everything from the recorded
-status and the observed Jobs (level-triggered), so a restarted operator, given the
-same inputs, makes the same decision.
+Nothing here talks to Kubernetes or reads a clock; ``jobbatch.reconciler`` gathers the inputs and
+applies the plan. Every pass recomputes everything from the recorded status and the observed Jobs
+(level-triggered), so a restarted operator, given the same inputs, makes the same decision.
+
+The shape of a running batch (docs/design.md):
+- First attempts run in *chunk* Jobs: Indexed Jobs over contiguous shard ranges of
+  ``chunk_size(parallelism)`` shards, created in shard order. The Job controller starts their pods.
+- A failed shard is retried by the operator, with the batch's own backoff, in a *retry* Job of its
+  own (an Indexed Job of one shard, attempt n).
+- ``parallelism`` is shared out as the Jobs' own ``spec.parallelism``: a Job holds
+  ``ShardJob.slots`` slots, and slots a draining Job frees go to suspended Jobs being resumed, due
+  retries, Jobs still short of slots, then new chunks, in that order. A Job's parallelism is only
+  lowered when the batch holds more slots than ``parallelism`` (the Job controller then stops its
+  newest pods, which use no retry and run again later).
 
 Invariants the plan keeps:
-- A shard's outcome is written to ``status`` (``succeededShards``/``failedShards``)
-  before its Job may disappear: the shard finalizer is only released for outcomes
-  already in the *persisted* status, or for attempts superseded by an observed newer one.
-- The latest attempt of every unfinished shard stays observable, so attempt numbers
-  (and so Job names) are never reused.
-- At most ``parallelism`` attempts run at once (unfinished, not suspended Jobs).
+- A shard's outcome is written to ``status`` (``succeededShards``/``failedShards``) before the Job
+  that ran it may disappear: a Job's finalizer is released only when every shard it ran is recorded
+  in the *persisted* status or has a newer attempt observed in another Job.
+- The latest attempt of every unfinished shard stays observable, so attempt numbers (and so Job
+  names) are never reused.
+- The slots the batch's Jobs hold never add up to more than ``parallelism`` by the plan's doing.
 """
 
 from __future__ import annotations
@@ -19,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
+from jobbatch import naming
 from jobbatch.api import TERMINAL_PHASES, Condition, JobBatchSpec, JobBatchStatus, ShardCounts, ShardFailure
 from jobbatch.backoff import retry_delay
-from jobbatch.observed import ShardJob
+from jobbatch.observed import PodFailure, ShardJob
 from jobbatch.ranges import IndexRanges
 
 # How often an unaccepted batch re-checks what it waits for (a ConfigMap, a PriorityClass).
@@ -32,8 +43,29 @@ ACCEPTANCE_RECHECK_SECONDS = 10.0
 # Events about individual shards posted per pass, so a mass failure cannot flood the API.
 MAX_SHARD_EVENTS_PER_PASS = 5
 MAX_RECORDED_FAILURES = 10
+# Chunk Jobs hold CHUNK_FACTOR x parallelism shards, within [MIN_CHUNK, MAX_CHUNK] (docs/design.md):
+# big enough that Jobs cost little per shard, small enough that chunks keep draining (which frees
+# the slots retries run in) and that a chunk's finished pods and Job status stay small.
+CHUNK_FACTOR = 2
+MIN_CHUNK = 20
+MAX_CHUNK = 10_000
 
 
+def chunk_size(parallelism: int) -> int:
+    return min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_FACTOR * parallelism))
+
+
+def shard_count(item_count: int, shard_size: int) -> int:
+    return math.ceil(item_count / shard_size)
+
+
+def item_range(shard: int, shard_size: int, item_count: int) -> tuple[int, int]:
+    """Half-open item range [start, end) of a shard."""
+    start = shard * shard_size
+    return start, min(start + shard_size, item_count)
+
+
+# -- inputs -------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Acceptance:
     """Outcome of the checks only the operator can make (payloads, schema, PriorityClass)."""
@@ -56,10 +88,52 @@ class Batch:
     status: JobBatchStatus
 
 
+# -- actions: each names the Job it acts on ------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class Launch:
-    shard: int
+class CreateJob:
+    name: str
+    first: int
+    count: int
     attempt: int
+    parallelism: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleJob:
+    """Set ``spec.parallelism`` from ``current`` (as observed; the write is conditional on it) to ``to``."""
+
+    name: str
+    current: int
+    to: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeJob:
+    name: str
+    parallelism: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SuspendJob:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseJob:
+    """Remove the shard finalizer (``finalizers`` as observed).
+
+    ``collect_pods``: the Job is kept for inspection; first delete its succeeded pods, so a kept chunk
+    holds only the pods of its failed attempts.
+    """
+
+    name: str
+    finalizers: tuple[str, ...]
+    collect_pods: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteJob:
+    name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,32 +149,144 @@ class Event:
 class Plan:
     status: JobBatchStatus
     status_changed: bool = False
-    create: list[Launch] = dataclasses.field(default_factory=list)
-    suspend: list[str] = dataclasses.field(default_factory=list)
-    resume: list[str] = dataclasses.field(default_factory=list)
-    release: list[str] = dataclasses.field(default_factory=list)
-    delete: list[str] = dataclasses.field(default_factory=list)
+    create: list[CreateJob] = dataclasses.field(default_factory=list)
+    scale: list[ScaleJob] = dataclasses.field(default_factory=list)
+    resume: list[ResumeJob] = dataclasses.field(default_factory=list)
+    suspend: list[SuspendJob] = dataclasses.field(default_factory=list)
+    release: list[ReleaseJob] = dataclasses.field(default_factory=list)
+    delete: list[DeleteJob] = dataclasses.field(default_factory=list)
     events: list[Event] = dataclasses.field(default_factory=list)
     requeue_after: float | None = None
     delete_batch: bool = False
-    # Shards ready to launch but held back by the cluster-wide cap (for priority dispatch).
+    # Slots the batch could use now but the cluster-wide cap holds back (for priority dispatch).
     unmet_demand: int = 0
 
     def wake_in(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
-
-def shard_count(item_count: int, shard_size: int) -> int:
-    return math.ceil(item_count / shard_size)
-
-
-def item_range(shard: int, shard_size: int, item_count: int) -> tuple[int, int]:
-    """Half-open item range [start, end) of a shard."""
-    start = shard * shard_size
-    return start, min(start + shard_size, item_count)
+    @property
+    def job_calls(self) -> int:
+        calls: tuple[list[Any], ...] = (self.create, self.scale, self.resume, self.suspend, self.release, self.delete)
+        return sum(len(c) for c in calls)
 
 
+# -- what the observed Jobs say -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FailedAttempt:
+    shard: int
+    attempt: int
+    exit_code: int | None
+    reason: str
+    message: str
+    failed_at: datetime.datetime | None
+
+
+@dataclasses.dataclass
+class Survey:
+    """The observed Jobs sorted into what each shard's latest attempt did."""
+
+    total: int
+    recorded_succeeded: IndexRanges  # as persisted
+    recorded_failed: IndexRanges
+    newest: dict[int, int]  # shard -> newest attempt, for shards with a retry Job (attempt > 0)
+    succeeded: IndexRanges  # observed to have succeeded, not recorded yet
+    failed_attempts: list[FailedAttempt]  # latest attempts that failed, shards not recorded yet
+    covered: IndexRanges  # shards some Job runs or ran
+
+    @property
+    def recorded(self) -> IndexRanges:
+        return self.recorded_succeeded.union(self.recorded_failed)
+
+    def superseded(self, job: ShardJob, shard: int) -> bool:
+        return self.newest.get(shard, 0) > job.attempt
+
+
+def survey(
+    status: JobBatchStatus, jobs: Sequence[ShardJob], failures: Mapping[tuple[int, int], PodFailure], total: int
+) -> Survey:
+    """Sort observed Jobs into outcomes of each shard's latest attempt."""
+    recorded_succeeded = IndexRanges.parse(status.succeeded_shards)
+    recorded_failed = IndexRanges.parse(status.failed_shards)
+    recorded = recorded_succeeded.union(recorded_failed)
+    newest: dict[int, int] = {}
+    for job in jobs:
+        if job.attempt > 0:
+            for shard in job.shards:
+                newest[shard] = max(newest.get(shard, 0), job.attempt)
+    covered = IndexRanges((j.first, j.last) for j in jobs if j.count)
+    succeeded = IndexRanges(interval for j in jobs for interval in j.succeeded.intervals)
+    failed: list[FailedAttempt] = []
+    for job in jobs:
+        lost = job.shards.difference(job.succeeded).difference(job.failed) if job.lost else IndexRanges()
+        for shard in (*job.failed, *lost):
+            if shard in recorded or shard >= total or newest.get(shard, 0) > job.attempt:
+                continue
+            pod = failures.get((shard, job.attempt))
+            if shard in job.failed and pod is not None:
+                failed.append(
+                    FailedAttempt(shard, job.attempt, pod.exit_code, pod.reason, pod.message, pod.finished_at)
+                )
+            elif shard in job.failed:
+                failed.append(FailedAttempt(shard, job.attempt, None, "Failed", "", job.finished_at))
+            else:
+                failed.append(
+                    FailedAttempt(
+                        shard, job.attempt, None, "Deleted", "the shard Job was deleted before it finished", None
+                    )
+                )
+    succeeded = succeeded.difference(recorded)
+    succeeded = succeeded.difference(IndexRanges([(total, 2**62)])) if total else IndexRanges()
+    failed = [f for f in failed if f.shard not in succeeded]
+    return Survey(total, recorded_succeeded, recorded_failed, newest, succeeded, failed, covered)
+
+
+# -- shard fates ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ShardFates:
+    new_failures: list[ShardFailure]
+    due: list[FailedAttempt]  # retries whose backoff has passed
+    waiting: int  # retries still in backoff
+    next_due: datetime.datetime | None
+
+
+def permanent_failure(failed: FailedAttempt, non_retryable: Sequence[int], limit: int) -> ShardFailure | None:
+    """The permanent failure a failed attempt causes, or None if the shard may retry."""
+    code = f" (exit code {failed.exit_code})" if failed.exit_code is not None else ""
+    if failed.exit_code is not None and failed.exit_code in non_retryable:
+        reason = "NonRetryableExitCode"
+        message = f"attempt {failed.attempt} exited with non-retryable code {failed.exit_code}"
+    elif failed.attempt >= limit:
+        why = f": {failed.reason}" + (f" ({failed.message})" if failed.message else "")
+        reason = "RetriesExhausted"
+        message = f"attempt {failed.attempt} failed{code}{why}; no retries left (limit {limit})"
+    else:
+        return None
+    return ShardFailure(
+        shard=failed.shard, attempt=failed.attempt, exit_code=failed.exit_code, reason=reason, message=message[:512]
+    )
+
+
+def decide_shards(batch: Batch, failed_attempts: Iterable[FailedAttempt], now: datetime.datetime) -> ShardFates:
+    """Each failed latest attempt: a permanent failure, a retry that is due, or one still backing off."""
+    retry = batch.spec.retry
+    fates = ShardFates([], [], 0, None)
+    for failed in sorted(failed_attempts, key=lambda f: (f.shard, f.attempt)):
+        failure = permanent_failure(failed, retry.non_retryable_exit_codes, retry.limit)
+        if failure is not None:
+            fates.new_failures.append(failure)
+            continue
+        delay = datetime.timedelta(seconds=retry_delay(retry.backoff, batch.uid, failed.shard, failed.attempt))
+        due = (failed.failed_at or now) + delay
+        if due <= now:
+            fates.due.append(failed)
+        else:
+            fates.waiting += 1
+            fates.next_due = due if fates.next_due is None else min(fates.next_due, due)
+    return fates
+
+
+# -- conditions -------------------------------------------------------------------------------------
 def set_condition(
     conditions: list[Condition],
     ctype: str,
@@ -140,22 +326,6 @@ def set_condition(
     return out
 
 
-def _failure_of(job: ShardJob, non_retryable: Sequence[int], limit: int) -> ShardFailure | None:
-    """The permanent failure a failed attempt causes, or None if the shard may retry."""
-    if job.exit_code is not None and job.exit_code in non_retryable:
-        reason, message = (
-            "NonRetryableExitCode",
-            f"attempt {job.attempt} exited with non-retryable code {job.exit_code}",
-        )
-    elif job.attempt >= limit:
-        code = f" (exit code {job.exit_code})" if job.exit_code is not None else ""
-        reason = "RetriesExhausted"
-        message = f"attempt {job.attempt} failed{code}: {job.reason}; no retries left (limit {limit})"
-    else:
-        return None
-    return ShardFailure(shard=job.shard, attempt=job.attempt, exit_code=job.exit_code, reason=reason, message=message)
-
-
 def _describe_failures(failures: Iterable[ShardFailure]) -> str:
     parts = []
     for f in failures:
@@ -164,263 +334,341 @@ def _describe_failures(failures: Iterable[ShardFailure]) -> str:
     return "; ".join(parts)
 
 
+# -- the steps of a pass ----------------------------------------------------------------------------
+class _Pass:
+    """The state one planning pass builds up, step by step."""
+
+    def __init__(self, batch: Batch, now: datetime.datetime) -> None:
+        self.batch, self.spec, self.old, self.now = batch, batch.spec, batch.status, now
+        self.gen = batch.generation
+        self.status = batch.status.model_copy(deep=True)
+        self.status.observed_generation = batch.generation
+        self.out = Plan(status=self.status)
+
+    def condition(self, ctype: str, value: Literal["True", "False"], reason: str, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, ctype, value, reason, message, self.now, self.gen
+        )
+
+    def finish(self) -> Plan:
+        shards = self.status.shards
+        self.status.progress = f"{shards.succeeded + shards.failed}/{shards.total}"
+        self.out.status_changed = self.status.dump() != self.old.dump()
+        return self.out
+
+    # 1. accept ----------------------------------------------------------------------------------
+    def accept(self, acceptance: Acceptance | None) -> bool:
+        """True once acceptance is persisted; until then records the verdict and plans nothing else."""
+        accepted = self.old.condition("Accepted")
+        if accepted is not None and accepted.status == "True":
+            return True
+        if acceptance is None:
+            raise ValueError("an unaccepted batch needs an Acceptance to plan")
+        if not acceptance.ok:
+            self.condition("Accepted", "False", acceptance.reason, acceptance.message)
+            self.status.phase = "Pending"
+            if accepted is None or accepted.reason != acceptance.reason or accepted.message != acceptance.message:
+                self.out.events.append(Event("Warning", acceptance.reason, acceptance.message))
+            self.out.wake_in(ACCEPTANCE_RECHECK_SECONDS)
+            return False
+        total = shard_count(acceptance.item_count, self.spec.shard_size)
+        self.status.item_count = acceptance.item_count
+        self.status.shards = ShardCounts(total=total, pending=total)
+        self.condition(
+            "Accepted", "True", "Accepted",
+            f"{acceptance.item_count} items in {total} shards of up to {self.spec.shard_size}",
+        )  # fmt: skip
+        # Launch only once acceptance (and so the item count) is persisted: a later pass must
+        # never re-accept from a source that may have changed meanwhile.
+        self.out.wake_in(0)
+        return False
+
+    # 2. record shard outcomes ---------------------------------------------------------------------
+    def record(self, seen: Survey, fates: ShardFates) -> None:
+        succeeded = seen.recorded_succeeded.union(seen.succeeded)
+        failed = seen.recorded_failed.union(f.shard for f in fates.new_failures)
+        self.status.succeeded_shards = str(succeeded)
+        self.status.failed_shards = str(failed)
+        if fates.new_failures:
+            self.status.failures = (self.status.failures + fates.new_failures)[-MAX_RECORDED_FAILURES:]
+            for f in fates.new_failures[:MAX_SHARD_EVENTS_PER_PASS]:
+                self.out.events.append(
+                    Event("Warning", "ShardFailed", f"shard {f.shard} failed permanently: {f.message}")
+                )
+        if fates.next_due is not None:
+            self.out.wake_in((fates.next_due - self.now).total_seconds())
+
+    # 3. the batch's fate --------------------------------------------------------------------------
+    def decide_batch(self, total: int) -> None:
+        if self.old.phase in TERMINAL_PHASES:
+            return
+        succeeded = IndexRanges.parse(self.status.succeeded_shards)
+        failed = IndexRanges.parse(self.status.failed_shards)
+        limit = self.spec.max_failed_shards
+        deadline = self.spec.active_deadline_seconds
+        if len(succeeded) + len(failed) >= total and len(failed) <= limit:
+            msg = f"{len(succeeded)} of {total} shards succeeded"
+            if failed:
+                msg += f", {len(failed)} failed (tolerated: maxFailedShards {limit})"
+            self.terminate("Succeeded", "Completed", msg)
+            self.out.events.append(Event("Normal", "Completed", msg))
+        elif len(failed) > limit:
+            msg = f"{len(failed)} shards failed permanently (maxFailedShards {limit}): " + _describe_failures(
+                self.status.failures
+            )
+            self.terminate("Failed", "ShardsFailed", msg)
+            self.out.events.append(Event("Warning", "Failed", msg))
+        elif (
+            deadline is not None
+            and self.status.start_time is not None
+            and self.now >= self.status.start_time + datetime.timedelta(seconds=deadline)
+        ):
+            msg = f"the batch ran past its activeDeadlineSeconds ({deadline}s)"
+            self.terminate("Failed", "DeadlineExceeded", msg)
+            self.out.events.append(Event("Warning", "Failed", msg))
+
+    def terminate(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
+        self.status.phase = phase
+        self.status.completion_time = self.now
+        self.condition("Complete" if phase == "Succeeded" else "Failed", "True", reason, message)
+        self.condition("Running", "False", reason, message)
+
+    # 4. clean up: only for outcomes already persisted ---------------------------------------------
+    def clean_up(self, jobs: Sequence[ShardJob], seen: Survey) -> list[ShardJob]:
+        """Release (and delete) the Jobs that no longer matter; returns the ones that still do."""
+        was_terminal = self.old.phase in TERMINAL_PHASES
+        recorded = seen.recorded
+        holding_failures = sorted(
+            (j for j in jobs if j.failed or j.lost),
+            key=lambda j: (j.finished_at or self.now, j.first, j.attempt),
+            reverse=True,
+        )
+        keep = {j.name for j in holding_failures[: self.spec.failed_jobs_history_limit]}
+        live = []
+        for job in jobs:
+            if not (was_terminal or self._done_with(job, seen, recorded)):
+                live.append(job)
+                continue
+            unneeded = job.finished and job.name not in keep
+            delete = (unneeded or not job.finished or job.lost) and not job.deleting
+            if job.has_finalizer:
+                collect = not delete and not job.deleting and bool(job.succeeded)
+                self.out.release.append(ReleaseJob(job.name, job.finalizers, collect_pods=collect))
+            if delete:
+                self.out.delete.append(DeleteJob(job.name))
+        return live
+
+    @staticmethod
+    def _done_with(job: ShardJob, seen: Survey, recorded: IndexRanges) -> bool:
+        """Every shard this Job ran is recorded, superseded by a newer attempt, or outside the batch."""
+        outside = IndexRanges([(seen.total, 2**62)])
+        rest = job.shards.difference(recorded).difference(outside)
+        if len(rest) > len(seen.newest):
+            return False
+        return all(seen.superseded(job, shard) for shard in rest)
+
+    # 5. dispatch ------------------------------------------------------------------------------------
+    def dispatch(
+        self, live: list[ShardJob], seen: Survey, fates: ShardFates, launch_budget: int | None
+    ) -> tuple[int, int]:
+        """Stop, shrink or share out slots; returns (slots held after the plan, retries left waiting)."""
+        spec, status = self.spec, self.status
+        total = seen.total
+        running = [j for j in live if not j.finished and not j.deleting]
+        held = sum(j.slots for j in live)
+        if status.phase in TERMINAL_PHASES:
+            # Stop what still runs; the Jobs are released once the terminal status is persisted.
+            self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
+            self._wake_for_ttl()
+            return 0, 0
+        if spec.suspend:
+            stopping = [j for j in running if not j.suspended]
+            self.out.suspend += [SuspendJob(j.name) for j in stopping]
+            if status.phase != "Suspended":
+                self.out.events.append(Event("Normal", "Suspended", f"suspended; stopping {len(stopping)} shard Jobs"))
+            status.phase = "Suspended"
+            self.condition("Suspended", "True", "Suspended", "spec.suspend is true")
+            self.condition("Running", "False", "Suspended", "spec.suspend is true")
+            return 0, fates.waiting + len(fates.due)
+        if spec.start_after is not None and self.now < spec.start_after:
+            status.phase = "Pending"
+            self.out.wake_in((spec.start_after - self.now).total_seconds())
+            return held, fates.waiting + len(fates.due)
+
+        free = spec.parallelism - held
+        if free < 0:
+            self._shrink(running, -free)
+            granted = 0
+            retries_left = fates.waiting + len(fates.due)
+        else:
+            budget = free if launch_budget is None else min(free, max(0, launch_budget))
+            granted, retries_left, ready = self._share_out(running, seen, fates, budget, total, launch_budget)
+            self.out.unmet_demand = max(0, min(free, ready) - budget)
+        self._mark_running(held + granted, len(self.out.create) > 0 or bool(live))
+        return held + granted, retries_left
+
+    def _shrink(self, running: list[ShardJob], excess: int) -> None:
+        """Lower the newest Jobs' parallelism until the batch holds no more than ``parallelism`` slots."""
+        for job in sorted(running, key=lambda j: (j.attempt == 0, j.first), reverse=True):
+            if excess <= 0:
+                break
+            if job.suspended:
+                continue
+            using = min(job.parallelism, job.unfinished)
+            to = max(0, using - excess)
+            if to < job.parallelism:
+                self.out.scale.append(ScaleJob(job.name, job.parallelism, to))
+                excess -= using - to
+
+    def _share_out(
+        self, running: list[ShardJob], seen: Survey, fates: ShardFates, budget: int, total: int, capped: int | None
+    ) -> tuple[int, int, int]:
+        """Give free slots to: suspended Jobs, due retries, Jobs short of slots, new chunks.
+
+        Returns (slots granted, retries left waiting, slots the ready work could use).
+        """
+        granted = ready = 0
+        name, uid = self.batch.name, self.batch.uid
+        # Suspended Jobs (the batch was suspended, or a cap let them sit) are resumed first.
+        for job in sorted((j for j in running if j.suspended), key=lambda j: (j.attempt, j.first)):
+            want = job.unfinished
+            ready += want
+            give = min(want, budget - granted)
+            if give > 0:
+                self.out.resume.append(ResumeJob(job.name, give))
+                granted += give
+        retry_events = 0
+        retries_left = fates.waiting
+        for failed in fates.due:
+            ready += 1
+            if granted >= budget:
+                retries_left += 1
+                continue
+            attempt = failed.attempt + 1
+            self.out.create.append(
+                CreateJob(naming.job_name(name, uid, failed.shard, attempt), failed.shard, 1, attempt, 1)
+            )
+            granted += 1
+            if retry_events < MAX_SHARD_EVENTS_PER_PASS:
+                retry_events += 1
+                why = f"exit code {failed.exit_code}" if failed.exit_code is not None else failed.reason
+                self.out.events.append(
+                    Event(
+                        "Normal",
+                        "ShardRetrying",
+                        f"retrying shard {failed.shard}: attempt {attempt} of {self.spec.retry.limit + 1} "
+                        f"after attempt {failed.attempt} failed ({why})",
+                        on_status=False,
+                    )
+                )
+        # Jobs with indexes still to start and fewer slots than that: retry Jobs, then chunks in order.
+        for job in sorted((j for j in running if not j.suspended), key=lambda j: (j.attempt == 0, j.first)):
+            short = job.unfinished - max(job.parallelism, job.active + job.terminating)
+            if short <= 0:
+                continue
+            ready += short
+            give = min(short, budget - granted)
+            if give > 0:
+                self.out.scale.append(ScaleJob(job.name, job.parallelism, job.parallelism + give))
+                granted += give
+        # New chunks over the lowest shards no Job has covered yet. Under a cluster-wide cap a chunk
+        # holds only the shards it is granted slots for: a Job refills its own slots as its pods
+        # finish, and under a cap every freed slot must go back to the dispatcher, which may owe it
+        # to a batch of higher priority.
+        started = seen.covered.union(seen.recorded)
+        size = chunk_size(self.spec.parallelism)
+        for lo, hi in started.gaps(0, total):
+            while lo <= hi:
+                left = budget - granted
+                if left <= 0:  # the rest is demand this pass cannot meet
+                    ready += len(IndexRanges([(lo, total - 1)]).difference(started))
+                    return granted, retries_left, ready
+                count = min(size if capped is None else left, hi - lo + 1)
+                ready += count
+                give = min(count, left)
+                self.out.create.append(CreateJob(naming.job_name(name, uid, lo, 0), lo, count, 0, give))
+                granted += give
+                lo += count
+        return granted, retries_left, ready
+
+    def _mark_running(self, slots: int, started: bool) -> None:
+        status, old = self.status, self.old
+        if status.start_time is None and started:
+            status.start_time = self.now
+            self.out.events.append(
+                Event(
+                    "Normal",
+                    "Started",
+                    f"launching {status.shards.total} shards, parallelism {self.spec.parallelism}",
+                )
+            )
+        if status.phase == "Suspended":
+            self.out.events.append(Event("Normal", "Resumed", "spec.suspend is false; launching again"))
+        if status.start_time is not None:
+            status.phase = "Running"
+            self.condition("Running", "True", "Running", f"{slots} shards running")
+        else:
+            status.phase = "Pending"
+        if old.condition("Suspended") is not None:
+            self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
+        deadline = self.spec.active_deadline_seconds
+        if deadline is not None and status.start_time is not None:
+            ends = status.start_time + datetime.timedelta(seconds=deadline)
+            self.out.wake_in((ends - self.now).total_seconds())
+
+    def _wake_for_ttl(self) -> None:
+        status, ttl = self.status, self.spec.ttl_seconds_after_finished
+        was_terminal = self.old.phase in TERMINAL_PHASES
+        if status.completion_time is not None and ttl is not None:
+            expires = status.completion_time + datetime.timedelta(seconds=ttl)
+            if self.now >= expires and was_terminal:  # only once the outcome is persisted
+                self.out.delete_batch = True
+            else:
+                self.out.wake_in((expires - self.now).total_seconds())
+        if not was_terminal:
+            self.out.wake_in(0)  # persist, then release in the next pass
+
+    # 6. counts ------------------------------------------------------------------------------------
+    def count(self, total: int, running: int, retrying: int) -> None:
+        succeeded = len(IndexRanges.parse(self.status.succeeded_shards))
+        failed = len(IndexRanges.parse(self.status.failed_shards))
+        terminal = self.status.phase in TERMINAL_PHASES
+        running = 0 if terminal else running
+        retrying = 0 if terminal else retrying
+        self.status.shards = ShardCounts(
+            total=total,
+            running=running,
+            retrying=retrying,
+            succeeded=succeeded,
+            failed=failed,
+            pending=max(0, total - succeeded - failed - running - retrying),
+        )
+
+
 def plan(
     batch: Batch,
     observed: Sequence[ShardJob],
     now: datetime.datetime,
     *,
+    failures: Mapping[tuple[int, int], PodFailure] | None = None,
     acceptance: Acceptance | None = None,
     launch_budget: int | None = None,
 ) -> Plan:
-    """Decide everything one reconcile pass does. ``launch_budget`` caps launches (cluster-wide cap)."""
-    spec, old = batch.spec, batch.status
-    status = old.model_copy(deep=True)
-    status.observed_generation = batch.generation
-    out = Plan(status=status)
-    gen = batch.generation
+    """Decide everything one reconcile pass does.
 
-    def finish(result: Plan) -> Plan:
-        shards = result.status.shards
-        result.status.progress = f"{shards.succeeded + shards.failed}/{shards.total}"
-        result.status_changed = result.status.dump() != old.dump()
-        return result
-
-    # -- acceptance: checks only the operator can make, once ---------------------------------
-    accepted = old.condition("Accepted")
-    item_count = old.item_count
-    if accepted is None or accepted.status != "True":
-        if acceptance is None:
-            raise ValueError("an unaccepted batch needs an Acceptance to plan")
-        if not acceptance.ok:
-            status.conditions = set_condition(
-                status.conditions, "Accepted", "False", acceptance.reason, acceptance.message, now, gen
-            )
-            status.phase = "Pending"
-            if accepted is None or accepted.reason != acceptance.reason or accepted.message != acceptance.message:
-                out.events.append(Event("Warning", acceptance.reason, acceptance.message))
-            out.wake_in(ACCEPTANCE_RECHECK_SECONDS)
-            return finish(out)
-        item_count = acceptance.item_count
-        total = shard_count(item_count, spec.shard_size)
-        status.item_count = item_count
-        status.shards = ShardCounts(total=total, pending=total)
-        status.conditions = set_condition(
-            status.conditions, "Accepted", "True", "Accepted",
-            f"{item_count} items in {total} shards of up to {spec.shard_size}", now, gen,
-        )  # fmt: skip
-        # Launch only once acceptance (and so the item count) is persisted: a later pass must
-        # never re-accept from a source that may have changed meanwhile.
-        out.wake_in(0)
-        return finish(out)
-    assert item_count is not None
-    total = shard_count(item_count, spec.shard_size)
-
-    # -- what the observed Jobs say -----------------------------------------------------------
-    persisted_succeeded = IndexRanges.parse(old.succeeded_shards)
-    persisted_failed = IndexRanges.parse(old.failed_shards)
-    succeeded = persisted_succeeded
-    failed = persisted_failed
-    latest: dict[int, ShardJob] = {}
-    for job in observed:
-        if job.shard not in latest or job.attempt > latest[job.shard].attempt:
-            latest[job.shard] = job
-
-    new_succeeded: list[int] = []
-    new_failures: list[ShardFailure] = []
-    running: list[ShardJob] = []
-    parked: list[ShardJob] = []  # suspended attempts: resumed before anything new starts
-    retry_due: list[ShardJob] = []
-    retrying = 0
-    for shard, job in sorted(latest.items()):
-        if shard in succeeded or shard in failed or shard >= total:
-            continue
-        if job.state == "succeeded":
-            new_succeeded.append(shard)
-        elif job.state == "failed":
-            failure = _failure_of(job, spec.retry.non_retryable_exit_codes, spec.retry.limit)
-            if failure is not None:
-                new_failures.append(failure)
-                continue
-            retrying += 1
-            failed_at = job.finished_at or now
-            due = failed_at + datetime.timedelta(seconds=retry_delay(spec.retry.backoff, batch.uid, shard, job.attempt))
-            if due <= now:
-                retry_due.append(job)
-            else:
-                out.wake_in((due - now).total_seconds())
-        elif job.state == "active":
-            running.append(job)
-        else:
-            parked.append(job)
-    succeeded = succeeded.union(new_succeeded)
-    failed = failed.union(f.shard for f in new_failures)
-    status.succeeded_shards = str(succeeded)
-    status.failed_shards = str(failed)
-    if new_failures:
-        status.failures = (status.failures + new_failures)[-MAX_RECORDED_FAILURES:]
-        for f in new_failures[:MAX_SHARD_EVENTS_PER_PASS]:
-            out.events.append(Event("Warning", "ShardFailed", f"shard {f.shard} failed permanently: {f.message}"))
-
-    # -- the batch's fate ---------------------------------------------------------------------
-    was_terminal = old.phase in TERMINAL_PHASES
-    if not was_terminal:
-        if len(succeeded) + len(failed) >= total and len(failed) <= spec.max_failed_shards:
-            msg = f"{len(succeeded)} of {total} shards succeeded"
-            if failed:
-                msg += f", {len(failed)} failed (tolerated: maxFailedShards {spec.max_failed_shards})"
-            _terminate(status, "Succeeded", "Completed", msg, now, gen)
-            out.events.append(Event("Normal", "Completed", msg))
-        elif len(failed) > spec.max_failed_shards:
-            msg = (
-                f"{len(failed)} shards failed permanently (maxFailedShards {spec.max_failed_shards}): "
-                + _describe_failures(status.failures)
-            )
-            _terminate(status, "Failed", "ShardsFailed", msg, now, gen)
-            out.events.append(Event("Warning", "Failed", msg))
-        elif (
-            spec.active_deadline_seconds is not None
-            and status.start_time is not None
-            and now >= status.start_time + datetime.timedelta(seconds=spec.active_deadline_seconds)
-        ):
-            msg = f"the batch ran past its activeDeadlineSeconds ({spec.active_deadline_seconds}s)"
-            _terminate(status, "Failed", "DeadlineExceeded", msg, now, gen)
-            out.events.append(Event("Warning", "Failed", msg))
-
-    terminal = status.phase in TERMINAL_PHASES
-
-    # -- finalizers and clean-up: only for outcomes already persisted --------------------------
-    failed_history = sorted(
-        (j for j in observed if j.state == "failed"),
-        key=lambda j: (j.finished_at or now, j.shard, j.attempt),
-        reverse=True,
-    )
-    keep_failed = {j.name for j in failed_history[: spec.failed_jobs_history_limit]}
-    for job in observed:
-        newest = latest[job.shard]
-        superseded = job.attempt < newest.attempt
-        recorded = job.shard in persisted_succeeded or job.shard in persisted_failed
-        done_with = recorded or superseded or was_terminal or job.shard >= total
-        if not done_with:
-            continue
-        if job.has_finalizer:
-            out.release.append(job.name)
-        unneeded = job.state == "succeeded" or (job.state == "failed" and job.name not in keep_failed)
-        if (unneeded or (was_terminal and not job.finished)) and not job.deleting:
-            out.delete.append(job.name)
-
-    # -- dispatch -------------------------------------------------------------------------------
-    launched_now = 0
-    retry_events = 0
-    if terminal:
-        # Stop what still runs; the Jobs are released once the terminal status is persisted.
-        out.suspend += [j.name for j in running]
-        if status.completion_time is not None and spec.ttl_seconds_after_finished is not None:
-            expires = status.completion_time + datetime.timedelta(seconds=spec.ttl_seconds_after_finished)
-            if now >= expires and was_terminal:  # only once the outcome is persisted
-                out.delete_batch = True
-            else:
-                out.wake_in((expires - now).total_seconds())
-        if not was_terminal:
-            out.wake_in(0)  # persist, then release in the next pass
-    elif spec.suspend:
-        out.suspend += [j.name for j in running]
-        if status.phase != "Suspended":
-            out.events.append(Event("Normal", "Suspended", f"suspended; stopped {len(running)} running shards"))
-        status.phase = "Suspended"
-        status.conditions = set_condition(
-            status.conditions, "Suspended", "True", "Suspended", "spec.suspend is true", now, gen
-        )
-        status.conditions = set_condition(
-            status.conditions, "Running", "False", "Suspended", "spec.suspend is true", now, gen
-        )
-        running = []
-    elif spec.start_after is not None and now < spec.start_after:
-        status.phase = "Pending"
-        out.wake_in((spec.start_after - now).total_seconds())
-    else:
-        slots = max(0, spec.parallelism - len(running))
-        budget = slots if launch_budget is None else min(slots, max(0, launch_budget))
-        # Ready work in launch order: resumed attempts, due retries, then new shards by index.
-        busy = set(latest)
-        fresh_needed = max(0, slots - len(parked) - len(retry_due))
-        fresh = succeeded.union(failed).first_missing(0, total, fresh_needed, skip=busy)
-        ready = len(parked) + len(retry_due) + len(fresh)
-        out.unmet_demand = max(0, min(slots, ready) - budget)
-        for job in parked:
-            if launched_now >= budget:
-                break
-            out.resume.append(job.name)
-            launched_now += 1
-        for job in retry_due:
-            if launched_now >= budget:
-                break
-            out.create.append(Launch(job.shard, job.attempt + 1))
-            if retry_events < MAX_SHARD_EVENTS_PER_PASS:
-                retry_events += 1
-                why = f"exit code {job.exit_code}" if job.exit_code is not None else job.reason
-                out.events.append(
-                    Event(
-                        "Normal",
-                        "ShardRetrying",
-                        f"retrying shard {job.shard}: attempt {job.attempt + 1} of {spec.retry.limit + 1} "
-                        f"after attempt {job.attempt} failed ({why})",
-                        on_status=False,
-                    )
-                )
-            launched_now += 1
-        for shard in fresh:
-            if launched_now >= budget:
-                break
-            out.create.append(Launch(shard, 0))
-            launched_now += 1
-        # Started = some attempt exists or is being launched. Derived from what is observed, not from
-        # "launched in this pass": a pass whose status write lost a race has still created Jobs.
-        if status.start_time is None and (launched_now or latest):
-            status.start_time = now
-            out.events.append(Event("Normal", "Started", f"launching {total} shards, parallelism {spec.parallelism}"))
-        if status.phase == "Suspended":
-            out.events.append(Event("Normal", "Resumed", "spec.suspend is false; launching again"))
-        if status.start_time is not None:
-            status.phase = "Running"
-            status.conditions = set_condition(
-                status.conditions, "Running", "True", "Running", "shards are being launched", now, gen
-            )
-        else:
-            status.phase = "Pending"
-        if old.condition("Suspended") is not None:
-            status.conditions = set_condition(
-                status.conditions, "Suspended", "False", "Resumed", "spec.suspend is false", now, gen
-            )
-        if spec.active_deadline_seconds is not None and status.start_time is not None:
-            deadline = status.start_time + datetime.timedelta(seconds=spec.active_deadline_seconds)
-            out.wake_in((deadline - now).total_seconds())
-
-    # -- counts ---------------------------------------------------------------------------------
-    active = 0 if terminal else len(running) + len([j for j in parked if j.name in out.resume])
-    active += len(out.create)
-    retrying_left = max(0, retrying - len([c for c in out.create if c.attempt > 0]))
-    status.shards = ShardCounts(
-        total=total,
-        running=active,
-        retrying=0 if terminal else retrying_left,
-        succeeded=len(succeeded),
-        failed=len(failed),
-        pending=max(0, total - len(succeeded) - len(failed) - (0 if terminal else active + retrying_left)),
-    )
-    return finish(out)
-
-
-def _terminate(
-    status: JobBatchStatus,
-    phase: Literal["Succeeded", "Failed"],
-    reason: str,
-    message: str,
-    now: datetime.datetime,
-    gen: int,
-) -> None:
-    status.phase = phase
-    status.completion_time = now
-    status.conditions = set_condition(
-        status.conditions, "Complete" if phase == "Succeeded" else "Failed", "True", reason, message, now, gen
-    )
-    status.conditions = set_condition(status.conditions, "Running", "False", reason, message, now, gen)
+    ``failures`` holds the failed worker pods by (shard, attempt); ``launch_budget`` caps the slots
+    this pass may grant (the cluster-wide cap).
+    """
+    step = _Pass(batch, now)
+    if not step.accept(acceptance):
+        return step.finish()
+    assert batch.status.item_count is not None
+    total = shard_count(batch.status.item_count, batch.spec.shard_size)
+    seen = survey(batch.status, observed, failures or {}, total)
+    fates = decide_shards(batch, seen.failed_attempts, now)
+    step.record(seen, fates)
+    step.decide_batch(total)
+    live = step.clean_up(observed, seen)
+    running, retrying = step.dispatch(live, seen, fates, launch_budget)
+    step.count(total, running, retrying)
+    return step.finish()

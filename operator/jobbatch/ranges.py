@@ -81,25 +81,34 @@ class IndexRanges:
         extra = other.intervals if isinstance(other, IndexRanges) else [(i, i) for i in other]
         return IndexRanges([*self._intervals, *extra])
 
-    def first_missing(self, start: int, stop: int, limit: int, skip: set[int] | None = None) -> list[int]:
-        """Up to ``limit`` indexes in ``[start, stop)`` not in this set (nor in ``skip``), ascending.
-
-        Walks the gaps between intervals, so it costs O(intervals + limit), not O(stop).
-        """
-        out: list[int] = []
-        skip = skip or set()
-        cursor = start
-        pos = max(0, bisect.bisect_right(self._intervals, (start, float("inf"))) - 1)
-        intervals = self._intervals
-        while cursor < stop and len(out) < limit:
-            while pos < len(intervals) and intervals[pos][1] < cursor:
+    def difference(self, other: IndexRanges) -> IndexRanges:
+        """The indexes of this set that are not in ``other``; O(intervals of both)."""
+        out: list[tuple[int, int]] = []
+        theirs = other.intervals
+        pos = 0
+        for lo, hi in self._intervals:
+            while pos < len(theirs) and theirs[pos][1] < lo:
                 pos += 1
-            if pos < len(intervals) and intervals[pos][0] <= cursor:
-                cursor = intervals[pos][1] + 1
+            cursor, scan = lo, pos
+            while scan < len(theirs) and theirs[scan][0] <= hi:
+                if theirs[scan][0] > cursor:
+                    out.append((cursor, theirs[scan][0] - 1))
+                cursor = max(cursor, theirs[scan][1] + 1)
+                scan += 1
+            if cursor <= hi:
+                out.append((cursor, hi))
+        return IndexRanges(out)
+
+    def gaps(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
+        """The maximal runs ``(lo, hi)`` (inclusive) of ``[start, stop)`` not in this set, ascending."""
+        cursor = start
+        for lo, hi in self._intervals:
+            if hi < cursor:
                 continue
-            gap_end = min(stop, intervals[pos][0] if pos < len(intervals) else stop)
-            while cursor < gap_end and len(out) < limit:
-                if cursor not in skip:
-                    out.append(cursor)
-                cursor += 1
-        return out
+            if lo >= stop:
+                break
+            if lo > cursor:
+                yield cursor, lo - 1
+            cursor = hi + 1
+        if cursor < stop:
+            yield cursor, stop - 1

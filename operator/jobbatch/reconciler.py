@@ -1,40 +1,38 @@
 """One JobBatch's reconcile loop: gather inputs, ask the planner, apply the plan.
 
-The loop is woken by watch events (the batch, its Jobs) and by the planner's
-requeue time. It plans from the batch as last persisted: the response of its own
-status write, or a fresh GET once a batch watch event says the object changed (watch
-caches may lag behind our own writes, so a watched body is never planned from).
-Jobs come from the shard Job index (``jobbatch.jobwatch``), plus in-memory *expectations* for Jobs this process
-is creating, resuming or suspending but whose events have not arrived yet -- without
-them a lagging watch would let a pass launch past ``parallelism``.
+The loop is woken by watch events (the batch, its Jobs, its failed pods) and by the planner's
+requeue time. It plans from the batch as last persisted: the response of its own status write,
+or a fresh GET once a batch watch event says the object changed (watch caches may lag behind our
+own writes, so a watched body is never planned from). Jobs come from the shard Job index
+(``jobbatch.jobwatch``), overlaid with ``Expectations`` for this process's own writes whose events
+have not arrived yet -- without them a lagging watch would let a pass grant a slot twice.
 
-Order of effects in a pass: write the status (at most about once a second), then
-start the Job calls -- create/resume/suspend, and release-then-delete of Jobs whose
-outcome the status *read at the start of the pass* already records -- then post
-Events. The Job calls run as background tasks, one per Job at a time, so a pass
-takes one status write, not a round of API calls, and the next pass can refill a
-slot the moment a Job finishes. A failed call wakes the loop, whose next pass backs off.
+Order of effects in a pass: write the status (at most about once a second), then start the Job
+calls -- create, scale, resume, suspend, and release-then-delete of Jobs whose outcome the status
+*read at the start of the pass* already records -- then post Events. The Job calls run in the
+background (``JobCalls``, one per Job at a time), so a pass takes one status write, not a round of
+API calls. A failed call wakes the loop, whose next pass backs off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import dataclasses
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
-from jobbatch import manifests, metrics, naming, payloads
+from jobbatch import manifests, metrics, payloads
 from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, JobBatchSpec, JobBatchStatus
 from jobbatch.dispatch import Dispatcher
+from jobbatch.expectations import Expectations, JobCalls
 from jobbatch.kube import Conflict, Kube
-from jobbatch.observed import ShardJob
-from jobbatch.planner import Acceptance, Batch, Launch, Plan, plan, set_condition
+from jobbatch.observed import PodFailure, ShardJob
+from jobbatch.planner import Acceptance, Batch, CreateJob, Plan, ReleaseJob, plan, set_condition
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +40,8 @@ MIN_STATUS_INTERVAL = 1.0  # seconds between status writes of one batch
 MAX_BODY_AGE = 10.0  # re-read the batch at least this often, even if no watch event said it changed
 RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
 COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
-EXPECTATION_TTL = 60.0  # forget an expectation the watch never confirmed
 PRIORITY_CACHE_SECONDS = 30.0
-API_CONCURRENCY = 32  # API calls in flight per batch pass
+API_CONCURRENCY = 32  # API calls in flight per batch
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -54,14 +51,6 @@ class BatchGone(Exception):
 
 class ActionsFailed(Exception):
     """Some of a pass's API calls failed (the others took effect); retried with backoff."""
-
-
-@dataclasses.dataclass
-class _Expectation:
-    shard: int
-    attempt: int
-    state: Literal["active", "suspended"]
-    since: float
 
 
 def utcnow() -> datetime.datetime:
@@ -77,27 +66,24 @@ class BatchReconciler:
         namespace: str,
         name: str,
         uid: str,
-        jobs: Callable[[], Iterable[ShardJob]],
-        all_jobs: Callable[[], Mapping[str, Iterable[ShardJob]]] | None = None,
+        jobs: Callable[[], Mapping[str, ShardJob]],
+        failures: Callable[[Iterable[str]], Mapping[tuple[int, int], PodFailure]] = lambda uids: {},
+        all_jobs: Callable[[], Mapping[tuple[str, str], Iterable[ShardJob]]] | None = None,
         clock: Callable[[], datetime.datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube, self.dispatcher = kube, dispatcher
         self.namespace, self.name, self.uid = namespace, name, uid
-        self._jobs, self._all_jobs, self._clock = jobs, all_jobs, clock
+        self._jobs, self._failures, self._all_jobs = jobs, failures, all_jobs
+        self._clock, self._monotonic = clock, monotonic
         self.wake = asyncio.Event()
         self._body: dict[str, Any] | None = None  # the batch as last persisted (GET or our own write)
         self._body_read = float("-inf")
         self._body_stale = True
         self._limit = asyncio.Semaphore(API_CONCURRENCY)
-        self._inflight: dict[str, asyncio.Task[None]] = {}  # Job name -> its call in progress
-        self._failures: list[BaseException] = []
-        self._expected: dict[str, _Expectation] = {}
-        # (Job name, "release" | "delete") done, while the watch still shows the Job as it was:
-        # not repeated (a repeated release costs a failed patch and a GET).
-        self._settled: dict[tuple[str, str], float] = {}
+        self.calls = JobCalls(self.wake)
+        self.expected = Expectations(monotonic)
         self._last_status_write = float("-inf")
-        self._finishes: collections.deque[float] = collections.deque(maxlen=10_000)
-        self._finish_seen: set[str] = set()
         self._priority: tuple[float, int] = (float("-inf"), 0)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -107,9 +93,7 @@ class BatchReconciler:
             await self._loop(stopped)
         finally:
             # Calls are idempotent: whatever is cut short here, the next pass (or operator) redoes.
-            for task in self._inflight.values():
-                task.cancel()
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            await self.calls.cancel_all()
 
     def batch_changed(self) -> None:
         """A watch event for the batch: re-read it before the next pass plans."""
@@ -171,15 +155,16 @@ class BatchReconciler:
         acceptance = None
         if accepted is None or accepted.status != "True":
             acceptance = await self._accept(spec)
-        observed = self._observed()
+        observed = self.observed()
+        failures = self._failures([j.uid for j in observed if j.uid])
         budget = None
         if self.dispatcher.cap:
             created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
             self.dispatcher.register(self.uid, await self._priority_value(spec), created, self.wake)
-            running = {uid: sum(1 for j in jobs if j.state == "active") for uid, jobs in self._running_index()}
-            running[self.uid] = sum(1 for j in observed if j.state == "active")
+            running = {uid: sum(j.slots for j in jobs) for (_, uid), jobs in self._running_index()}
+            running[self.uid] = sum(j.slots for j in observed)
             budget = self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid]), running)
-        decision = plan(batch, observed, self._clock(), acceptance=acceptance, launch_budget=budget)
+        decision = plan(batch, observed, self._clock(), failures=failures, acceptance=acceptance, launch_budget=budget)
         try:
             requeue = await self._apply(decision, body, spec, observed)
         finally:
@@ -187,48 +172,29 @@ class BatchReconciler:
                 self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
         finished = status.phase in TERMINAL_PHASES and not decision.status_changed
-        idle = not (decision.create or decision.release or decision.delete or decision.suspend or decision.resume)
-        if finished and idle and decision.requeue_after is None:
+        if finished and not decision.job_calls and decision.requeue_after is None:
             raise BatchGone  # nothing left to do for this batch, ever
         return requeue
 
     async def _persisted_batch(self) -> dict[str, Any] | None:
-        if self._body is None or self._body_stale or time.monotonic() - self._body_read > MAX_BODY_AGE:
+        now = self._monotonic()
+        if self._body is None or self._body_stale or now - self._body_read > MAX_BODY_AGE:
             self._body_stale = False  # before the GET: an event during it marks it stale again
             self._body = await self.kube.get_batch(self.namespace, self.name)
-            self._body_read = time.monotonic()
+            self._body_read = self._monotonic()
         return self._body
 
-    def _running_index(self) -> list[tuple[str, list[ShardJob]]]:
+    def _running_index(self) -> list[tuple[tuple[str, str], list[ShardJob]]]:
         index = self._all_jobs() if self._all_jobs is not None else {}
-        return [(uid, list(jobs)) for uid, jobs in index.items()]
+        return [(key, list(jobs)) for key, jobs in index.items()]
 
     async def _release_all(self) -> None:
-        jobs = [j for j in self._jobs() if j.has_finalizer]
+        jobs = [j for j in self._jobs().values() if j.has_finalizer]
         await asyncio.gather(*(self.kube.release_job(self.namespace, j.name, j.finalizers) for j in jobs))
 
-    def _observed(self) -> list[ShardJob]:
-        jobs = {job.name: job for job in self._jobs()}
-        now = time.monotonic()
-        for name, exp in list(self._expected.items()):
-            seen = jobs.get(name)
-            confirmed = seen is not None and (seen.state == exp.state or seen.finished)
-            if confirmed or now - exp.since > EXPECTATION_TTL:
-                del self._expected[name]
-            elif seen is None:
-                jobs[name] = ShardJob(name=name, shard=exp.shard, attempt=exp.attempt, state=exp.state)
-            else:
-                jobs[name] = dataclasses.replace(seen, state=exp.state)
-        for key, since in list(self._settled.items()):
-            if key[0] not in jobs or now - since > EXPECTATION_TTL:
-                del self._settled[key]
-        # Remember when each attempt was first seen finished: dispatch latency starts there.
-        for job in jobs.values():
-            if job.finished and job.has_finalizer and job.name not in self._finish_seen:
-                self._finish_seen.add(job.name)
-                self._finishes.append(now)
-        self._finish_seen &= set(jobs)
-        return list(jobs.values())
+    def observed(self) -> list[ShardJob]:
+        """The batch's Jobs as the watch shows them, with this process's unconfirmed writes applied."""
+        return list(self.expected.overlay(self._jobs()).values())
 
     async def _accept(self, spec: JobBatchSpec) -> Acceptance:
         """The checks only the operator can make; on success the payload snapshot exists."""
@@ -283,12 +249,10 @@ class BatchReconciler:
     ) -> float | None:
         ns = self.namespace
         requeue = decision.requeue_after
-        item_count = decision.status.item_count or 0
-        limit = self._limit
 
         written = False
         if decision.status_changed:
-            wait = MIN_STATUS_INTERVAL - (time.monotonic() - self._last_status_write)
+            wait = MIN_STATUS_INTERVAL - (self._monotonic() - self._last_status_write)
             if wait > 0:
                 requeue = wait if requeue is None else min(requeue, wait)
             else:
@@ -296,77 +260,40 @@ class BatchReconciler:
                 self._body = await self.kube.patch_batch_status(
                     ns, self.name, decision.status.dump(), meta["resourceVersion"]
                 )
-                self._body_read = self._last_status_write = time.monotonic()
+                self._body_read = self._last_status_write = self._monotonic()
                 metrics.status_writes.labels(ns).inc()
                 written = True
 
-        async def create(launch: Launch, job_name: str) -> None:
-            manifest = manifests.shard_job(
-                name=self.name, namespace=ns, uid=self.uid, spec=spec, item_count=item_count,
-                shard=launch.shard, attempt=launch.attempt,
-            )  # fmt: skip
-            try:
-                async with limit:
-                    made = await self.kube.create_job(ns, manifest)
-            except BaseException:
-                self._expected.pop(job_name, None)  # it holds no slot: never created
-                raise
-            if made:
-                metrics.launches.labels(ns).inc()
-                if launch.attempt:
-                    metrics.retries.labels(ns).inc()
-                if self._finishes:
-                    metrics.dispatch_latency.observe(time.monotonic() - self._finishes.popleft())
-
         by_name = {job.name: job for job in observed}
-
-        async def set_suspended(job_name: str, suspend: bool) -> None:
-            try:
-                async with limit:
-                    await self.kube.set_job_suspended(ns, job_name, suspend)
-            except BaseException:
-                self._expected.pop(job_name, None)  # the Job keeps the state the watch reports
-                raise
-
-        async def clean_up(job_name: str, release: bool, delete: bool) -> None:
-            # Release before delete: a deleting Job still holding our finalizer looks orphaned.
+        item_count = decision.status.item_count or 0
+        for create in decision.create:
+            created = ShardJob(create.name, create.first, create.count, create.attempt, create.parallelism)
+            self._start(create.name, functools.partial(self._create, create, spec, item_count), created=created)
+        for scale in decision.scale:
+            self._start(
+                scale.name, functools.partial(self._scale, scale.name, scale.current, scale.to), parallelism=scale.to
+            )
+        for resume in decision.resume:
+            call = functools.partial(self._resume, resume.name, resume.parallelism)
+            self._start(resume.name, call, suspended=False, parallelism=resume.parallelism)
+        for suspend in decision.suspend:
+            self._start(suspend.name, functools.partial(self.kube.suspend_job, ns, suspend.name), suspended=True)
+        releases = {r.name: r for r in decision.release}
+        deletes = {d.name for d in decision.delete}
+        for job_name in sorted(set(releases) | deletes):
             job = by_name[job_name]
-            if release:
-                async with limit:
-                    await self.kube.release_job(ns, job_name, job.finalizers or (SHARD_FINALIZER,))
-                self._settled[job_name, "release"] = time.monotonic()
-                if job.finished and job.started_at and job.finished_at:
-                    duration = (job.finished_at - job.started_at).total_seconds()
-                    metrics.attempt_duration.labels(job.state).observe(max(0.0, duration))
-            if delete:
-                async with limit:
-                    await self.kube.delete_job(ns, job_name)
-                self._settled[job_name, "delete"] = time.monotonic()
-
-        # Expectations are set before the calls start, so the next pass counts these Jobs already.
-        now = time.monotonic()
-        for launch in decision.create:
-            job_name = naming.job_name(self.name, self.uid, launch.shard, launch.attempt)
-            if job_name not in self._inflight:
-                self._expected[job_name] = _Expectation(launch.shard, launch.attempt, "active", now)
-                self._spawn(job_name, create(launch, job_name))
-        for job_name, suspend in [*((n, False) for n in decision.resume), *((n, True) for n in decision.suspend)]:
-            if job_name not in self._inflight:
-                job = by_name[job_name]
-                state: Literal["active", "suspended"] = "suspended" if suspend else "active"
-                self._expected[job_name] = _Expectation(job.shard, job.attempt, state, now)
-                self._spawn(job_name, set_suspended(job_name, suspend))
-        releases = {n for n in decision.release if (n, "release") not in self._settled}
-        deletes = {n for n in decision.delete if (n, "delete") not in self._settled}
-        for job_name in sorted(releases | deletes):
-            if job_name not in self._inflight:
-                self._spawn(job_name, clean_up(job_name, job_name in releases, job_name in deletes))
+            expect: dict[str, Any] = {}
+            if job_name in releases:
+                expect["finalizers"] = tuple(f for f in job.finalizers if f != SHARD_FINALIZER)
+            if job_name in deletes:
+                expect["deleting"] = True
+            release, delete = releases.get(job_name), job_name in deletes
+            self._start(job_name, functools.partial(self._clean_up, release, delete, job_name), **expect)
         for event in decision.events:
             # Transition events are re-derived from the persisted status until it is written.
             if written or not event.on_status:
                 await self.kube.post_event(body, event.type, event.reason, event.message)
-        if self._failures:  # calls started by earlier passes; their retries are started above
-            failures, self._failures = self._failures, []
+        if failures := self.calls.take_failures():  # calls started by earlier passes; retried above
             for exc in failures:
                 logger.warning("%s/%s: %s: %s", ns, self.name, type(exc).__name__, exc)
             raise ActionsFailed(f"{len(failures)} API calls failed; the next pass retries them")
@@ -376,19 +303,64 @@ class BatchReconciler:
             raise BatchGone
         return requeue
 
-    def _spawn(self, job_name: str, call: Coroutine[Any, Any, None]) -> None:
-        """Run one Job's call in the background; at most one per Job at a time."""
-        task = asyncio.create_task(call)
-        self._inflight[job_name] = task
+    def _start(
+        self,
+        job_name: str,
+        call: Callable[[], Coroutine[Any, Any, Any]],
+        *,
+        created: ShardJob | None = None,
+        **expect: Any,
+    ) -> None:
+        """Start one Job's call in the background unless one is in flight; expect its effect from now on."""
+        if self.calls.busy(job_name):
+            return  # the next pass plans it again
+        self.expected.expect(job_name, created=created, **expect)
 
-        def done(task: asyncio.Task[None]) -> None:
-            if self._inflight.get(job_name) is task:
-                del self._inflight[job_name]
-            if not task.cancelled() and task.exception() is not None:
-                self._failures.append(task.exception())  # type: ignore[arg-type]
-                self.wake.set()
+        async def tracked() -> None:
+            try:
+                async with self._limit:
+                    done = await call()
+            except BaseException:
+                self.expected.forget(job_name)  # it holds what the watch says, nothing more
+                raise
+            if done is False:
+                self.expected.forget(job_name)
+            else:
+                self.expected.settled(job_name)
 
-        task.add_done_callback(done)
+        self.calls.start(job_name, tracked())
+
+    async def _create(self, create: CreateJob, spec: JobBatchSpec, item_count: int) -> bool:
+        manifest = manifests.shard_job(
+            name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
+            first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
+        )  # fmt: skip
+        made = await self.kube.create_job(self.namespace, manifest)
+        if made:
+            metrics.launches.labels(self.namespace).inc(create.parallelism)
+            if create.attempt:
+                metrics.retries.labels(self.namespace).inc()
+        # An AlreadyExists means a previous process made it: expect it until the watch shows it.
+        return True
+
+    async def _scale(self, job_name: str, current: int, to: int) -> bool:
+        done = await self.kube.scale_job(self.namespace, job_name, current, to)
+        if done and to > current:
+            metrics.launches.labels(self.namespace).inc(to - current)
+        return done
+
+    async def _resume(self, job_name: str, parallelism: int) -> None:
+        await self.kube.resume_job(self.namespace, job_name, parallelism)
+        metrics.launches.labels(self.namespace).inc(parallelism)
+
+    async def _clean_up(self, release: ReleaseJob | None, delete: bool, job_name: str) -> None:
+        # Release before delete: a deleting Job still holding our finalizer looks orphaned.
+        if release is not None:
+            if release.collect_pods:
+                await self.kube.delete_succeeded_pods(self.namespace, job_name)
+            await self.kube.release_job(self.namespace, job_name, release.finalizers or (SHARD_FINALIZER,))
+        if delete:
+            await self.kube.delete_job(self.namespace, job_name)
 
 
 async def release_orphan(kube: Kube, job: dict[str, Any]) -> None:

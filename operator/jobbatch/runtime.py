@@ -22,7 +22,7 @@ from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 from jobbatch import handlers, metrics
 from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
-from jobbatch.jobwatch import ShardJobWatch
+from jobbatch.jobwatch import ShardWatch
 from jobbatch.kube import Kube, new_api_client
 from jobbatch.state import Runtime
 
@@ -55,9 +55,10 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     configure_kopf(settings)
     config: OperatorConfig = memo["config"]
     kube = Kube(await new_api_client(), qps=config.api_qps, burst=config.api_burst)
-    jobs = ShardJobWatch(kube, config.namespaces)
-    runtime = Runtime(kube=kube, dispatcher=Dispatcher(config.max_running_shards), jobs=jobs)
-    await jobs.start(handlers.on_shard_job_event(runtime))  # daemons start after this: every Job is known
+    watch = ShardWatch(kube, config.namespaces)
+    runtime = Runtime(kube=kube, dispatcher=Dispatcher(config.max_running_shards), watch=watch)
+    # Daemons start after this: every Job and failed pod is known.
+    await watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime))
     memo["runtime"] = runtime
     metrics.serve(config.metrics_port)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)

@@ -14,7 +14,7 @@ from jobbatch.kube import Kube
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from jobbatch.jobwatch import ShardJobWatch
+    from jobbatch.jobwatch import ShardWatch
     from jobbatch.reconciler import BatchReconciler
 
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class Runtime:
     kube: Kube
     dispatcher: Dispatcher
-    jobs: ShardJobWatch
+    watch: ShardWatch
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
@@ -41,7 +41,7 @@ class Runtime:
             logger.warning("background call failed: %s: %s", type(exc).__name__, exc)
 
     async def close(self) -> None:
-        await self.jobs.stop()
+        await self.watch.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,15 +1,21 @@
 """Worker SDK: what a shard's pod uses to read its items.
 
-Every shard pod gets these environment variables from the operator:
+Shards run as pods of Indexed Jobs, several shards per Job. Every pod finds its place by one rule,
+whichever Job runs it::
+
+    shard      = JOBBATCH_FIRST_SHARD + JOB_COMPLETION_INDEX
+    items      = [shard * JOBBATCH_SHARD_SIZE, min((shard + 1) * JOBBATCH_SHARD_SIZE, JOBBATCH_ITEM_COUNT))
+    attempt    = JOBBATCH_ATTEMPT
 
 ==========================  =====================================================
 ``JOBBATCH_NAME``           the JobBatch's name
 ``JOBBATCH_NAMESPACE``      its namespace
-``JOBBATCH_SHARD``          this shard's index (0-based)
+``JOBBATCH_FIRST_SHARD``    the first shard of the Job running this pod
+``JOB_COMPLETION_INDEX``    this pod's index in that Job (set by Kubernetes)
+``JOBBATCH_ATTEMPT``        the attempt this Job runs (0 = first run, 1 = first retry)
 ``JOBBATCH_SHARD_COUNT``    number of shards in the batch
-``JOBBATCH_ATTEMPT``        this attempt's number (0 = first run, 1 = first retry)
-``JOBBATCH_ITEM_START``     first item index of the shard
-``JOBBATCH_ITEM_END``       one past the last item index (half-open range)
+``JOBBATCH_SHARD_SIZE``     items per shard (the last shard may hold fewer)
+``JOBBATCH_ITEM_COUNT``     items in the batch
 ``JOBBATCH_PAYLOAD_FILE``   JSON Lines file holding the batch's items (``items`` and
                             ``configMap`` sources only); line i is item i
 ==========================  =====================================================
@@ -59,14 +65,16 @@ class Shard:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
         env = os.environ if env is None else env
         try:
+            index = int(env["JOBBATCH_FIRST_SHARD"]) + int(env["JOB_COMPLETION_INDEX"])
+            size, item_count = int(env["JOBBATCH_SHARD_SIZE"]), int(env["JOBBATCH_ITEM_COUNT"])
             return cls(
                 batch=env["JOBBATCH_NAME"],
                 namespace=env["JOBBATCH_NAMESPACE"],
-                index=int(env["JOBBATCH_SHARD"]),
+                index=index,
                 count=int(env["JOBBATCH_SHARD_COUNT"]),
                 attempt=int(env["JOBBATCH_ATTEMPT"]),
-                item_start=int(env["JOBBATCH_ITEM_START"]),
-                item_end=int(env["JOBBATCH_ITEM_END"]),
+                item_start=min(index * size, item_count),
+                item_end=min((index + 1) * size, item_count),
                 payload_file=env.get("JOBBATCH_PAYLOAD_FILE") or None,
             )
         except KeyError as exc:

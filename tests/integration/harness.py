@@ -97,77 +97,86 @@ class Batches:
         return list((await self.batch.list_namespaced_job(self.ns)).items)
 
 
-def _finished(job: dict[str, Any]) -> bool:
-    conds = (job.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conds)
+class PodRecorder:
+    """Watches every worker pod in a namespace for a whole test and keeps what a test asserts on.
 
-
-class JobRecorder:
-    """Watches every Job in a namespace for a whole test and keeps what a test asserts on.
-
-    Running attempts are counted at every event, in the API server's own order, so
-    ``max_running`` is the true peak, not a sample.
+    A pod's key is (batch, shard, attempt), its shard being first-shard + completion index (the
+    worker rule). Pods still holding a slot (not Succeeded or Failed; stopping ones included) are
+    counted at every event, in the API server's own order, so ``max_running`` is the true peak, not
+    a sample.
     """
 
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
         self.api_client = api_client
-        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
         self.ns = namespace
         self.creations: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.created_at: dict[tuple[str, int, int], float] = {}
         self.finished_at: dict[tuple[str, int, int], float] = {}
-        self.running: dict[str, tuple[str, int, int]] = {}  # job uid -> key
+        self.exit_codes: dict[tuple[str, int, int], list[int]] = collections.defaultdict(list)
+        self.running: dict[str, tuple[str, int, int]] = {}  # pod uid -> key
         self.max_running: dict[str, int] = collections.defaultdict(int)
         self.running_series: list[tuple[float, str, int]] = []
         self._seen: set[str] = set()
+        self._ended: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
-    def _on(self, job: dict[str, Any]) -> None:
-        meta = job["metadata"]
-        labels = meta.get("labels") or {}
-        if api.LABEL_SHARD not in labels:
+    @staticmethod
+    def key_of(pod: dict[str, Any]) -> tuple[str, int, int] | None:
+        labels = pod["metadata"].get("labels") or {}
+        if api.LABEL_FIRST_SHARD not in labels:
+            return None
+        shard = int(labels[api.LABEL_FIRST_SHARD]) + int(labels.get(api.LABEL_COMPLETION_INDEX, 0))
+        return labels[api.LABEL_BATCH], shard, int(labels[api.LABEL_ATTEMPT])
+
+    def _on(self, kind: str, pod: dict[str, Any]) -> None:
+        key = self.key_of(pod)
+        if key is None:
             return
-        key = (labels[api.LABEL_BATCH], int(labels[api.LABEL_SHARD]), int(labels[api.LABEL_ATTEMPT]))
+        meta = pod["metadata"]
         now = time.monotonic()
         if meta["uid"] not in self._seen:
             self._seen.add(meta["uid"])
             self.creations[key] += 1
-            self.created_at[key] = now
-        active = not _finished(job) and not (job.get("spec") or {}).get("suspend")
-        if active:
+            self.created_at.setdefault(key, now)
+        phase = (pod.get("status") or {}).get("phase")
+        if kind != "DELETED" and phase not in ("Succeeded", "Failed"):
             self.running[meta["uid"]] = key
         else:
             self.running.pop(meta["uid"], None)
-            if _finished(job):
+            if phase in ("Succeeded", "Failed") and meta["uid"] not in self._ended:
+                self._ended.add(meta["uid"])
                 self.finished_at.setdefault(key, now)
+                for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                    code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+                    if code is not None:
+                        self.exit_codes[key].append(int(code))
         batch = key[0]
         count = sum(1 for k in self.running.values() if k[0] == batch)
         self.max_running[batch] = max(self.max_running[batch], count)
         self.running_series.append((now, batch, count))
 
     async def _run(self) -> None:
-        listing = await self.batch.list_namespaced_job(self.ns)
+        listing = await self.core.list_namespaced_pod(self.ns)
         rv = listing.metadata.resource_version
         sanitize = self.api_client.sanitize_for_serialization
         for item in listing.items:
-            self._on(sanitize(item))
+            self._on("ADDED", sanitize(item))
         self._ready.set()
         while True:
             w = watch.Watch()
             async with w.stream(
-                self.batch.list_namespaced_job, self.ns, resource_version=rv, timeout_seconds=300,
+                self.core.list_namespaced_pod, self.ns, resource_version=rv, timeout_seconds=300,
                 allow_watch_bookmarks=True, _preload_content=False,
             ) as stream:  # fmt: skip
                 async for event in stream:
                     obj = event["raw_object"]
                     rv = obj["metadata"]["resourceVersion"]
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._on(obj)
-                    elif event["type"] == "DELETED":
-                        self.running.pop(obj["metadata"]["uid"], None)
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._on(event["type"], obj)
 
-    async def __aenter__(self) -> JobRecorder:
+    async def __aenter__(self) -> PodRecorder:
         self._task = asyncio.create_task(self._run())
         await asyncio.wait_for(self._ready.wait(), timeout=TIMEOUT)
         return self
@@ -180,10 +189,17 @@ class JobRecorder:
         if self._task.done() and not self._task.cancelled() and self._task.exception():
             raise self._task.exception()  # type: ignore[misc]
 
+    def total_running(self) -> int:
+        return len(self.running)
+
     def attempts(self, batch: str) -> dict[int, list[int]]:
-        """Shard -> attempts created, for one batch."""
+        """Shard -> the attempts that got a pod, for one batch."""
         out: dict[int, list[int]] = collections.defaultdict(list)
-        for (b, shard, attempt), n in sorted(self.creations.items()):
+        for b, shard, attempt in sorted(self.creations):
             if b == batch:
-                out[shard] += [attempt] * n
+                out[shard].append(attempt)
         return dict(out)
+
+    def pods(self, batch: str) -> dict[tuple[int, int], int]:
+        """(shard, attempt) -> pods created for it, for one batch."""
+        return {(s, a): n for (b, s, a), n in self.creations.items() if b == batch}

@@ -11,8 +11,9 @@ from kubernetes_asyncio import client
 
 from jobbatch import api as jb
 from jobbatch import manifests, naming
+from jobbatch.ranges import IndexRanges
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, JobRecorder, template
+from tests.integration.harness import Batches, PodRecorder, template
 from tests.waiting import eventually
 
 FAST_RETRY = {"limit": 3, "backoff": {"initialSeconds": 0, "jitter": 0}}
@@ -27,7 +28,7 @@ async def test_inline_items_complete(
 ) -> None:
     await operator()
     items = [{"n": i} for i in range(7)]
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         created = await batches.create(
             "inline", {"template": template(duration="1s"), "payloads": {"items": items}, "shardSize": 2}
         )
@@ -39,7 +40,7 @@ async def test_inline_items_complete(
     assert status["succeededShards"] == "0-3"
     assert status["progress"] == "4/4"
     assert status["startTime"] <= status["completionTime"]
-    assert jobs.attempts("inline") == {0: [0], 1: [0], 2: [0], 3: [0]}
+    assert pods.attempts("inline") == {0: [0], 1: [0], 2: [0], 3: [0]}
     # The items reach the workers through an immutable snapshot, one item per line.
     uid = created["metadata"]["uid"]
     cm = await client.CoreV1Api(api).read_namespaced_config_map(naming.payload_configmap_name("inline", uid), namespace)
@@ -73,13 +74,18 @@ async def test_worker_pods_get_the_contract(
     env = {e.name: e.value for e in pod.spec.containers[0].env}
     assert env["JOBBATCH_NAME"] == "contract"
     assert env["JOBBATCH_NAMESPACE"] == namespace
-    assert (env["JOBBATCH_SHARD"], env["JOBBATCH_SHARD_COUNT"], env["JOBBATCH_ATTEMPT"]) == ("0", "2", "0")
-    assert (env["JOBBATCH_ITEM_START"], env["JOBBATCH_ITEM_END"]) == ("0", "2")
+    assert (env["JOBBATCH_FIRST_SHARD"], env["JOBBATCH_SHARD_COUNT"], env["JOBBATCH_ATTEMPT"]) == ("0", "2", "0")
+    assert (env["JOBBATCH_SHARD_SIZE"], env["JOBBATCH_ITEM_COUNT"]) == ("2", "3")
     assert env["JOBBATCH_PAYLOAD_FILE"] == manifests.PAYLOAD_FILE
+    # Kubernetes itself gives each pod of an Indexed Job its index: shard = first shard + index.
+    index_env = next(e for e in pod.spec.containers[0].env if e.name == "JOB_COMPLETION_INDEX")
+    assert "job-completion-index" in index_env.value_from.field_ref.field_path
     assert pod.spec.restart_policy == "Never"
-    assert pod.metadata.labels[jb.LABEL_SHARD] == "0"
+    assert pod.metadata.labels[jb.LABEL_FIRST_SHARD] == "0"
+    assert pod.metadata.labels[jb.LABEL_COMPLETION_INDEX] == "0"
     assert pod.metadata.labels[jb.LABEL_ATTEMPT] == "0"
-    job = (await batches.jobs())[0]
+    (job,) = await batches.jobs()  # both shards in one Indexed Job, one running at a time
+    assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 1)
     assert jb.SHARD_FINALIZER in job.metadata.finalizers
     assert job.metadata.owner_references[0].kind == "JobBatch"
 
@@ -106,13 +112,13 @@ async def test_configmap_source(
 
 async def test_count_source(api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory) -> None:
     await operator()
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create(
             "counted", {"template": template(), "payloads": {"count": 1000}, "shardSize": 100, "parallelism": 4}
         )
         done = await batches.wait_for("counted", "Complete")
     assert done["status"]["succeededShards"] == "0-9"
-    assert sorted(jobs.attempts("counted")) == list(range(10))
+    assert sorted(pods.attempts("counted")) == list(range(10))
     cms = (await client.CoreV1Api(api).list_namespaced_config_map(namespace)).items
     assert not [cm for cm in cms if cm.metadata.name.endswith("-payloads")]  # no data, no snapshot
 
@@ -121,14 +127,14 @@ async def test_parallelism_is_never_exceeded(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     await operator()
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create(
             "bounded", {"template": template(duration="500ms"), "payloads": {"count": 40}, "parallelism": 5}
         )
         await batches.wait_for("bounded", "Complete")
-    assert jobs.max_running["bounded"] == 5  # reached, never passed
-    assert all(count <= 5 for _, batch, count in jobs.running_series if batch == "bounded")
-    assert jobs.attempts("bounded") == {i: [0] for i in range(40)}
+    assert pods.max_running["bounded"] == 5  # reached, never passed
+    assert all(count <= 5 for _, batch, count in pods.running_series if batch == "bounded")
+    assert pods.attempts("bounded") == {i: [0] for i in range(40)}
 
 
 async def test_retry_then_success_follows_backoff(
@@ -140,13 +146,13 @@ async def test_retry_then_success_follows_backoff(
         "payloads": {"count": 3},
         "retry": {"limit": 3, "backoff": {"initialSeconds": 2, "multiplier": 2, "jitter": 0}},
     }
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("flaky", spec)
         done = await batches.wait_for("flaky", "Complete")
-    assert jobs.attempts("flaky") == {0: [0], 1: [0, 1, 2], 2: [0]}
+    assert pods.attempts("flaky") == {0: [0], 1: [0, 1, 2], 2: [0]}
     # Retry n waits initialSeconds * multiplier^n after the failure: 2 s, then 4 s.
-    first_wait = jobs.created_at[("flaky", 1, 1)] - jobs.finished_at[("flaky", 1, 0)]
-    second_wait = jobs.created_at[("flaky", 1, 2)] - jobs.finished_at[("flaky", 1, 1)]
+    first_wait = pods.created_at[("flaky", 1, 1)] - pods.finished_at[("flaky", 1, 0)]
+    second_wait = pods.created_at[("flaky", 1, 2)] - pods.finished_at[("flaky", 1, 1)]
     # Failure times are recorded with whole-second precision, so each wait is within a second of nominal.
     assert 1.0 <= first_wait <= 3.5, first_wait
     assert 3.0 <= second_wait <= 5.5, second_wait
@@ -164,11 +170,14 @@ async def test_non_retryable_exit_code_fails_at_once(
         "parallelism": 1,
         "retry": {**FAST_RETRY, "nonRetryableExitCodes": [3]},
     }
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("fatal", spec)
         failed = await batches.wait_for("fatal", "Failed")
-    assert jobs.attempts("fatal")[1] == [0]  # no retry
-    assert 2 not in jobs.attempts("fatal")  # nothing launched after the batch failed
+    assert pods.attempts("fatal")[1] == [0]  # no retry
+    # The Job controller may start shard 2 in the freed slot before the failure is seen; it is then
+    # stopped. What is left is released: deleted, or kept finished for inspection (failedJobsHistoryLimit).
+    await eventually(lambda: _released(batches, "fatal"), what="the failed batch's Jobs stopped and released")
+    await eventually(lambda: _none_running(pods), what="no pod of the failed batch running")
     cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
     assert cond["reason"] == "ShardsFailed"
     assert "shard 1 (NonRetryableExitCode, exit code 3)" in cond["message"]
@@ -203,6 +212,30 @@ async def _only_failed_jobs_left(batches: Batches) -> bool:
     return all(any(c.type == "Failed" for c in (j.status.conditions or [])) for j in jobs)
 
 
+async def test_a_kept_failed_job_holds_only_its_failed_pods(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {
+        "template": template(exit_code="3", fail_shards="1"),
+        "payloads": {"count": 4},
+        "maxFailedShards": 1,
+        "retry": {"limit": 0},
+    }
+    await batches.create("tolerant", spec)
+    done = await batches.wait_for("tolerant", "Complete")
+    assert done["status"]["failedShards"] == "1"
+    assert done["status"]["failures"][0]["exitCode"] == 3
+
+    async def only_the_failed_pod_kept() -> bool:
+        (job,) = await batches.jobs()  # kept for inspection (failedJobsHistoryLimit), released
+        pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items
+        released = jb.SHARD_FINALIZER not in (job.metadata.finalizers or [])
+        return released and [p.status.phase for p in pods] == ["Failed"]
+
+    await eventually(only_the_failed_pod_kept, what="the kept Job's succeeded pods deleted, its failed one kept")
+
+
 async def test_shard_timeout_is_a_retryable_failure(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
@@ -213,35 +246,143 @@ async def test_shard_timeout_is_a_retryable_failure(
         "shardTimeoutSeconds": 1,
         "retry": {"limit": 1, "backoff": {"initialSeconds": 0, "jitter": 0}},
     }
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("slow", spec)
         failed = await batches.wait_for("slow", "Failed")
-    assert jobs.attempts("slow") == {0: [0, 1]}
+    assert pods.attempts("slow") == {0: [0, 1]}
     assert failed["status"]["failures"][0]["reason"] == "RetriesExhausted"
     assert "DeadlineExceeded" in failed["status"]["failures"][0]["message"]
 
 
-async def test_suspend_and_resume(
+async def test_suspend_and_resume_spend_no_retry(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     await operator()
-    spec = {"template": template(duration="3s"), "payloads": {"count": 4}, "parallelism": 2}
-    async with JobRecorder(api, namespace) as jobs:
+    # Workers that, like real ones, exit 143 on the SIGTERM that stopping a pod sends (docs/testing.md).
+    spec = {
+        "template": template(duration="3s", sigterm_exit_code="143"),
+        "payloads": {"count": 4},
+        "parallelism": 2,
+        "retry": {"limit": 0},
+    }
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("pausable", spec)
         await batches.wait_status("pausable", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+        await eventually(lambda: _running_at_least(pods, "pausable", 2), what="2 worker pods")
         await batches.patch_spec("pausable", {"suspend": True})
         suspended = await batches.wait_for("pausable", "Suspended")
         assert suspended["status"]["phase"] == "Suspended"
         await eventually(lambda: _all_jobs_suspended(batches), what="running Jobs suspended")
-        launched_while_suspended = sum(jobs.creations.values())
+        await eventually(lambda: _none_running(pods), what="the stopped pods to end")
+        launched_while_suspended = sum(pods.creations.values())
         await batches.patch_spec("pausable", {"suspend": False})
-        await batches.wait_for("pausable", "Complete")
+        done = await batches.wait_for("pausable", "Complete")
     assert launched_while_suspended == 2
-    # Stopped attempts were resumed, not retried: every shard ran attempt 0 only.
-    assert jobs.attempts("pausable") == {i: [0] for i in range(4)}
+    # The stopped pods ended as a real worker's would (SIGTERM, exit 143) ...
+    stopped = [codes for codes in pods.exit_codes.values() if 143 in codes]
+    assert len(stopped) == 2
+    # ... and it used no retry (limit 0 would have failed the shard): every shard ran attempt 0 only.
+    assert pods.attempts("pausable") == {i: [0] for i in range(4)}
+    assert done["status"]["failedShards"] == ""
+    assert done["status"]["failures"] == []
     reasons = [e["reason"] for e in await batches.events("pausable")]
     assert "Suspended" in reasons
     assert "Resumed" in reasons
+
+
+async def _none_running(pods: PodRecorder) -> bool:
+    return pods.total_running() == 0
+
+
+async def test_lowering_parallelism_is_a_hard_ceiling_down_to_zero(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    spec = {
+        "template": template(duration="2s", sigterm_exit_code="143"),
+        "payloads": {"count": 12},
+        "parallelism": 4,
+        "retry": {"limit": 0},
+    }
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create("narrow", spec)
+        await eventually(lambda: _running_at_least(pods, "narrow", 4), what="4 worker pods")
+        await batches.patch_spec("narrow", {"parallelism": 1})
+        await eventually(lambda: _running_at_most(pods, 1), what="at most 1 pod once lowered to 1")
+        lowered = len(pods.running_series)
+        await batches.patch_spec("narrow", {"parallelism": 0})
+        await eventually(lambda: _running_at_most(pods, 0), what="no pod once lowered to 0")
+        zeroed = len(pods.running_series)
+        await batches.wait_status(
+            "narrow",
+            lambda s: s.get("phase") == "Running" and s["shards"]["running"] == 0 and s["shards"]["succeeded"] < 12,
+            "Running with no shard running",
+        )
+        await batches.patch_spec("narrow", {"parallelism": 2})
+        done = await batches.wait_for("narrow", "Complete")
+    # From the moment the lower ceiling held, no pod start ever passed it.
+    assert max((count for _, _, count in pods.running_series[lowered:zeroed]), default=0) <= 1
+    assert max((count for _, _, count in pods.running_series[zeroed:]), default=0) <= 2
+    # Attempts stopped by the lowering used no retry (limit 0): every shard ran attempt 0 only.
+    assert pods.attempts("narrow") == {i: [0] for i in range(12)}
+    assert done["status"]["failedShards"] == ""
+
+
+async def _running_at_most(pods: PodRecorder, n: int) -> bool:
+    return pods.total_running() <= n
+
+
+async def test_a_job_the_batch_does_not_own_records_nothing(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """Anyone who can read a batch can copy its labels and UID onto a Job in a namespace of their own.
+
+    (An ownerReference to the batch would not survive there: the garbage collector looks owners up in
+    the dependent's namespace and deletes the Job. Owned-by-another-batch is covered in test_jobwatch.)
+    """
+    core = client.CoreV1Api(api)
+    other = f"{namespace}-other"
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        await operator("--namespace", other)  # the operator serves both namespaces
+        await _forge_a_finished_shard(api, batches, other)
+    finally:
+        await core.delete_namespace(other)
+
+
+async def _forge_a_finished_shard(api: client.ApiClient, batches: Batches, other: str) -> None:
+    created = await batches.create(
+        "target", {"template": template(duration="1h"), "payloads": {"count": 6}, "parallelism": 1}
+    )
+    uid = created["metadata"]["uid"]
+    forged: Any = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "forged",
+            "labels": {
+                jb.LABEL_BATCH: "target", jb.LABEL_BATCH_UID: uid, jb.LABEL_FIRST_SHARD: "4", jb.LABEL_ATTEMPT: "0",
+            },
+        },
+        "spec": {
+            "completionMode": "Indexed", "completions": 1, "parallelism": 1,
+            "template": {**template(), "metadata": {"labels": {jb.LABEL_FIRST_SHARD: "4"}},
+                         "spec": {**template()["spec"], "restartPolicy": "Never"}},
+        },
+    }  # fmt: skip
+    await batches.batch.create_namespaced_job(other, forged)
+    await eventually(lambda: _job_complete(batches, other, "forged"), what="the forged Job to complete")
+    # A batch pass after the forged Job finished: shard 4 is still not recorded.
+    await batches.patch_spec("target", {"parallelism": 2})
+    await batches.wait_status("target", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+    body = await batches.get("target")
+    assert 4 not in IndexRanges.parse(body["status"].get("succeededShards"))
+    assert body["status"]["shards"]["succeeded"] == 0
+
+
+async def _job_complete(batches: Batches, namespace: str, name: str) -> bool:
+    job = await batches.batch.read_namespaced_job(name, namespace)
+    return any(c.type == "Complete" and c.status == "True" for c in (job.status.conditions or []))
 
 
 async def _all_jobs_suspended(batches: Batches) -> bool:
@@ -253,19 +394,19 @@ async def test_parallelism_raised_mid_run(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     await operator()
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("widen", {"template": template(duration="2s"), "payloads": {"count": 8}, "parallelism": 1})
         await batches.wait_status("widen", lambda s: s.get("shards", {}).get("running") == 1, "1 running")
-        before = jobs.max_running["widen"]
+        before = pods.max_running["widen"]
         await batches.patch_spec("widen", {"parallelism": 3})
-        await eventually(lambda: _running_at_least(jobs, "widen", 3), what="3 shards running after the change")
+        await eventually(lambda: _running_at_least(pods, "widen", 3), what="3 shards running after the change")
         await batches.wait_for("widen", "Complete")
     assert before == 1
-    assert jobs.max_running["widen"] == 3
+    assert pods.max_running["widen"] == 3
 
 
-async def _running_at_least(jobs: JobRecorder, batch: str, n: int) -> bool:
-    return jobs.max_running[batch] >= n
+async def _running_at_least(pods: PodRecorder, batch: str, n: int) -> bool:
+    return pods.max_running[batch] >= n
 
 
 async def test_priority_orders_dispatch_under_the_cluster_cap(
@@ -278,21 +419,21 @@ async def test_priority_orders_dispatch_under_the_cluster_cap(
         )
     try:
         await operator("--max-running-shards", "2")
-        async with JobRecorder(api, namespace) as jobs:
+        async with PodRecorder(api, namespace) as pods:
             base = {"payloads": {"count": 4}, "parallelism": 2}
             await batches.create(
                 "low", {**base, "template": template(duration="3s"), "priorityClassName": f"{namespace}-low"}
             )
-            await eventually(lambda: _running_at_least(jobs, "low", 2), what="low batch holding the cap")
+            await eventually(lambda: _running_at_least(pods, "low", 2), what="low batch holding the cap")
             await batches.create(
                 "high", {**base, "template": template(duration="1s"), "priorityClassName": f"{namespace}-high"}
             )
             await batches.wait_for("high", "Complete")
             await batches.wait_for("low", "Complete")
         # Cap of 2 across both batches, and every high-priority shard started before low's remaining ones.
-        assert _max_total_running(jobs) <= 2
-        last_high = max(t for (b, _, _), t in jobs.created_at.items() if b == "high")
-        later_low = [t for (b, s, _), t in jobs.created_at.items() if b == "low" and s >= 2]
+        assert _max_total_running(pods) <= 2
+        last_high = max(t for (b, _, _), t in pods.created_at.items() if b == "high")
+        later_low = [t for (b, s, _), t in pods.created_at.items() if b == "low" and s >= 2]
         assert later_low
         assert all(t > last_high for t in later_low)
     finally:
@@ -300,10 +441,10 @@ async def test_priority_orders_dispatch_under_the_cluster_cap(
             await scheduling.delete_priority_class(name)
 
 
-def _max_total_running(jobs: JobRecorder) -> int:
+def _max_total_running(pods: PodRecorder) -> int:
     current: dict[str, int] = {}
     peak = 0
-    for _, batch, count in jobs.running_series:
+    for _, batch, count in pods.running_series:
         current[batch] = count
         peak = max(peak, sum(current.values()))
     return peak
@@ -360,7 +501,7 @@ async def test_operator_killed_mid_batch_loses_and_repeats_nothing(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     first = await operator()
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create(
             "durable", {"template": template(duration="1s"), "payloads": {"count": 30}, "parallelism": 5}
         )
@@ -371,17 +512,18 @@ async def test_operator_killed_mid_batch_loses_and_repeats_nothing(
         await operator()
         done = await batches.wait_for("durable", "Complete")
     assert done["status"]["succeededShards"] == "0-29"
-    # Every shard was created exactly once, as attempt 0.
-    assert {key: n for key, n in jobs.creations.items() if n != 1} == {}
-    assert jobs.attempts("durable") == {i: [0] for i in range(30)}
+    # Every shard ran exactly once (one pod), as attempt 0.
+    assert {key: n for key, n in pods.creations.items() if n != 1} == {}
+    assert pods.attempts("durable") == {i: [0] for i in range(30)}
 
 
 async def _finished_unrecorded(batches: Batches) -> bool:
     body = await batches.get("durable")
-    recorded = body["status"].get("succeededShards", "")
+    recorded = IndexRanges.parse(body["status"].get("succeededShards"))
     for job in await batches.jobs():
-        done = any(c.type == "Complete" for c in (job.status.conditions or []))
-        if done and job.metadata.labels[jb.LABEL_SHARD] not in recorded.replace("-", ",").split(","):
+        first = int(job.metadata.labels[jb.LABEL_FIRST_SHARD])
+        done = IndexRanges.parse((job.status.completed_indexes if job.status else None) or "")
+        if any(first + index not in recorded for index in done):
             return True
     return False
 
@@ -391,12 +533,12 @@ async def test_large_batch_of_2000_shards(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     await operator()
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("big", {"template": template(), "payloads": {"count": 2000}, "parallelism": 200})
         done = await batches.wait_for("big", "Complete", timeout=600)
     assert done["status"]["succeededShards"] == "0-1999"
-    assert jobs.max_running["big"] <= 200
-    assert sum(jobs.creations.values()) == 2000
+    assert pods.max_running["big"] <= 200
+    assert sum(pods.creations.values()) == 2000
     body = await batches.get("big")
     assert len(str(body["status"])) < 4096
 
@@ -456,6 +598,12 @@ async def test_batches_wait_for_each_other_only_through_the_cap(batches: Batches
         await batches.wait_for(f"p{i}", "Complete")
 
 
+async def _released(batches: Batches, name: str) -> bool:
+    own = [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]
+    finished = [any(c.type in ("Complete", "Failed") for c in (j.status.conditions or [])) for j in own]
+    return all(finished) and not any(jb.SHARD_FINALIZER in (j.metadata.finalizers or []) for j in own)
+
+
 async def _gone_jobs(batches: Batches, name: str) -> bool:
     return not [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]
 
@@ -472,12 +620,12 @@ async def test_foreground_delete_does_not_deadlock(
     await eventually(lambda: _gone(batches, "fg"), what="foreground deletion of the batch and its Jobs to finish")
 
 
-async def test_running_attempt_deleted_by_hand_is_retried_after_its_pod_ends(
+async def test_running_job_deleted_by_hand_is_retried_after_its_pod_ends(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     await operator()
     spec = {"template": template(duration="3s"), "payloads": {"count": 2}, "parallelism": 1, "retry": FAST_RETRY}
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("handled", spec)
         pod = await eventually(lambda: _running_pod(api, namespace), what="the first worker pod Running")
         (running,) = await batches.jobs()
@@ -487,10 +635,11 @@ async def test_running_attempt_deleted_by_hand_is_retried_after_its_pod_ends(
         background = client.V1DeleteOptions(propagation_policy="Background")
         await batches.batch.delete_namespaced_job(running.metadata.name, namespace, body=background)
         await batches.wait_for("handled", "Complete")
-    # A Job being deleted is no longer tracked by the Job controller, so the attempt's outcome is
-    # unknown: it is discarded and retried -- but only once its pod has ended (3 s), never beside it.
-    assert jobs.attempts("handled") == {0: [0, 1], 1: [0]}
-    assert jobs.created_at[("handled", 0, 1)] - deleted_at >= 1.5  # the pod had ~3 s left
+    # A Job being deleted is no longer tracked by the Job controller, so the outcome of what it ran is
+    # unknown: each of its shards gets a new attempt -- but only once its pod has ended, never beside it.
+    assert pods.attempts("handled") == {0: [0, 1], 1: [1]}
+    assert pods.created_at[("handled", 0, 1)] - deleted_at >= 1.0  # the running pod stopped first
+    assert max(pods.max_running.values()) == 1
 
 
 async def _running_pod(api: client.ApiClient, namespace: str) -> Any:

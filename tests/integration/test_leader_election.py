@@ -7,7 +7,7 @@ import time
 from kubernetes_asyncio import client
 
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, JobRecorder, template
+from tests.integration.harness import Batches, PodRecorder, template
 from tests.waiting import eventually
 
 LEASE = "jobbatch-test-leader"
@@ -37,7 +37,7 @@ async def test_standby_takes_over_when_the_leader_dies(
     leader = by_pid[_pid_of(holder)]
     (standby,) = [r for r in replicas if r is not leader]
 
-    async with JobRecorder(api, namespace) as jobs:
+    async with PodRecorder(api, namespace) as pods:
         await batches.create("ha", {"template": template(duration="1s"), "payloads": {"count": 24}, "parallelism": 4})
         await batches.wait_status("ha", lambda s: s.get("shards", {}).get("succeeded", 0) >= 4, "4 succeeded")
         # Exactly one replica reconciles: the standby has not started kopf at all.
@@ -52,8 +52,8 @@ async def test_standby_takes_over_when_the_leader_dies(
         assert _pid_of(new_holder) == standby.proc.pid  # type: ignore[union-attr]
         await batches.wait_for("ha", "Complete")
     assert took_over < 15, took_over  # lease 4 s: seconds, not minutes
-    assert {key: n for key, n in jobs.creations.items() if n != 1} == {}
-    assert jobs.attempts("ha") == {i: [0] for i in range(24)}
+    assert {key: n for key, n in pods.creations.items() if n != 1} == {}
+    assert pods.attempts("ha") == {i: [0] for i in range(24)}
 
 
 async def _other_holder(api: client.ApiClient, namespace: str, old: str) -> str | None:

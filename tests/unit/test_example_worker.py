@@ -10,21 +10,22 @@ from pathlib import Path
 WORKER = Path(__file__).resolve().parents[2] / "examples" / "worker" / "worker.py"
 
 
-def run_worker(tmp_path: Path, lines: str, start: int, end: int) -> subprocess.CompletedProcess[str]:
+def run_worker(tmp_path: Path, lines: str, shard: int, shard_size: int) -> subprocess.CompletedProcess[str]:
     payload = tmp_path / "items.jsonl"
     payload.write_text(lines)
     env = {
         **os.environ,
-        "JOBBATCH_NAME": "demo", "JOBBATCH_NAMESPACE": "default", "JOBBATCH_SHARD": "1",
-        "JOBBATCH_SHARD_COUNT": "2", "JOBBATCH_ATTEMPT": "0", "JOBBATCH_ITEM_START": str(start),
-        "JOBBATCH_ITEM_END": str(end), "JOBBATCH_PAYLOAD_FILE": str(payload),
+        "JOBBATCH_NAME": "demo", "JOBBATCH_NAMESPACE": "default", "JOBBATCH_FIRST_SHARD": "0",
+        "JOB_COMPLETION_INDEX": str(shard), "JOBBATCH_SHARD_COUNT": "2", "JOBBATCH_ATTEMPT": "0",
+        "JOBBATCH_SHARD_SIZE": str(shard_size), "JOBBATCH_ITEM_COUNT": str(len(lines.splitlines())),
+        "JOBBATCH_PAYLOAD_FILE": str(payload),
     }  # fmt: skip
     return subprocess.run([sys.executable, str(WORKER)], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_worker_processes_its_slice(tmp_path: Path) -> None:
     lines = "".join(f'{{"url": "https://example.com/{i}"}}\n' for i in range(4))
-    result = run_worker(tmp_path, lines, 2, 4)
+    result = run_worker(tmp_path, lines, 1, 2)
     assert result.returncode == 0, result.stderr
     assert "demo shard 2/2, attempt 0" in result.stdout
     assert "processing https://example.com/2" in result.stdout

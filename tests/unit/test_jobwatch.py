@@ -1,22 +1,25 @@
-"""The shard Job index: what watch events and fresh lists do to it (the watch itself runs in integration)."""
+"""The shard Job and failed-pod indexes: what watch events and fresh lists do (the watches run in integration)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from jobbatch.api import LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_SHARD, SHARD_FINALIZER
-from jobbatch.jobwatch import ShardJobIndex
+from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD
+from jobbatch.jobwatch import FailedPodIndex, ShardJobIndex
 
 
-def job(name: str, uid: str = "u1", namespace: str = "ns1", shard: int = 0, **status: Any) -> dict[str, Any]:
+def job(
+    name: str, uid: str = "u1", namespace: str = "ns1", first: int = 0, owner: str | None = None, **status: Any
+) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
+            "uid": f"uid-{name}",
             "namespace": namespace,
-            "labels": {LABEL_BATCH_UID: uid, LABEL_SHARD: str(shard), LABEL_ATTEMPT: "0"},
-            "finalizers": [SHARD_FINALIZER],
+            "labels": {LABEL_BATCH_UID: uid, LABEL_FIRST_SHARD: str(first), LABEL_ATTEMPT: "0"},
+            "ownerReferences": [{"kind": KIND, "name": "b", "uid": owner or uid, "controller": True}],
         },
-        "spec": {},
+        "spec": {"completionMode": "Indexed", "completions": 3, "parallelism": 3},
         "status": status,
     }
 
@@ -24,34 +27,70 @@ def job(name: str, uid: str = "u1", namespace: str = "ns1", shard: int = 0, **st
 def test_events_add_update_and_remove_summaries_by_batch() -> None:
     index = ShardJobIndex()
     assert index.apply("ADDED", job("a")) == "u1"
-    index.apply("ADDED", job("b", shard=1))
-    done = job("a", conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
-    index.apply("MODIFIED", done)
-    assert {(j.name, j.state) for j in index.jobs("u1")} == {("a", "succeeded"), ("b", "active")}
-    index.apply("DELETED", done)
-    assert [j.name for j in index.jobs("u1")] == ["b"]
-    index.apply("DELETED", job("b", shard=1))
-    assert index.jobs("u1") == []
-    assert dict(index.by_batch()) == {}  # no empty entries left behind
+    index.apply("ADDED", job("b", first=3))
+    index.apply("MODIFIED", job("a", completedIndexes="0-2"))
+    assert {(n, len(j.succeeded)) for n, j in index.jobs("ns1", "u1").items()} == {("a", 3), ("b", 0)}
+    index.apply("DELETED", job("a"))
+    assert set(index.jobs("ns1", "u1")) == {"b"}
+    index.apply("DELETED", job("b"))
+    assert index.jobs("ns1", "u1") == {}
+    assert index.by_batch() == {}
 
 
-def test_jobs_that_are_not_shard_jobs_are_ignored() -> None:
+def test_a_job_belongs_to_a_batch_only_by_owner_and_namespace() -> None:
     index = ShardJobIndex()
-    other = {"metadata": {"name": "x", "namespace": "ns1", "labels": {"app": "y"}}, "spec": {}, "status": {}}
-    assert index.apply("ADDED", other) is None
-    assert dict(index.by_batch()) == {}
+    # Another namespace's Job naming the batch's UID in its ownerReference and labels: not the batch's.
+    index.apply("ADDED", job("intruder", uid="u1", namespace="ns2"))
+    assert index.jobs("ns1", "u1") == {}
+    # Labels of one batch, owned by another: counted for its owner only.
+    index.apply("ADDED", job("copied", uid="u1", owner="u2"))
+    assert index.jobs("ns1", "u1") == {}
+    assert set(index.jobs("ns1", "u2")) == {"copied"}
 
 
-def test_a_fresh_list_replaces_its_namespace_only() -> None:
+def test_a_fresh_list_replaces_one_namespace_only() -> None:
     index = ShardJobIndex()
-    index.apply("ADDED", job("a", uid="u1", namespace="ns1"))
-    index.apply("ADDED", job("gone", uid="u3", namespace="ns1"))
-    index.apply("ADDED", job("c", uid="u2", namespace="ns2"))
-    touched = index.replace("ns1", [job("a", uid="u1", namespace="ns1"), job("d", uid="u1", namespace="ns1", shard=2)])
-    # Batches whose Jobs vanished while the watch was down are touched too: their reconcilers must look.
-    assert touched == {"u1", "u3"}
-    assert sorted(j.name for j in index.jobs("u1")) == ["a", "d"]
-    assert index.jobs("u3") == []
-    assert [j.name for j in index.jobs("u2")] == ["c"]  # another namespace's watch owns it
-    assert index.replace(None, []) == {"u1", "u2"}
-    assert dict(index.by_batch()) == {}
+    index.apply("ADDED", job("a", namespace="ns1"))
+    index.apply("ADDED", job("b", uid="u2", namespace="ns2"))
+    touched = index.replace("ns1", [job("c", namespace="ns1")])
+    assert touched == {"u1"}
+    assert set(index.jobs("ns1", "u1")) == {"c"}
+    assert set(index.jobs("ns2", "u2")) == {"b"}
+
+
+def pod(name: str, job_uid: str = "uid-a", index: int = 1, finished: str = "2026-01-01T00:00:01Z") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns1",
+            "labels": {
+                LABEL_BATCH_UID: "u1",
+                LABEL_FIRST_SHARD: "10",
+                LABEL_ATTEMPT: "0",
+                LABEL_COMPLETION_INDEX: str(index),
+            },
+            "ownerReferences": [{"kind": "Job", "name": "a", "uid": job_uid, "controller": True}],
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 3, "finishedAt": finished}}}],
+        },
+    }
+
+
+def test_failed_pods_by_job_latest_per_shard() -> None:
+    index = FailedPodIndex()
+    assert index.apply("ADDED", pod("p1")) == "u1"
+    index.apply("ADDED", pod("p2", finished="2026-01-01T00:00:05Z"))
+    index.apply("ADDED", pod("p3", job_uid="uid-other"))
+    got = index.failures(["uid-a"])
+    assert list(got) == [(11, 0)]
+    assert got[(11, 0)].finished_at is not None
+    assert got[(11, 0)].finished_at.second == 5
+    # A pod being deleted no longer counts.
+    deleting = pod("p2", finished="2026-01-01T00:00:05Z")
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:06Z"
+    index.apply("MODIFIED", deleting)
+    assert index.failures(["uid-a"])[(11, 0)].finished_at.second == 1  # type: ignore[union-attr]
+    index.replace("ns1", [])
+    assert index.failures(["uid-a", "uid-other"]) == {}

@@ -1,54 +1,120 @@
+"""Distilling Job and pod bodies into what the planner reads, and whom they are trusted for."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from jobbatch.api import LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_SHARD, SHARD_FINALIZER
-from jobbatch.observed import summarize
+from jobbatch.api import (
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_BATCH_UID,
+    LABEL_COMPLETION_INDEX,
+    LABEL_FIRST_SHARD,
+    SHARD_FINALIZER,
+)
+from jobbatch.observed import batch_uid_of, summarize, summarize_failed_pod
+from jobbatch.ranges import IndexRanges
 
 
-def job(status: dict[str, Any], *, deleting: bool = False, suspend: bool = False) -> dict[str, Any]:
+def job(status: dict[str, Any], *, deleting: bool = False, suspend: bool = False, **spec: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "name": "b-x-3-1",
-        "labels": {LABEL_BATCH_UID: "u", LABEL_SHARD: "3", LABEL_ATTEMPT: "1"},
+        "name": "b-x-10-1",
+        "uid": "job-uid",
+        "labels": {LABEL_BATCH_UID: "u", LABEL_FIRST_SHARD: "10", LABEL_ATTEMPT: "1"},
         "finalizers": [SHARD_FINALIZER],
+        "ownerReferences": [{"kind": KIND, "name": "b", "uid": "u", "controller": True}],
     }
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:05Z"
-    return {"metadata": meta, "spec": {"suspend": suspend}, "status": status}
+    body_spec = {"completionMode": "Indexed", "completions": 5, "parallelism": 2, "suspend": suspend, **spec}
+    return {"metadata": meta, "spec": body_spec, "status": status}
 
 
-def failed(message: str, reason: str = "PodFailurePolicy") -> dict[str, Any]:
-    cond = {"type": "Failed", "status": "True", "reason": reason, "message": message,
-            "lastTransitionTime": "2026-01-01T00:00:09Z"}  # fmt: skip
-    return {"conditions": [cond], "startTime": "2026-01-01T00:00:01Z"}
+def test_indexes_become_absolute_shards() -> None:
+    j = summarize(job({"completedIndexes": "0-1,3", "failedIndexes": "2", "active": 1}))
+    assert j is not None
+    assert (j.first, j.count, j.attempt, j.parallelism) == (10, 5, 1, 2)
+    assert j.succeeded == IndexRanges.parse("10-11,13")
+    assert j.failed == IndexRanges.parse("12")
+    assert j.unfinished == 1
+    assert j.slots == 1
+    assert not j.finished
 
 
-def test_exit_code_comes_from_the_pod_failure_policy_message() -> None:
-    msg = "Container worker for pod ns/b-x-3-1-abcde failed with exit code 42 matching FailJob rule at index 1"
-    s = summarize(job(failed(msg)))
-    assert s is not None
-    assert (s.shard, s.attempt, s.state, s.exit_code, s.reason) == (3, 1, "failed", 42, "PodFailurePolicy")
-    assert s.has_finalizer
-    assert s.started_at is not None
+def test_slots_count_pods_still_stopping() -> None:
+    j = summarize(job({"active": 0, "terminating": 2}, parallelism=0))
+    assert j is not None
+    assert j.slots == 2
+    suspended = summarize(job({"terminating": 1}, suspend=True))
+    assert suspended is not None
+    assert suspended.slots == 1
 
 
-def test_deadline_failure_has_no_exit_code() -> None:
-    s = summarize(job(failed("Job was active longer than specified deadline", "DeadlineExceeded")))
-    assert s is not None
-    assert (s.state, s.exit_code, s.reason) == ("failed", None, "DeadlineExceeded")
+def test_finished_jobs_hold_no_slots() -> None:
+    cond = {"type": "Failed", "status": "True", "reason": "FailedIndexes", "lastTransitionTime": "2026-01-01T00:00:09Z"}
+    j = summarize(job({"completedIndexes": "0-3", "failedIndexes": "4", "conditions": [cond]}))
+    assert j is not None
+    assert j.finished
+    assert j.slots == 0
+    assert j.reason == "FailedIndexes"
+    assert j.finished_at is not None
+    assert j.finished_at.second == 9
 
 
-def test_deleted_job_still_running_counts_as_running() -> None:
-    s = summarize(job({"active": 1}, deleting=True))
-    assert s is not None
-    assert s.state == "active"
-    gone = summarize(job({"active": 0}, deleting=True))
+def test_deleted_job_is_lost_once_its_pods_are_gone() -> None:
+    running = summarize(job({"active": 1}, deleting=True))
+    assert running is not None
+    assert not running.lost
+    assert running.slots == 1
+    gone = summarize(job({}, deleting=True))
     assert gone is not None
-    assert (gone.state, gone.reason) == ("failed", "Deleted")
+    assert gone.lost
 
 
-def test_suspended_and_foreign_jobs() -> None:
-    s = summarize(job({}, suspend=True))
-    assert s is not None
-    assert s.state == "suspended"
-    assert summarize({"metadata": {"name": "x", "labels": {}}}) is None
+def test_not_a_shard_job() -> None:
+    assert summarize({"metadata": {"name": "x", "labels": {}}, "spec": {}}) is None
+    not_indexed = job({})
+    not_indexed["spec"]["completionMode"] = "NonIndexed"
+    assert summarize(not_indexed) is None
+
+
+def test_the_owner_is_the_controller_reference_not_the_labels() -> None:
+    assert batch_uid_of(job({})) == "u"
+    forged = job({})
+    forged["metadata"]["ownerReferences"] = []
+    assert batch_uid_of(forged) is None  # labels alone prove nothing
+
+
+def pod(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "b-x-10-1-3-abcde",
+            "labels": {LABEL_BATCH_UID: "u", LABEL_FIRST_SHARD: "10", LABEL_ATTEMPT: "1", LABEL_COMPLETION_INDEX: "3"},
+            "ownerReferences": [{"kind": "Job", "name": "b-x-10-1", "uid": "job-uid", "controller": True}],
+        },
+        "status": {"phase": "Failed", **status},
+    }
+
+
+def test_failed_pod_gives_shard_attempt_and_exit_code() -> None:
+    terminated = {"exitCode": 42, "reason": "Error", "finishedAt": "2026-01-01T00:00:07Z"}
+    f = summarize_failed_pod(pod(containerStatuses=[{"state": {"terminated": terminated}}]))
+    assert f is not None
+    assert (f.job_uid, f.shard, f.attempt, f.exit_code, f.reason) == ("job-uid", 13, 1, 42, "Error")
+    assert f.finished_at is not None
+    assert f.finished_at.second == 7
+
+
+def test_pod_reason_wins_over_the_container_reason() -> None:
+    terminated = {"exitCode": 143, "reason": "Error"}
+    f = summarize_failed_pod(pod(reason="DeadlineExceeded", containerStatuses=[{"state": {"terminated": terminated}}]))
+    assert f is not None
+    assert f.reason == "DeadlineExceeded"
+    assert f.exit_code == 143
+
+
+def test_running_or_unowned_pods_are_not_failures() -> None:
+    assert summarize_failed_pod({**pod(), "status": {"phase": "Running"}}) is None
+    orphan = pod()
+    orphan["metadata"]["ownerReferences"] = []
+    assert summarize_failed_pod(orphan) is None

@@ -1,22 +1,35 @@
-"""The pure reconcile decision, without a cluster."""
+"""The pure reconcile decision, without a cluster: each step of a pass, and passes in sequence."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from typing import Any
 
 import pytest
 
-from jobbatch import planner
+from jobbatch import naming, planner
 from jobbatch.api import JobBatchSpec, JobBatchStatus
 from jobbatch.backoff import retry_delay
-from jobbatch.observed import ShardJob
-from jobbatch.planner import Acceptance, Batch, Launch, plan
+from jobbatch.observed import PodFailure, ShardJob
+from jobbatch.planner import (
+    Acceptance,
+    Batch,
+    CreateJob,
+    DeleteJob,
+    ReleaseJob,
+    ResumeJob,
+    ScaleJob,
+    SuspendJob,
+    chunk_size,
+    plan,
+)
 from jobbatch.ranges import IndexRanges
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 UID = "uid-1"
+FIN = ("jobbatch.io/shard-record",)
 
 
 def spec(**kw: Any) -> JobBatchSpec:
@@ -34,13 +47,55 @@ def batch(s: JobBatchSpec, status: JobBatchStatus | None = None) -> Batch:
 def accepted(s: JobBatchSpec, items: int = 10, **status: Any) -> Batch:
     """A batch whose acceptance is already persisted."""
     first = plan(batch(s), [], T0, acceptance=Acceptance(True, "Accepted", "", item_count=items), launch_budget=0)
-    st = first.status.model_copy(update=status)
-    return batch(s, st)
+    return batch(s, first.status.model_copy(update=status))
 
 
-def job(shard: int, attempt: int = 0, state: str = "active", at: float = 0, **kw: Any) -> ShardJob:
-    finished = T0 + datetime.timedelta(seconds=at) if state in ("succeeded", "failed") else None
-    return ShardJob(name=f"b-{shard}-{attempt}", shard=shard, attempt=attempt, state=state, finished_at=finished, **kw)  # type: ignore[arg-type]
+def persisted(b: Batch, p: planner.Plan) -> Batch:
+    return dataclasses.replace(b, status=p.status)
+
+
+def name(first: int, attempt: int = 0) -> str:
+    return naming.job_name("b", UID, first, attempt)
+
+
+def job(
+    first: int,
+    count: int = 1,
+    parallelism: int | None = None,
+    attempt: int = 0,
+    succeeded: str = "",
+    failed: str = "",
+    active: int | None = None,
+    at: float = 0,
+    **kw: Any,
+) -> ShardJob:
+    """A shard Job as observed; ``succeeded``/``failed`` are absolute shard ranges."""
+    ok, bad = IndexRanges.parse(succeeded), IndexRanges.parse(failed)
+    p = count if parallelism is None else parallelism
+    unfinished = count - len(ok) - len(bad)
+    finished = unfinished == 0
+    return ShardJob(
+        name=name(first, attempt),
+        uid=f"job-{first}-{attempt}",
+        first=first,
+        count=count,
+        attempt=attempt,
+        parallelism=p,
+        succeeded=ok,
+        failed=bad,
+        active=min(p, unfinished) if active is None else active,
+        finished=kw.pop("finished", finished),
+        finished_at=T0 + datetime.timedelta(seconds=at) if finished else None,
+        **kw,
+    )
+
+
+def failure(shard: int, attempt: int = 0, code: int | None = 1, at: float = 0, reason: str = "Error") -> PodFailure:
+    return PodFailure(f"job-{shard}-{attempt}", shard, attempt, code, reason, "", T0 + datetime.timedelta(seconds=at))
+
+
+def failures(*items: PodFailure) -> dict[tuple[int, int], PodFailure]:
+    return {(f.shard, f.attempt): f for f in items}
 
 
 def cond(p: planner.Plan, ctype: str) -> tuple[str, str] | None:
@@ -48,6 +103,19 @@ def cond(p: planner.Plan, ctype: str) -> tuple[str, str] | None:
     return (c.status, c.reason) if c else None
 
 
+def slots_held(jobs: list[ShardJob], p: planner.Plan) -> int:
+    """Slots the batch holds once the plan is applied (what the Job controller may run)."""
+    by_name = {j.name: j for j in jobs}
+    for c in p.create:
+        by_name[c.name] = ShardJob(c.name, c.first, c.count, c.attempt, c.parallelism)
+    for s in p.scale:
+        by_name[s.name] = dataclasses.replace(by_name[s.name], parallelism=s.to)
+    for r in p.resume:
+        by_name[r.name] = dataclasses.replace(by_name[r.name], suspended=False, parallelism=r.parallelism)
+    return sum(j.slots for j in by_name.values())
+
+
+# -- acceptance ---------------------------------------------------------------------------------------
 def test_rejected_input_launches_nothing_and_says_why() -> None:
     p = plan(batch(spec()), [], T0, acceptance=Acceptance(False, "ConfigMapNotFound", 'configmap "x" not found'))
     assert p.create == []
@@ -63,227 +131,360 @@ def test_rejected_input_launches_nothing_and_says_why() -> None:
     assert not again.status_changed
 
 
-def test_acceptance_then_launch_in_index_order_up_to_parallelism() -> None:
+def test_acceptance_is_persisted_before_anything_launches() -> None:
     s = spec(parallelism=3, shardSize=4)
     p = plan(batch(s), [], T0, acceptance=Acceptance(True, "Accepted", "", item_count=10))
-    # Acceptance is persisted before anything launches: no later pass re-reads a changed source.
     assert p.create == []
     assert p.requeue_after == 0
     assert cond(p, "Accepted") == ("True", "Accepted")
     assert p.status.shards.total == 3
-    p = plan(batch(s, p.status), [], T0)
-    assert p.create == [Launch(0, 0), Launch(1, 0), Launch(2, 0)]
+
+
+# -- chunks ---------------------------------------------------------------------------------------------
+def test_chunk_size_follows_parallelism_within_bounds() -> None:
+    assert chunk_size(1) == planner.MIN_CHUNK
+    assert chunk_size(100) == 200
+    assert chunk_size(1000) == 2000
+    assert chunk_size(100_000) == planner.MAX_CHUNK
+
+
+def test_first_pass_starts_one_chunk_with_all_slots() -> None:
+    b = accepted(spec(parallelism=100, payloads={"count": 1000}), items=1000)
+    p = plan(b, [], T0)
+    assert p.create == [CreateJob(name(0), 0, 200, 0, 100)]
     assert p.status.phase == "Running"
     assert p.status.start_time == T0
-    assert p.status.progress == "0/3"
+    assert p.status.shards.running == 100
+    assert p.status.shards.pending == 900
     assert "Started" in [e.reason for e in p.events]
 
 
-def test_running_attempts_use_up_parallelism() -> None:
-    b = accepted(spec(parallelism=3))
-    p = plan(b, [job(0), job(1), job(4, state="suspended")], T0)
-    # One slot: the parked (suspended) attempt of shard 4 resumes before anything new.
-    assert p.resume == ["b-4-0"]
-    assert p.create == []
-    p = plan(b, [job(0), job(1), job(2)], T0)
-    assert p.create == []
-    assert p.status.shards.running == 3
+def test_a_small_batch_is_one_chunk_of_all_its_shards() -> None:
+    b = accepted(spec(parallelism=10, shardSize=4), items=10)
+    assert plan(b, [], T0).create == [CreateJob(name(0), 0, 3, 0, 3)]
 
 
+def test_a_chunk_with_indexes_left_to_start_keeps_its_slots() -> None:
+    b = accepted(spec(parallelism=100, payloads={"count": 1000}), items=1000)
+    jobs = [job(0, 200, parallelism=100, succeeded="0-49")]  # 150 unfinished: the Job controller refills
+    p = plan(b, jobs, T0)
+    assert p.create == []
+    assert p.scale == []
+    assert p.status.shards.running == 100
+    assert p.status.shards.succeeded == 50
+
+
+def test_slots_a_draining_chunk_frees_go_to_the_next_chunk_at_once() -> None:
+    b = accepted(spec(parallelism=100, payloads={"count": 1000}), items=1000)
+    draining = job(0, 200, parallelism=100, succeeded="0-169")  # 30 left: 70 slots free
+    p = plan(b, [draining], T0)
+    assert p.create == [CreateJob(name(200), 200, 200, 0, 70)]
+    assert slots_held([draining], p) == 100
+    # Later, the next chunk is raised as the first one drains further; nothing else starts.
+    nxt = job(200, 200, parallelism=70, succeeded="200-209")
+    p = plan(b, [job(0, 200, parallelism=100, succeeded="0-189"), nxt], T0)
+    assert p.scale == [ScaleJob(name(200), 70, 90)]
+    assert p.create == []
+
+
+def test_the_last_chunk_is_shorter() -> None:
+    b = accepted(spec(parallelism=100, payloads={"count": 250}), items=250)
+    p = plan(b, [job(0, 200, parallelism=100, succeeded="0-189")], T0)
+    assert p.create == [CreateJob(name(200), 200, 50, 0, 50)]
+
+
+def test_parallelism_is_never_exceeded_by_grants() -> None:
+    b = accepted(spec(parallelism=7, payloads={"count": 100}), items=100)
+    jobs: list[ShardJob] = []
+    for _ in range(40):  # every pass: the oldest Job finishes one more shard, the plan refills
+        p = plan(b, jobs, T0)
+        assert slots_held(jobs, p) <= 7
+        by_name = {j.name: j for j in jobs}
+        for c in p.create:
+            by_name[c.name] = job(c.first, c.count, parallelism=c.parallelism)
+        for s in p.scale:
+            by_name[s.name] = dataclasses.replace(by_name[s.name], parallelism=s.to)
+        jobs = list(by_name.values())
+        oldest = next((j for j in sorted(jobs, key=lambda j: j.first) if j.unfinished), None)
+        if oldest is None:
+            break
+        done = oldest.shards.difference(oldest.succeeded)
+        first_left = next(iter(done))
+        jobs = [dataclasses.replace(j, succeeded=j.succeeded.union([first_left])) if j is oldest else j for j in jobs]
+        b = persisted(b, p)
+    assert plan(b, jobs, T0).status.shards.running <= 7
+
+
+# -- recording and releasing --------------------------------------------------------------------------
 def test_success_is_recorded_before_its_job_is_released() -> None:
-    b = accepted(spec(parallelism=2), items=3)
-    p1 = plan(b, [job(0, state="succeeded"), job(1)], T0)
-    assert p1.status.succeeded_shards == "0"
-    assert p1.release == []  # not yet persisted
-    assert p1.create == [Launch(2, 0)]
-    p2 = plan(batch(b.spec, p1.status), [job(0, state="succeeded"), job(1), job(2)], T0)
-    assert p2.release == ["b-0-0"]
-    assert p2.delete == ["b-0-0"]
-    assert p2.create == []  # shard 0 is never launched again
+    b = accepted(spec(parallelism=10), items=10)
+    done = job(0, 10, succeeded="0-9", at=1)
+    p = plan(b, [done], T0)
+    assert p.status.succeeded_shards == "0-9"
+    assert p.release == []
+    assert p.delete == []
+    p2 = plan(persisted(b, p), [done], T0)
+    assert p2.release == [ReleaseJob(done.name, FIN)]
+    assert p2.delete == [DeleteJob(done.name)]
 
 
-def test_recorded_shard_without_job_is_not_relaunched() -> None:
-    b = accepted(spec(parallelism=5), items=3, succeeded_shards="0-1")
-    assert plan(b, [], T0).create == [Launch(2, 0)]
+def test_a_chunk_stays_until_every_shard_is_recorded_or_retried() -> None:
+    b = accepted(spec(parallelism=10, retry={"limit": 2, "backoff": {"initialSeconds": 5, "jitter": 0}}), items=10)
+    chunk = job(0, 10, succeeded="0-4,6-9", failed="5", at=1)
+    p = plan(b, [chunk], T0, failures=failures(failure(5, at=1)))
+    b = persisted(b, p)
+    assert p.status.succeeded_shards == "0-4,6-9"
+    assert p.status.shards.retrying == 1
+    p = plan(b, [chunk], T0, failures=failures(failure(5, at=1)))
+    assert p.release == []  # shard 5's only attempt lives in this Job
+    retry = job(5, 1, attempt=1)
+    p = plan(b, [chunk, retry], T0 + datetime.timedelta(seconds=10))
+    assert [r.name for r in p.release] == [chunk.name]  # superseded by the retry Job
 
 
-def test_retry_waits_out_the_backoff_then_launches_next_attempt() -> None:
-    s = spec(parallelism=5, retry={"limit": 2, "backoff": {"initialSeconds": 10, "multiplier": 2, "jitter": 0.1}})
-    b = accepted(s, items=1)
-    failed = job(0, 0, "failed", at=0, exit_code=1, reason="PodFailurePolicy")
-    delay = retry_delay(s.retry.backoff, UID, 0, 0)
-    assert 9.0 <= delay <= 11.0
-    early = plan(b, [failed], T0 + datetime.timedelta(seconds=delay - 1))
+def test_recorded_shards_are_not_started_again() -> None:
+    b = accepted(spec(parallelism=5), items=10, succeeded_shards="0-4")
+    assert plan(b, [], T0).create == [CreateJob(name(5), 5, 5, 0, 5)]
+
+
+def test_failed_jobs_are_kept_for_inspection_up_to_the_limit() -> None:
+    s = spec(parallelism=10, retry={"limit": 0}, maxFailedShards=10, failedJobsHistoryLimit=1)
+    b = accepted(s, items=10, succeeded_shards="0-4,6-7", failed_shards="5,8-9")
+    old = job(0, 8, succeeded="0-4,6-7", failed="5", at=1)
+    new = job(8, 2, failed="8-9", at=2)
+    p = plan(b, [old, new], T0)
+    assert {r.name for r in p.release} == {old.name, new.name}
+    assert p.delete == [DeleteJob(old.name)]  # the newest failed Job is kept...
+    assert [r.collect_pods for r in p.release if r.name == new.name] == [False]  # ...with nothing to collect
+    mixed = job(0, 8, succeeded="0-4,6-7", failed="5", at=3)
+    p = plan(b, [mixed], T0)
+    # ...and a kept chunk drops its succeeded pods first: only the failed attempts' pods stay.
+    assert p.release == [ReleaseJob(mixed.name, FIN, collect_pods=True)]
+    assert p.delete == []
+
+
+# -- retries ------------------------------------------------------------------------------------------
+def test_retry_waits_out_the_backoff_then_runs_as_a_job_of_its_own() -> None:
+    s = spec(parallelism=10, retry={"limit": 3, "backoff": {"initialSeconds": 10, "jitter": 0}})
+    b = accepted(s, items=10)
+    chunk = job(0, 10, succeeded="0-6,8-9", failed="7", at=0)
+    seen = failures(failure(7, code=1, at=0))
+    early = plan(b, [chunk], T0 + datetime.timedelta(seconds=4), failures=seen)
     assert early.create == []
+    assert early.requeue_after == pytest.approx(6)
     assert early.status.shards.retrying == 1
-    assert early.requeue_after == pytest.approx(1.0)
-    due = plan(b, [failed], T0 + datetime.timedelta(seconds=delay))
-    assert due.create == [Launch(0, 1)]
-    assert "ShardRetrying" in [e.reason for e in due.events]
-    # The failed attempt stays until the next attempt is observed, then is released (and kept as history).
-    nxt = plan(b, [failed, job(0, 1)], T0 + datetime.timedelta(seconds=delay + 1))
-    assert nxt.release == ["b-0-0"]
-    assert nxt.delete == []
+    due = plan(b, [chunk], T0 + datetime.timedelta(seconds=10), failures=seen)
+    assert due.create == [CreateJob(name(7, 1), 7, 1, 1, 1)]
+    retrying = [e for e in due.events if e.reason == "ShardRetrying"]
+    assert retrying
+    assert "exit code 1" in retrying[0].message
 
 
-def test_second_retry_delay_doubles() -> None:
-    s = spec(retry={"backoff": {"initialSeconds": 10, "multiplier": 2, "jitter": 0}})
-    assert retry_delay(s.retry.backoff, UID, 0, 0) == 10
+def test_due_retries_get_freed_slots_before_new_chunks() -> None:
+    s = spec(parallelism=2, payloads={"count": 100}, retry={"backoff": {"initialSeconds": 0, "jitter": 0}})
+    b = accepted(s, items=100)
+    chunk = job(0, 20, parallelism=2, succeeded="0-17", failed="18", active=1)  # one slot free
+    p = plan(b, [chunk], T0, failures=failures(failure(18)))
+    assert p.create == [CreateJob(name(18, 1), 18, 1, 1, 1)]
+
+
+def test_second_retry_delay_doubles_and_jitter_is_deterministic() -> None:
+    s = spec(retry={"limit": 3, "backoff": {"initialSeconds": 10, "multiplier": 2, "jitter": 0}})
     assert retry_delay(s.retry.backoff, UID, 0, 1) == 20
-    assert retry_delay(s.retry.backoff, UID, 0, 10) == 600  # capped by maxSeconds
+    jittery = spec(retry={"backoff": {"initialSeconds": 10, "jitter": 0.5}}).retry.backoff
+    delays = {retry_delay(jittery, UID, shard, 0) for shard in range(50)}
+    assert all(5 <= d <= 15 for d in delays)
+    assert retry_delay(jittery, UID, 3, 0) == retry_delay(jittery, UID, 3, 0)
+    assert len(delays) > 10
 
 
-def test_jitter_is_deterministic_and_bounded() -> None:
-    s = spec(retry={"backoff": {"initialSeconds": 100, "jitter": 0.2}})
-    delays = [retry_delay(s.retry.backoff, UID, shard, 0) for shard in range(200)]
-    assert delays == [retry_delay(s.retry.backoff, UID, shard, 0) for shard in range(200)]
-    assert all(80 <= d <= 120 for d in delays)
-    assert len(set(delays)) > 150  # spread, not one value
+def test_retries_exhausted_fail_the_shard_with_its_exit_code() -> None:
+    b = accepted(spec(parallelism=10, retry={"limit": 1}), items=2, succeeded_shards="0")
+    last = job(1, 1, attempt=1, failed="1", at=3)
+    p = plan(b, [last], T0, failures=failures(failure(1, attempt=1, code=9, reason="Error")))
+    assert p.status.failed_shards == "1"
+    (f,) = p.status.failures
+    assert (f.shard, f.attempt, f.exit_code, f.reason) == (1, 1, 9, "RetriesExhausted")
+    assert cond(p, "Failed") == ("True", "ShardsFailed")
 
 
 def test_non_retryable_exit_code_fails_the_shard_and_the_batch() -> None:
-    b = accepted(spec(parallelism=5, retry={"nonRetryableExitCodes": [3]}), items=5)
-    jobs = [job(0, state="failed", exit_code=3, reason="PodFailurePolicy"), job(1), job(2)]
-    p = plan(b, jobs, T0)
-    assert p.status.failed_shards == "0"
+    s = spec(parallelism=3, retry={"nonRetryableExitCodes": [3]})
+    b = accepted(s, items=10)
+    chunk = job(0, 10, parallelism=3, succeeded="0", failed="1", active=2)
+    p = plan(b, [chunk], T0, failures=failures(failure(1, code=3)))
+    assert p.status.failed_shards == "1"
+    assert p.status.failures[0].reason == "NonRetryableExitCode"
     assert p.status.phase == "Failed"
-    assert cond(p, "Failed") == ("True", "ShardsFailed")
-    failed_cond = p.status.condition("Failed")
-    assert failed_cond is not None
-    assert "shard 0 (NonRetryableExitCode, exit code 3)" in failed_cond.message
+    assert "shard 1 (NonRetryableExitCode, exit code 3)" in p.status.condition("Failed").message  # type: ignore[union-attr]
+    assert p.suspend == [SuspendJob(chunk.name)]  # what still runs is stopped
     assert p.create == []
-    assert sorted(p.suspend) == ["b-1-0", "b-2-0"]  # running attempts are stopped
-    assert {"ShardFailed", "Failed"} <= {e.reason for e in p.events}
-    # Once the failure is persisted, every Job is released and the stopped ones deleted.
-    p2 = plan(batch(b.spec, p.status), [*jobs[:1], job(1, state="suspended"), job(2, state="suspended")], T0)
-    assert sorted(p2.release) == ["b-0-0", "b-1-0", "b-2-0"]
-    assert sorted(p2.delete) == ["b-1-0", "b-2-0"]  # the failed one is kept as history
+    # Once the outcome is persisted, the Job is released and deleted.
+    p2 = plan(persisted(b, p), [dataclasses.replace(chunk, suspended=True, active=0)], T0)
+    assert p2.release
+    assert p2.delete
+
+
+def test_a_failure_without_its_pod_still_counts() -> None:
+    b = accepted(spec(retry={"limit": 0}), items=1)
+    p = plan(b, [job(0, 1, failed="0", at=1)], T0, failures={})
+    assert p.status.failures[0].reason == "RetriesExhausted"
+    assert p.status.failures[0].exit_code is None
 
 
 def test_tolerated_failures_still_complete() -> None:
-    b = accepted(spec(maxFailedShards=1, retry={"limit": 0}), items=2)
-    p = plan(b, [job(0, state="failed", exit_code=1), job(1, state="succeeded")], T0)
+    b = accepted(spec(retry={"limit": 0}, maxFailedShards=1), items=3)
+    p = plan(b, [job(0, 3, succeeded="0,2", failed="1", at=1)], T0, failures=failures(failure(1)))
     assert p.status.phase == "Succeeded"
-    assert cond(p, "Complete") == ("True", "Completed")
-    assert p.status.failed_shards == "0"
-    assert p.status.succeeded_shards == "1"
-    assert p.status.failures[0].reason == "RetriesExhausted"
+    assert "1 failed (tolerated" in p.status.condition("Complete").message  # type: ignore[union-attr]
 
 
-def test_suspend_stops_running_and_resume_restarts_them_first() -> None:
-    b = accepted(spec(parallelism=2, suspend=True), items=4)
-    p = plan(b, [job(0), job(1)], T0)
-    assert sorted(p.suspend) == ["b-0-0", "b-1-0"]
+def test_deleted_job_counts_its_unfinished_shards_as_failed_attempts() -> None:
+    b = accepted(spec(parallelism=4, retry={"backoff": {"initialSeconds": 0, "jitter": 0}}), items=4)
+    gone = job(0, 4, succeeded="0", active=0, deleting=True, finished=False)
+    p = plan(b, [gone], T0)
+    assert p.status.succeeded_shards == "0"
+    assert [c.first for c in p.create] == [1, 2, 3]
+    assert all(c.attempt == 1 for c in p.create)
+    # While its pods still run, its shards still run.
+    running = dataclasses.replace(gone, active=3)
+    assert plan(b, [running], T0).create == []
+
+
+# -- parallelism, suspend, cap ----------------------------------------------------------------------------
+def test_lowering_parallelism_scales_the_newest_jobs_down_first() -> None:
+    b = accepted(spec(parallelism=3, payloads={"count": 100}), items=100)
+    retry = job(7, 1, attempt=1)
+    older = job(0, 20, parallelism=4, succeeded="0-17")  # 2 running
+    newer = job(20, 20, parallelism=3)  # 3 running
+    p = plan(b, [older, newer, retry], T0)  # 6 held, 3 allowed
+    assert p.scale == [ScaleJob(newer.name, 3, 0)]
     assert p.create == []
+    # With 0, every Job goes to 0 (the retry Job last).
+    p0 = plan(accepted(spec(parallelism=0, payloads={"count": 100}), items=100), [older, newer, retry], T0)
+    assert {(s.name, s.to) for s in p0.scale} == {(older.name, 0), (newer.name, 0), (retry.name, 0)}
+
+
+def test_stopping_pods_hold_their_slots_until_gone() -> None:
+    b = accepted(spec(parallelism=3, payloads={"count": 100}), items=100)
+    shrunk = job(0, 20, parallelism=0, active=0, terminating=3)
+    p = plan(b, [shrunk], T0)
+    assert p.create == []
+    assert p.scale == []
+    p = plan(b, [dataclasses.replace(shrunk, terminating=1)], T0)
+    assert p.scale == [ScaleJob(shrunk.name, 0, 2)]
+
+
+def test_raising_parallelism_raises_the_job_short_of_slots() -> None:
+    b = accepted(spec(parallelism=10, payloads={"count": 100}), items=100)
+    p = plan(b, [job(0, 20, parallelism=4)], T0)
+    assert p.scale == [ScaleJob(name(0), 4, 10)]
+
+
+def test_suspend_stops_every_job_and_resume_gives_the_slots_back() -> None:
+    b = accepted(spec(parallelism=4, payloads={"count": 40}, suspend=True), items=40)
+    a, c = job(0, 20, parallelism=4, succeeded="0-9"), job(7, 1, attempt=1)
+    p = plan(b, [a, c], T0)
+    assert p.suspend == [SuspendJob(a.name), SuspendJob(c.name)]
     assert p.status.phase == "Suspended"
     assert cond(p, "Suspended") == ("True", "Suspended")
-    resumed = batch(spec(parallelism=2, suspend=False), p.status)
-    p2 = plan(resumed, [job(0, state="suspended"), job(1, state="suspended")], T0)
-    assert sorted(p2.resume) == ["b-0-0", "b-1-0"]
-    assert p2.create == []
-    assert cond(p2, "Suspended") == ("False", "Resumed")
-    assert p2.status.phase == "Running"
+    b = persisted(b, p)
+    stopped = [dataclasses.replace(j, suspended=True, active=0) for j in (a, c)]
+    resumed = dataclasses.replace(b, spec=b.spec.model_copy(update={"suspend": False}))
+    p = plan(resumed, stopped, T0)
+    assert p.resume == [ResumeJob(a.name, 4)]  # chunks and retries share the 4 slots; none gets a retry
+    assert p.create == []
+    assert p.status.phase == "Running"
+    assert cond(p, "Suspended") == ("False", "Resumed")
+    assert "Resumed" in [e.reason for e in p.events]
 
 
-def test_parallelism_zero_launches_nothing() -> None:
-    assert plan(accepted(spec(parallelism=0)), [], T0).create == []
-
-
-def test_cluster_budget_limits_launches_and_reports_demand() -> None:
-    p = plan(accepted(spec(parallelism=5)), [], T0, launch_budget=2)
-    assert p.create == [Launch(0, 0), Launch(1, 0)]
+def test_cluster_budget_limits_grants_and_reports_demand() -> None:
+    b = accepted(spec(parallelism=5), items=10)
+    p = plan(b, [], T0, launch_budget=2)
+    # Under the cap a chunk holds only what it is granted, so each freed slot returns to the dispatcher.
+    assert p.create == [CreateJob(name(0), 0, 2, 0, 2)]
     assert p.unmet_demand == 3
+    assert plan(b, [], T0, launch_budget=0).create == []
 
 
 def test_start_after_delays_everything() -> None:
-    s = spec(startAfter=(T0 + datetime.timedelta(seconds=30)).isoformat())
-    p = plan(accepted(s), [], T0)
+    b = accepted(spec(startAfter=(T0 + datetime.timedelta(seconds=30)).isoformat()), items=10)
+    p = plan(b, [], T0)
     assert p.create == []
-    assert p.requeue_after == 30
-    assert plan(accepted(s), [], T0 + datetime.timedelta(seconds=30)).create
+    assert p.status.phase == "Pending"
+    assert p.requeue_after == pytest.approx(30)
 
 
 def test_batch_deadline_fails_it() -> None:
-    b = accepted(spec(activeDeadlineSeconds=60), start_time=T0)
-    p = plan(b, [job(0)], T0 + datetime.timedelta(seconds=61))
-    assert cond(p, "Failed") == ("True", "DeadlineExceeded")
-    assert p.suspend == ["b-0-0"]
+    b = accepted(spec(activeDeadlineSeconds=60), items=10, start_time=T0)
+    running = [job(0, 10)]
+    p = plan(b, running, T0 + datetime.timedelta(seconds=30))
+    assert p.status.phase == "Running"
+    assert p.requeue_after == pytest.approx(30)
+    late = plan(b, running, T0 + datetime.timedelta(seconds=61))
+    assert cond(late, "Failed") == ("True", "DeadlineExceeded")
+    assert late.suspend == [SuspendJob(name(0))]
 
 
-def test_ttl_deletes_the_finished_batch() -> None:
-    b = accepted(spec(ttlSecondsAfterFinished=100), items=1)
-    done = plan(b, [job(0, state="succeeded")], T0).status
-    assert done.phase == "Succeeded"
-    later = batch(b.spec, done)
-    assert not plan(later, [], T0 + datetime.timedelta(seconds=99)).delete_batch
-    assert plan(later, [], T0 + datetime.timedelta(seconds=99)).requeue_after == pytest.approx(1)
-    assert plan(later, [], T0 + datetime.timedelta(seconds=100)).delete_batch
+def test_finishing_just_before_the_deadline_is_success() -> None:
+    b = accepted(spec(activeDeadlineSeconds=60), items=2, start_time=T0)
+    p = plan(b, [job(0, 2, succeeded="0-1", at=59)], T0 + datetime.timedelta(seconds=61))
+    assert p.status.phase == "Succeeded"
 
 
-def test_deleted_running_job_counts_as_a_failed_attempt() -> None:
-    b = accepted(spec(retry={"backoff": {"initialSeconds": 0}}), items=1)
-    p = plan(b, [job(0, state="failed", reason="Deleted")], T0)
-    assert p.create == [Launch(0, 1)]
+def test_ttl_deletes_the_finished_batch_only_once_its_outcome_is_persisted() -> None:
+    b = accepted(spec(ttlSecondsAfterFinished=0), items=1)
+    p = plan(b, [job(0, 1, succeeded="0")], T0)
+    assert p.status.phase == "Succeeded"
+    assert not p.delete_batch
+    p2 = plan(persisted(b, p), [], T0)
+    assert p2.delete_batch
+    ttl = accepted(spec(ttlSecondsAfterFinished=30), items=1)
+    p3 = plan(persisted(ttl, plan(ttl, [job(0, 1, succeeded="0")], T0)), [], T0 + datetime.timedelta(seconds=10))
+    assert not p3.delete_batch
+    assert p3.requeue_after == pytest.approx(20)
 
 
+# -- status ---------------------------------------------------------------------------------------------
 def test_nothing_changed_means_no_status_write() -> None:
-    b = accepted(spec(parallelism=2), items=3)
-    p = plan(b, [job(0), job(1)], T0)
-    again = plan(batch(b.spec, p.status), [job(0), job(1)], T0 + datetime.timedelta(seconds=5))
+    b = accepted(spec(parallelism=2), items=10)
+    p = plan(b, [job(0, 10, parallelism=2)], T0)
+    again = plan(persisted(b, p), [job(0, 10, parallelism=2)], T0 + datetime.timedelta(seconds=5))
     assert not again.status_changed
-    assert again.create == []
 
 
 def test_condition_keeps_transition_time_until_status_flips() -> None:
-    conds = planner.set_condition([], "Running", "True", "Running", "", T0, 1)
-    later = T0 + datetime.timedelta(seconds=9)
-    same = planner.set_condition(conds, "Running", "True", "Running", "other message", later, 2)
+    conds = planner.set_condition([], "Running", "True", "Running", "a", T0, 1)
+    later = T0 + datetime.timedelta(seconds=5)
+    same = planner.set_condition(conds, "Running", "True", "Running", "b", later, 1)
     assert same[0].last_transition_time == T0
-    flipped = planner.set_condition(same, "Running", "False", "Suspended", "", later, 2)
+    flipped = planner.set_condition(same, "Running", "False", "Done", "c", later, 1)
     assert flipped[0].last_transition_time == later
 
 
 def test_status_of_100k_shards_with_scattered_failures_stays_small() -> None:
     total = 100_000
-    failed = list(range(37, total, 997))  # ~100 scattered permanent failures
+    failed = list(range(37, total, 997))  # ~100 scattered permanent failures, recorded in this pass
     s = spec(payloads={"count": total}, maxFailedShards=10_000, retry={"limit": 0}, parallelism=1000)
-    b = accepted(s, items=total, succeeded_shards=str(IndexRanges.of(i for i in range(total) if i not in set(failed))))
-    p = plan(b, [job(f, state="failed", exit_code=1) for f in failed], T0)
+    everything = IndexRanges([(0, total - 1)])
+    b = accepted(s, items=total, succeeded_shards=str(everything.difference(IndexRanges.of(failed))))
+    jobs = [job(f, 1, failed=str(f), at=1) for f in failed]
+    p = plan(b, jobs, T0, failures=failures(*(failure(f) for f in failed)))
     assert p.status.phase == "Succeeded"
     assert len(p.status.failures) <= planner.MAX_RECORDED_FAILURES
     size = len(json.dumps(p.status.dump()))
     assert size < 16 * 1024, size
 
 
-def test_item_ranges_cover_all_items_once() -> None:
-    ranges = [planner.item_range(i, 7, 50) for i in range(planner.shard_count(50, 7))]
-    assert ranges[0] == (0, 7)
-    assert ranges[-1] == (49, 50)
-    assert sum(end - start for start, end in ranges) == 50
-
-
-def test_start_is_derived_from_observed_attempts() -> None:
-    # A pass created Jobs but its status write lost a race: the next pass sees them running.
-    b = accepted(spec(parallelism=5, activeDeadlineSeconds=60), items=1)
-    p = plan(b, [job(0)], T0)
+def test_start_is_derived_from_observed_jobs() -> None:
+    # A pass whose status write lost a race has still created Jobs: the next pass sees them.
+    b = accepted(spec(parallelism=2), items=10)
+    p = plan(b, [job(0, 10, parallelism=2)], T0)
     assert p.status.start_time == T0
-    assert p.status.phase == "Running"
-    assert "Started" in [e.reason for e in p.events]
-    late = plan(batch(b.spec, p.status), [job(0)], T0 + datetime.timedelta(seconds=61))
-    assert cond(late, "Failed") == ("True", "DeadlineExceeded")
+    assert p.create == []
 
 
-def test_finishing_just_before_the_deadline_is_success() -> None:
-    # The last shard succeeded at 59 s; the pass that notices runs at 61 s, past the 60 s deadline.
-    b = accepted(spec(activeDeadlineSeconds=60), items=1, start_time=T0)
-    p = plan(b, [job(0, state="succeeded", at=59)], T0 + datetime.timedelta(seconds=61))
-    assert cond(p, "Complete") == ("True", "Completed")
-    assert p.status.condition("Failed") is None
-
-
-def test_ttl_zero_deletes_only_after_the_outcome_is_persisted() -> None:
-    b = accepted(spec(ttlSecondsAfterFinished=0), items=1)
-    p = plan(b, [job(0, state="succeeded")], T0)
-    assert p.status.phase == "Succeeded"
-    assert not p.delete_batch
-    assert plan(batch(b.spec, p.status), [], T0).delete_batch
+def test_item_ranges_cover_all_items_once() -> None:
+    covered = [i for s in range(planner.shard_count(10, 3)) for i in range(*planner.item_range(s, 3, 10))]
+    assert covered == list(range(10))

@@ -32,13 +32,15 @@ def test_bad_text_is_rejected(bad: str) -> None:
         IndexRanges.parse(bad)
 
 
-def test_first_missing_walks_gaps() -> None:
-    r = IndexRanges.parse("0-9,12,20-99999")
-    assert r.first_missing(0, 100_000, 5) == [10, 11, 13, 14, 15]
-    assert r.first_missing(0, 100_000, 5, skip={11, 13}) == [10, 14, 15, 16, 17]
-    assert r.first_missing(15, 18, 10) == [15, 16, 17]
-    assert IndexRanges().first_missing(0, 3, 10) == [0, 1, 2]
-    assert IndexRanges.parse("0-2").first_missing(0, 3, 10) == []
+def test_difference_and_gaps() -> None:
+    r = IndexRanges.parse("0-9,20-29")
+    assert str(r.difference(IndexRanges.parse("3-5,8-21,29"))) == "0-2,6-7,22-28"
+    assert str(r.difference(IndexRanges())) == "0-9,20-29"
+    assert not IndexRanges.parse("3").difference(IndexRanges.parse("0-9"))
+    assert list(r.gaps(0, 35)) == [(10, 19), (30, 34)]
+    assert list(r.gaps(5, 25)) == [(10, 19)]
+    assert list(IndexRanges().gaps(0, 3)) == [(0, 2)]
+    assert list(IndexRanges.parse("0-2").gaps(0, 3)) == []
 
 
 def test_scattered_set_renders_compactly() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,14 @@ class Url(BaseModel):
     url: str
 
 
-def shard_env(tmp_path: Path, payloads: dict[str, object], shard: int, shard_size: int) -> dict[str, str]:
-    """The environment the operator gives a shard pod, with the payload file written locally."""
+def shard_env(
+    tmp_path: Path, payloads: Mapping[str, object], shard: int, shard_size: int, first: int | None = None
+) -> dict[str, str]:
+    """The environment a shard pod gets (from the operator and, for the index, from Kubernetes).
+
+    The pod runs ``shard`` as completion index ``shard - first`` of a Job starting at ``first``.
+    """
+    first = shard if first is None else first
     spec = JobBatchSpec.model_validate(
         {
             "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
@@ -25,9 +32,11 @@ def shard_env(tmp_path: Path, payloads: dict[str, object], shard: int, shard_siz
     )
     items = prepare(spec)
     job = manifests.shard_job(
-        name="b", namespace="ns", uid="u", spec=spec, item_count=items.count, shard=shard, attempt=1
-    )
+        name="b", namespace="ns", uid="u", spec=spec, item_count=items.count, first_shard=first, count=10,
+        attempt=1, parallelism=1,
+    )  # fmt: skip
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env["JOB_COMPLETION_INDEX"] = str(shard - first)  # what the Job controller sets on an Indexed Job's pod
     if items.jsonl is not None:
         path = tmp_path / "payloads.jsonl"
         path.write_text(items.jsonl)
@@ -40,6 +49,21 @@ def test_items_of_a_shard_are_its_slice(tmp_path: Path) -> None:
     shard = worker.Shard.from_env(env)
     assert (shard.index, shard.count, shard.attempt, shard.item_start, shard.item_end) == (1, 3, 1, 3, 6)
     assert [i["url"] for i in worker.items(shard=shard)] == ["u3", "u4", "u5"]
+
+
+def test_one_rule_finds_the_shard_in_any_job(tmp_path: Path) -> None:
+    # Shard 5 as index 3 of a chunk starting at shard 2, and as index 0 of its own retry Job.
+    payloads = {"items": [{"url": f"u{i}"} for i in range(20)]}
+    for first in (2, 5):
+        shard = worker.Shard.from_env(shard_env(tmp_path, payloads, shard=5, shard_size=3, first=first))
+        assert (shard.index, shard.item_start, shard.item_end) == (5, 15, 18)
+        assert [i["url"] for i in worker.items(shard=shard)] == ["u15", "u16", "u17"]
+
+
+def test_the_last_shard_may_hold_fewer_items(tmp_path: Path) -> None:
+    shard = worker.Shard.from_env(shard_env(tmp_path, {"count": 10}, shard=2, shard_size=4, first=0))
+    assert (shard.item_start, shard.item_end) == (8, 10)
+    assert list(worker.items(shard=shard)) == [8, 9]
 
 
 def test_typed_items(tmp_path: Path) -> None:
@@ -61,5 +85,5 @@ def test_count_source_yields_indices(tmp_path: Path) -> None:
 
 
 def test_outside_a_shard_pod_the_error_says_so() -> None:
-    with pytest.raises(RuntimeError, match="JOBBATCH_NAME is not set"):
+    with pytest.raises(RuntimeError, match="is not set: is this running in a JobBatch shard pod"):
         worker.Shard.from_env({})

@@ -1,0 +1,262 @@
+"""The I/O layer above the API calls, against an in-memory fake of them: no cluster, no network.
+
+The fake records every call; its "watch" (what the reconciler reads as observed Jobs) is whatever
+the test says, so a test can hold it back and show what a lagging watch does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jobbatch import api
+from jobbatch.dispatch import Dispatcher
+from jobbatch.kube import Conflict
+from jobbatch.observed import ShardJob, summarize
+from jobbatch.reconciler import ActionsFailed, BatchReconciler
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeKube:
+    """The Kube methods the reconciler calls, over one batch and a dict of Jobs."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.batch: dict[str, Any] = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {
+                "name": "b", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "1",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "spec": {"template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}, **spec},
+        }  # fmt: skip
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.events: list[str] = []
+        self.conflicts = 0  # status writes to refuse with 409
+        self.fail_creates = False
+
+    def _bump(self) -> None:
+        meta = self.batch["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+
+    async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", name))
+        return copy.deepcopy(self.batch)
+
+    async def patch_batch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        self.calls.append(("status", name))
+        if self.conflicts or resource_version != self.batch["metadata"]["resourceVersion"]:
+            self.conflicts = max(0, self.conflicts - 1)
+            raise Conflict("changed")
+        self.batch["status"] = status
+        self._bump()
+        return copy.deepcopy(self.batch)
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        self.calls.append(("create", name))
+        if self.fail_creates:
+            raise ApiException(status=422, reason="Invalid")
+        if name in self.jobs:
+            return False
+        body = copy.deepcopy(body)
+        body["metadata"]["uid"] = f"uid-{name}"
+        body["metadata"]["ownerReferences"] = [{"kind": api.KIND, "uid": "uid-1", "controller": True}]
+        self.jobs[name] = body
+        return True
+
+    async def scale_job(self, namespace: str, name: str, current: int, to: int) -> bool:
+        self.calls.append(("scale", name))
+        job = self.jobs[name]
+        if job["spec"]["parallelism"] != current:
+            return False
+        job["spec"]["parallelism"] = to
+        return True
+
+    async def resume_job(self, namespace: str, name: str, parallelism: int) -> None:
+        self.calls.append(("resume", name))
+        self.jobs[name]["spec"].update(suspend=False, parallelism=parallelism)
+
+    async def suspend_job(self, namespace: str, name: str) -> None:
+        self.calls.append(("suspend", name))
+        self.jobs[name]["spec"]["suspend"] = True
+
+    async def release_job(self, namespace: str, name: str, finalizers: tuple[str, ...]) -> None:
+        self.calls.append(("release", name))
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete", name))
+
+    async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append(reason)
+
+    async def get_priority_value(self, name: str) -> int | None:
+        return 0
+
+    def watched(self) -> dict[str, ShardJob]:
+        """What an up-to-date watch would show."""
+        out = {}
+        for name, body in self.jobs.items():
+            job = summarize(body)
+            assert job is not None
+            out[name] = job
+        return out
+
+
+def reconciler(kube: FakeKube, watch: dict[str, ShardJob], clock: Clock, cap: int = 0) -> BatchReconciler:
+    return BatchReconciler(
+        kube=kube,  # type: ignore[arg-type]
+        dispatcher=Dispatcher(cap),
+        namespace="ns",
+        name="b",
+        uid="uid-1",
+        jobs=lambda: watch,
+        clock=lambda: T0,
+        monotonic=clock,
+    )
+
+
+def accept(kube: FakeKube, items: int) -> None:
+    kube.batch["status"] = {
+        "itemCount": items,
+        "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ],
+    }
+
+
+def slots(kube: FakeKube) -> int:
+    return sum(j.slots for j in kube.watched().values())
+
+
+async def test_a_lagging_watch_never_pushes_grants_past_parallelism() -> None:
+    kube = FakeKube({"payloads": {"count": 100}, "parallelism": 5})
+    accept(kube, 100)
+    clock = Clock()
+    watch: dict[str, ShardJob] = {}  # the watch shows nothing, ever
+    r = reconciler(kube, watch, clock)
+    for _ in range(10):
+        await r.reconcile_once()
+        await r.calls.drain()
+        clock.now += 2
+    assert [c for c in kube.calls if c[0] == "create"] == [("create", next(iter(kube.jobs)))]
+    assert slots(kube) == 5
+
+
+async def test_a_raise_is_not_repeated_while_the_watch_lags() -> None:
+    kube = FakeKube({"payloads": {"count": 100}, "parallelism": 5})
+    accept(kube, 100)
+    clock = Clock()
+    watch: dict[str, ShardJob] = {}
+    r = reconciler(kube, watch, clock)
+    await r.reconcile_once()
+    await r.calls.drain()
+    watch.update(kube.watched())
+    # The user raises parallelism; the raise is expected at once, so the next passes grant nothing more.
+    kube.batch["spec"]["parallelism"] = 8
+    r.batch_changed()
+    for _ in range(3):
+        await r.reconcile_once()
+        await r.calls.drain()
+        clock.now += 2
+    assert [c[0] for c in kube.calls if c[0] in ("create", "scale")] == ["create", "scale"]
+    assert slots(kube) == 8
+
+
+async def test_events_wait_for_the_status_write_that_records_them() -> None:
+    kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
+    accept(kube, 2)
+    clock = Clock()
+    watch: dict[str, ShardJob] = {}
+    r = reconciler(kube, watch, clock)
+    await r.reconcile_once()  # writes Running, posts Started
+    await r.calls.drain()
+    assert kube.events == ["Started"]
+    # Both shards finish within the second: the status write that records Completed is throttled...
+    name = next(iter(kube.jobs))
+    kube.jobs[name]["status"] = {
+        "completedIndexes": "0-1",
+        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:01Z"}],
+    }
+    watch.update(kube.watched())
+    clock.now += 0.5
+    requeue = await r.reconcile_once()
+    assert kube.events == ["Started"]  # ...and so is the Event saying so
+    assert requeue is not None
+    assert requeue <= 0.5
+    clock.now += 0.5
+    await r.reconcile_once()
+    assert kube.events == ["Started", "Completed"]
+    assert kube.batch["status"]["phase"] == "Succeeded"
+
+
+async def test_a_conflicting_status_write_re_reads_and_re_plans() -> None:
+    kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
+    accept(kube, 2)
+    r = reconciler(kube, {}, Clock())
+    kube.conflicts = 1
+    with pytest.raises(Conflict):
+        await r.reconcile_once()
+    gets = sum(1 for c in kube.calls if c[0] == "get")
+    r.batch_changed()  # what the loop does on Conflict
+    await r.reconcile_once()
+    assert sum(1 for c in kube.calls if c[0] == "get") == gets + 1
+    assert kube.batch["status"]["phase"] == "Running"
+
+
+async def test_a_create_that_keeps_failing_is_reported_and_not_counted() -> None:
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
+    accept(kube, 10)
+    kube.fail_creates = True
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    await r.reconcile_once()
+    await r.calls.drain()
+    # The failed create holds no slot, and the next pass reports the failure (the loop then backs off).
+    assert r.observed() == []
+    with pytest.raises(ActionsFailed):
+        await r.reconcile_once()
+    await r.calls.drain()
+    creates = [c for c in kube.calls if c[0] == "create"]
+    assert len(creates) == 2  # one per pass, never a hot loop within one
+
+
+async def test_the_loop_backs_off_after_failed_passes() -> None:
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
+    accept(kube, 10)
+    kube.fail_creates = True
+    r = reconciler(kube, {}, Clock())
+    stopped = asyncio.Event()
+    sleeps: list[float] = []
+
+    async def sleep(timeout: float, _: Any) -> None:
+        sleeps.append(timeout)
+        await r.calls.drain()  # let the pass's background calls end, as real time would
+        if len(sleeps) >= 5:
+            stopped.set()
+
+    r._sleep = sleep  # type: ignore[method-assign,assignment]
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return stopped.is_set()
+
+    await asyncio.wait_for(r.run(Stopped()), 5)
+    assert sleeps[1:5] == [1.0, 2.0, 5.0, 10.0]  # each failed pass waits longer
