@@ -167,7 +167,7 @@ class Bench:
         def on_job(kind: str, obj: dict[str, Any]) -> None:
             if system == "B" and obj["metadata"]["name"] == "bench":
                 on_subject(kind, obj)
-            elif api.LABEL_SHARD in (obj["metadata"].get("labels") or {}):
+            elif api.LABEL_FIRST_SHARD in (obj["metadata"].get("labels") or {}):
                 timeline.on_worker_job(loop.time(), kind, obj)
 
         def on_subject(kind: str, obj: dict[str, Any]) -> None:
