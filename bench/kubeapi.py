@@ -138,3 +138,12 @@ class LocalApi:
                 state = "missing" if exists else "still there"
                 raise TimeoutError(f"{path} {state} after {timeout:.0f}s")
             await asyncio.sleep(0.2)
+
+    async def wait_until_empty(self, path: str, *, timeout: float) -> None:
+        """Poll the collection ``path`` until it lists nothing; TimeoutError saying how much is left."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (listing := await self.request("GET", path, limit="1"))["items"]:
+            if asyncio.get_running_loop().time() > deadline:
+                left = listing["metadata"].get("remainingItemCount", 0) + 1
+                raise TimeoutError(f"{path}: {left} left after {timeout:.0f}s")
+            await asyncio.sleep(0.2)

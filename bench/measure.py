@@ -136,9 +136,12 @@ def _finished(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
+TERMINAL = ("Succeeded", "Failed")
+
+
 @dataclasses.dataclass
 class Timeline:
-    """One run as seen through watches: pods, worker Jobs, and the object under test.
+    """One run as seen through watches: worker pods and the object under test.
 
     Times are seconds since ``t0`` (the moment the object was submitted), on the
     harness's monotonic clock, stamped when each event arrives.
@@ -149,17 +152,19 @@ class Timeline:
     first_pod: float | None = None
     completed: float | None = None
     outcome: str | None = None
-    # (t, running pods, succeeded pods) at every change: the plots' data.
-    series: list[tuple[float, int, int]] = dataclasses.field(default_factory=list)
+    # The most finished (Succeeded or Failed) worker pod objects that existed at once: counted up
+    # when a pod is seen entering a terminal phase, down when that pod is DELETED.
+    held_peak: int = 0
+    # (t, running pods, succeeded pods, finished pods held) at every change: the plots' data.
+    series: list[tuple[float, int, int, int]] = dataclasses.field(default_factory=list)
     _pod_phase: dict[str, str] = dataclasses.field(default_factory=dict)
     _running: int = 0
     _succeeded: int = 0
-    _jobs_seen: set[str] = dataclasses.field(default_factory=set)
-    _jobs_done: set[str] = dataclasses.field(default_factory=set)
+    _ended: int = 0
+    _held: set[str] = dataclasses.field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.pod_slots = SlotLatency(self.total)
-        self.job_slots = SlotLatency(self.total)
 
     def on_pod(self, now: float, kind: str, pod: Mapping[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -174,29 +179,26 @@ class Timeline:
             if self.first_pod is None:
                 self.first_pod = t
         phase = (pod.get("status") or {}).get("phase") or "Pending"
-        if old in ("Succeeded", "Failed") or phase == old:
+        if kind == "DELETED" and uid in self._held:
+            self._held.discard(uid)
+            self._point(t)
+        if old in TERMINAL or phase == old:
             return
-        if kind == "DELETED" and phase not in ("Succeeded", "Failed"):
+        if kind == "DELETED" and phase not in TERMINAL:
             phase = "Failed"  # deleted before it ended: its slot is free all the same
         self._pod_phase[uid] = phase
         self._running += (phase == "Running") - (old == "Running")
-        if phase in ("Succeeded", "Failed"):
+        if phase in TERMINAL:
+            self._ended += 1
             self._succeeded += phase == "Succeeded"
             self.pod_slots.finish(t)
-        self.series.append((t, self._running, self._succeeded))
+            if kind != "DELETED":  # a pod seen ending only as it went is not held
+                self._held.add(uid)
+                self.held_peak = max(self.held_peak, len(self._held))
+        self._point(t)
 
-    def on_worker_job(self, now: float, kind: str, job: Mapping[str, Any]) -> None:
-        """A JobBatch's shard Job (A only): the operator's own dispatch latency is Job to Job."""
-        uid = job["metadata"]["uid"]
-        t = now - self.t0
-        if uid not in self._jobs_seen:
-            if kind == "DELETED":
-                return
-            self._jobs_seen.add(uid)
-            self.job_slots.start(t)
-        if uid not in self._jobs_done and (_finished(job) or kind == "DELETED"):
-            self._jobs_done.add(uid)
-            self.job_slots.finish(t)
+    def _point(self, t: float) -> None:
+        self.series.append((t, self._running, self._succeeded, len(self._held)))
 
     def on_subject(self, now: float, obj: Mapping[str, Any]) -> None:
         outcome = _finished(obj)
@@ -206,3 +208,8 @@ class Timeline:
     @property
     def pods_seen(self) -> int:
         return len(self._pod_phase)
+
+    @property
+    def pods_ended(self) -> int:
+        """Worker pods seen ending (or deleted before they ended)."""
+        return self._ended

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import datetime
 import logging
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import measure, report
-from bench.kubeapi import LocalApi
+from bench.kubeapi import ApiError, LocalApi
 from e2e import tools
 from e2e.cluster import LocalCluster, Settings, free_port
 from e2e.operator_process import OperatorProcess
@@ -159,35 +160,31 @@ class Bench:
             )  # fmt: skip
         timeline = measure.Timeline(total=case.shards)
         done = asyncio.Event()
+        pods_ended = asyncio.Event()  # at least one pod end per shard seen
         loop = asyncio.get_running_loop()
 
         def on_pod(kind: str, obj: dict[str, Any]) -> None:
             timeline.on_pod(loop.time(), kind, obj)
-
-        def on_job(kind: str, obj: dict[str, Any]) -> None:
-            if system == "B" and obj["metadata"]["name"] == "bench":
-                on_subject(kind, obj)
-            elif api.LABEL_FIRST_SHARD in (obj["metadata"].get("labels") or {}):
-                timeline.on_worker_job(loop.time(), kind, obj)
+            if timeline.pods_ended >= case.shards:
+                pods_ended.set()
 
         def on_subject(kind: str, obj: dict[str, Any]) -> None:
+            if obj["metadata"]["name"] != "bench":
+                return  # A's chunk and retry Jobs are seen through their pods
             timeline.on_subject(loop.time(), obj)
             if timeline.completed is not None:
                 done.set()
 
-        ready = [asyncio.Event() for _ in range(3)]
+        # A and B are watched alike: their worker pods, and the one object under test.
+        collection, manifest = subject(system, case)
+        ready = [asyncio.Event() for _ in range(2)]
+        requests_after: collections.Counter[str] | None = None
         watches = [
             asyncio.create_task(self.api.watch(f"/api/v1/namespaces/{ns}/pods", on_pod, ready[0])),
-            asyncio.create_task(self.api.watch(f"/apis/batch/v1/namespaces/{ns}/jobs", on_job, ready[1])),
+            asyncio.create_task(self.api.watch(collection.format(ns=ns), on_subject, ready[1])),
         ]
-        if system == "A":
-            path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{ns}/{api.PLURAL}"
-            watches.append(asyncio.create_task(self.api.watch(path, on_subject, ready[2])))
-        else:
-            ready[2].set()
         try:
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), timeout=60)
-            collection, manifest = subject(system, case)
             requests_before = measure.request_totals(await self.api.metrics_text())
             cpu_before = self._cpu()
             op_cpu_before = measure.cpu_seconds(operator.pid) if operator else 0.0
@@ -197,16 +194,25 @@ class Bench:
                 await asyncio.wait_for(done.wait(), timeout=case.timeout())
             except TimeoutError:
                 result["error"] = f"not finished after {case.timeout():.0f}s; {timeline.pods_seen} pods seen"
+            requests_after = measure.request_totals(await self.api.metrics_text())
+            cpu_after = self._cpu()
+            op_cpu_after = measure.cpu_seconds(operator.pid) if operator else 0.0
+            if timeline.outcome == "Complete":
+                # Complete is seen on another watch than the pods: let the pod watch catch up with
+                # it (a complete run has had one pod end per shard at least; B keeps all N) before
+                # reading the pod figures, rather than read them while it lags by a few events.
+                try:
+                    await asyncio.wait_for(pods_ended.wait(), timeout=30)
+                except TimeoutError:
+                    logger.warning("pod watch saw %d of %d pods end", timeline.pods_ended, case.shards)
             result["wall_seconds"] = timeline.completed
             result["outcome"] = timeline.outcome
             result["first_pod_seconds"] = timeline.first_pod
-            requests_after = measure.request_totals(await self.api.metrics_text())
-            cpu_after = self._cpu()
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 await profiler.wait()
             if operator is not None:
-                result["operator_cpu_seconds"] = measure.cpu_seconds(operator.pid) - op_cpu_before
+                result["operator_cpu_seconds"] = op_cpu_after - op_cpu_before
                 result["operator_peak_rss_bytes"] = measure.peak_rss_bytes(operator.pid)
                 result["operator_metrics"] = await self._operator_metrics(operator.metrics_port)
             result["object_bytes_in_etcd"] = await self.api.etcd_value_size(etcd_key(system, ns))
@@ -214,21 +220,32 @@ class Bench:
             result["writes"] = measure.writes_between(requests_before, requests_after)
             result["reads"] = measure.reads_between(requests_before, requests_after)
             result["pod_slot_latency"] = timeline.pod_slots.summary()
-            if system == "A":
-                result["dispatch_latency"] = timeline.job_slots.summary()
+            result["finished_pods_held_peak"] = timeline.held_peak
             result["series"] = timeline.series
         finally:
             for task in watches:
                 task.cancel()
             await asyncio.gather(*watches, return_exceptions=True)
-            # Tear down while the operator runs: it releases its finalizers as the batch goes.
-            before_teardown = measure.request_totals(await self.api.metrics_text())
+            # Tear down while the operator runs: it releases its finalizers as the batch goes. The
+            # object under test goes first, as a user (or a TTL) would delete it: the garbage collector
+            # then deletes what it owns one by one, for A and B alike, rather than the namespace
+            # controller's one delete-collection request taking whatever pods are left (a race with
+            # the garbage collector; which one wins changed B's teardown writes by one per shard).
+            # Teardown writes count from the reading at Complete: with the run's, they are all writes.
+            if requests_after is None:
+                requests_after = measure.request_totals(await self.api.metrics_text())
             started = time.monotonic()
+            try:
+                await self.api.request("DELETE", f"{collection.format(ns=ns)}/bench", propagationPolicy="Background")
+            except ApiError as exc:
+                if exc.status != 404:  # never created: the run failed before its POST
+                    raise
+            await self.api.wait_until_empty(f"/api/v1/namespaces/{ns}/pods", timeout=case.timeout())
             await self.api.request("DELETE", f"/api/v1/namespaces/{ns}")
             await self.api.wait_for(f"/api/v1/namespaces/{ns}", exists=False, timeout=case.timeout())
             result["teardown_seconds"] = round(time.monotonic() - started, 2)
             after_teardown = measure.request_totals(await self.api.metrics_text())
-            result["teardown_writes"] = measure.writes_between(before_teardown, after_teardown)
+            result["teardown_writes"] = measure.writes_between(requests_after, after_teardown)
             if operator is not None:
                 await operator.stop()
         return result
@@ -237,8 +254,6 @@ class Bench:
         async with self.api.session.get(f"http://127.0.0.1:{port}/metrics") as resp:
             text = await resp.text()
         wanted = (
-            "jobbatch_dispatch_latency_seconds_sum",
-            "jobbatch_dispatch_latency_seconds_count",
             "jobbatch_status_writes_total",
             "jobbatch_reconcile_duration_seconds_count",
             "jobbatch_reconcile_duration_seconds_sum",

@@ -47,6 +47,7 @@ class ShardJobIndex:
 
     def __init__(self) -> None:
         self._by_batch: dict[BatchKey, dict[str, ShardJob]] = {}
+        self._key_of: dict[tuple[str, str], BatchKey] = {}  # (namespace, Job name) -> where it is kept
 
     def jobs(self, namespace: str, uid: str) -> dict[str, ShardJob]:
         return dict(self._by_batch.get((namespace, uid), {}))
@@ -56,17 +57,21 @@ class ShardJobIndex:
 
     def apply(self, kind: str, body: Mapping[str, Any]) -> str | None:
         """Take one watch event in; returns the UID of the batch it concerns (None: not a shard Job)."""
+        meta = body.get("metadata", {})
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         uid, job = batch_uid_of(body), summarize(body)
-        if uid is None or job is None:
-            return None
-        key = (str(body.get("metadata", {}).get("namespace", "")), uid)
-        if kind == "DELETED":
-            jobs = self._by_batch.get(key, {})
-            jobs.pop(job.name, None)
+        previous = self._key_of.pop((namespace, name), None)
+        if previous is not None:  # forget where it was: its owner or labels may have changed
+            jobs = self._by_batch.get(previous, {})
+            jobs.pop(name, None)
             if not jobs:
-                self._by_batch.pop(key, None)
-        else:
-            self._by_batch.setdefault(key, {})[job.name] = job
+                self._by_batch.pop(previous, None)
+        if uid is None or job is None:
+            return previous[1] if previous else None
+        key = (namespace, uid)
+        if kind != "DELETED":
+            self._by_batch.setdefault(key, {})[name] = job
+            self._key_of[namespace, name] = key
         return uid
 
     def replace(self, namespace: str | None, bodies: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -74,6 +79,8 @@ class ShardJobIndex:
         gone = [key for key in self._by_batch if namespace is None or key[0] == namespace]
         for key in gone:
             del self._by_batch[key]
+        for job_key in [k for k in self._key_of if namespace is None or k[0] == namespace]:
+            del self._key_of[job_key]
         touched = {uid for _, uid in gone}
         for body in bodies:
             if (added := self.apply("ADDED", body)) is not None:
@@ -84,8 +91,9 @@ class ShardJobIndex:
 class FailedPodIndex:
     """PodFailure summaries of failed worker pods, by the UID of the Job that controls them.
 
-    A pod being deleted is dropped: its index is either not failed (the Job controller deleted it,
-    e.g. for suspension) or its failure is already recorded (the Job is going).
+    A pod is kept until it is gone, even while it is being deleted: the planner only asks about the
+    failed indexes of a Job, and a pod the Job controller stopped (suspension, lower parallelism) never
+    fails its index, so keeping it is harmless, while a failed pod deleted early would lose its exit code.
     """
 
     def __init__(self) -> None:
@@ -109,7 +117,7 @@ class FailedPodIndex:
         if failure is None:
             return None
         name = str(meta.get("name", ""))
-        if kind == "DELETED" or meta.get("deletionTimestamp"):
+        if kind == "DELETED":
             pods = self._by_job.get(failure.job_uid, {})
             pods.pop(name, None)
             if not pods:

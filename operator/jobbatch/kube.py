@@ -355,6 +355,9 @@ class Kube:
             finalizers = tuple(job.metadata.finalizers or ())
         raise Conflict(f"finalizers of job {namespace}/{name} keep changing")
 
+    async def annotate_job(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        await self._patch_job(namespace, name, {"metadata": {"annotations": annotations}}, "annotate")
+
     async def delete_succeeded_pods(self, namespace: str, job_name: str) -> None:
         """Delete a Job's succeeded pods in one call (a Job kept for inspection keeps its failed ones)."""
         await self._call(

@@ -15,10 +15,13 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from jobbatch import naming
 from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD, SHARD_FINALIZER
 from jobbatch.ranges import IndexRanges
 
 NO_SHARDS = IndexRanges()
+# On a shard Job whose succeeded pods the operator deleted (it waits on a retry, or is kept for logs).
+PODS_COLLECTED = "jobbatch.io/pods-collected"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,13 @@ class ShardJob:
     reason: str = ""  # of the Job's Failed condition
     finalizers: tuple[str, ...] = (SHARD_FINALIZER,)
     deleting: bool = False
+    deleted_at: datetime.datetime | None = None
     uid: str = ""
+    # False for a Job this process created but the watch has not shown yet (an expectation): it may
+    # never exist, so it must not stand in for anything (e.g. supersede an older attempt).
+    confirmed: bool = True
+    # Its succeeded pods were deleted to keep finished pods bounded (annotation PODS_COLLECTED).
+    pods_collected: bool = False
 
     @property
     def last(self) -> int:
@@ -135,6 +144,10 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         return None
     if spec.get("completionMode") != "Indexed" or first < 0 or attempt < 0 or count < 0:
         return None
+    # Labels can be edited; the name cannot, and names the same (first shard, attempt).
+    owner = controller_of(job, KIND)
+    if owner is None or meta.get("name") != naming.job_name(owner[0], owner[1], first, attempt):
+        return None
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     done = conditions.get("Complete") or conditions.get("Failed")
     return ShardJob(
@@ -154,6 +167,8 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         reason=str((conditions.get("Failed") or {}).get("reason") or ""),
         finalizers=tuple(meta.get("finalizers") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
+        deleted_at=parse_time(meta.get("deletionTimestamp")),
+        pods_collected=(meta.get("annotations") or {}).get(PODS_COLLECTED) == "true",
     )
 
 
@@ -179,7 +194,7 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
     reason = str(status.get("reason") or "")
     message = str(status.get("message") or "")
     finished_at = None
-    for container in status.get("containerStatuses") or []:
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         terminated = (container.get("state") or {}).get("terminated") or {}
         code = terminated.get("exitCode")
         if isinstance(code, int) and code != 0 and exit_code is None:

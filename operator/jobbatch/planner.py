@@ -137,6 +137,13 @@ class DeleteJob:
 
 
 @dataclasses.dataclass(frozen=True)
+class CollectPods:
+    """Delete a Job's succeeded pods and mark it so (annotation ``jobbatch.io/pods-collected``)."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Event:
     type: Literal["Normal", "Warning"]
     reason: str
@@ -155,6 +162,7 @@ class Plan:
     suspend: list[SuspendJob] = dataclasses.field(default_factory=list)
     release: list[ReleaseJob] = dataclasses.field(default_factory=list)
     delete: list[DeleteJob] = dataclasses.field(default_factory=list)
+    collect: list[CollectPods] = dataclasses.field(default_factory=list)
     events: list[Event] = dataclasses.field(default_factory=list)
     requeue_after: float | None = None
     delete_batch: bool = False
@@ -167,7 +175,9 @@ class Plan:
 
     @property
     def job_calls(self) -> int:
-        calls: tuple[list[Any], ...] = (self.create, self.scale, self.resume, self.suspend, self.release, self.delete)
+        calls: tuple[list[Any], ...] = (
+            self.create, self.scale, self.resume, self.suspend, self.release, self.delete, self.collect
+        )  # fmt: skip
         return sum(len(c) for c in calls)
 
 
@@ -190,55 +200,75 @@ class Survey:
     recorded_succeeded: IndexRanges  # as persisted
     recorded_failed: IndexRanges
     newest: dict[int, int]  # shard -> newest attempt, for shards with a retry Job (attempt > 0)
+    newest_confirmed: dict[int, int]  # the same, counting only Jobs the watch has shown
     succeeded: IndexRanges  # observed to have succeeded, not recorded yet
     failed_attempts: list[FailedAttempt]  # latest attempts that failed, shards not recorded yet
     covered: IndexRanges  # shards some Job runs or ran
+    undecided: int = 0  # failed attempts whose pod (exit code) is not seen yet
+    look_again: datetime.datetime | None = None
 
     @property
     def recorded(self) -> IndexRanges:
         return self.recorded_succeeded.union(self.recorded_failed)
 
     def superseded(self, job: ShardJob, shard: int) -> bool:
-        return self.newest.get(shard, 0) > job.attempt
+        """A newer attempt of the shard exists (in a Job the watch has shown: a create may yet fail)."""
+        return self.newest_confirmed.get(shard, 0) > job.attempt
+
+
+# How long a failed index waits for its pod to show up in the failed-pod watch (which lags the Job
+# watch) before it is decided without an exit code.
+POD_GRACE_SECONDS = 10.0
 
 
 def survey(
-    status: JobBatchStatus, jobs: Sequence[ShardJob], failures: Mapping[tuple[int, int], PodFailure], total: int
+    status: JobBatchStatus,
+    jobs: Sequence[ShardJob],
+    failures: Mapping[tuple[int, int], PodFailure],
+    total: int,
+    now: datetime.datetime,
 ) -> Survey:
     """Sort observed Jobs into outcomes of each shard's latest attempt."""
     recorded_succeeded = IndexRanges.parse(status.succeeded_shards)
     recorded_failed = IndexRanges.parse(status.failed_shards)
     recorded = recorded_succeeded.union(recorded_failed)
     newest: dict[int, int] = {}
+    confirmed: dict[int, int] = {}
     for job in jobs:
         if job.attempt > 0:
             for shard in job.shards:
                 newest[shard] = max(newest.get(shard, 0), job.attempt)
+                if job.confirmed:
+                    confirmed[shard] = max(confirmed.get(shard, 0), job.attempt)
     covered = IndexRanges((j.first, j.last) for j in jobs if j.count)
     succeeded = IndexRanges(interval for j in jobs for interval in j.succeeded.intervals)
-    failed: list[FailedAttempt] = []
+    seen = Survey(total, recorded_succeeded, recorded_failed, newest, confirmed, IndexRanges(), [], covered)
+    grace = datetime.timedelta(seconds=POD_GRACE_SECONDS)
     for job in jobs:
         lost = job.shards.difference(job.succeeded).difference(job.failed) if job.lost else IndexRanges()
         for shard in (*job.failed, *lost):
             if shard in recorded or shard >= total or newest.get(shard, 0) > job.attempt:
                 continue
             pod = failures.get((shard, job.attempt))
-            if shard in job.failed and pod is not None:
-                failed.append(
+            if shard not in job.failed:
+                why = "the shard Job was deleted before it finished"
+                seen.failed_attempts.append(FailedAttempt(shard, job.attempt, None, "Deleted", why, job.deleted_at))
+            elif pod is not None:
+                seen.failed_attempts.append(
                     FailedAttempt(shard, job.attempt, pod.exit_code, pod.reason, pod.message, pod.finished_at)
                 )
-            elif shard in job.failed:
-                failed.append(FailedAttempt(shard, job.attempt, None, "Failed", "", job.finished_at))
+            elif job.finished_at is not None and now >= job.finished_at + grace:
+                # The pod is gone (deleted, garbage-collected): decided without its exit code.
+                seen.failed_attempts.append(FailedAttempt(shard, job.attempt, None, "Failed", "", job.finished_at))
             else:
-                failed.append(
-                    FailedAttempt(
-                        shard, job.attempt, None, "Deleted", "the shard Job was deleted before it finished", None
-                    )
-                )
+                seen.undecided += 1
+                if job.finished_at is not None:
+                    at = job.finished_at + grace
+                    seen.look_again = at if seen.look_again is None else min(seen.look_again, at)
     succeeded = succeeded.difference(recorded)
-    succeeded = succeeded.difference(IndexRanges([(total, 2**62)])) if total else IndexRanges()
-    failed = [f for f in failed if f.shard not in succeeded]
-    return Survey(total, recorded_succeeded, recorded_failed, newest, succeeded, failed, covered)
+    seen.succeeded = succeeded.difference(IndexRanges([(total, 2**62)])) if total else IndexRanges()
+    seen.failed_attempts = [f for f in seen.failed_attempts if f.shard not in seen.succeeded]
+    return seen
 
 
 # -- shard fates ------------------------------------------------------------------------------------
@@ -397,6 +427,9 @@ class _Pass:
                 )
         if fates.next_due is not None:
             self.out.wake_in((fates.next_due - self.now).total_seconds())
+        if seen.look_again is not None:
+            self.out.wake_in((seen.look_again - self.now).total_seconds())
+        fates.waiting += seen.undecided  # counted as retrying until decided
 
     # 3. the batch's fate --------------------------------------------------------------------------
     def decide_batch(self, total: int) -> None:
@@ -446,8 +479,15 @@ class _Pass:
         keep = {j.name for j in holding_failures[: self.spec.failed_jobs_history_limit]}
         live = []
         for job in jobs:
-            if not (was_terminal or self._done_with(job, seen, recorded)):
+            if was_terminal:
+                # Nothing runs any more, but a success seen after the terminal write must be recorded first.
+                done = not job.succeeded.difference(seen.recorded_succeeded)
+            else:
+                done = self._done_with(job, seen, recorded)
+            if not done:
                 live.append(job)
+                if self._worth_collecting(job, seen):
+                    self.out.collect.append(CollectPods(job.name))
                 continue
             unneeded = job.finished and job.name not in keep
             delete = (unneeded or not job.finished or job.lost) and not job.deleting
@@ -459,11 +499,26 @@ class _Pass:
         return live
 
     @staticmethod
+    def _worth_collecting(job: ShardJob, seen: Survey) -> bool:
+        """A finished Job kept only for a shard waiting out its retry backoff: its succeeded pods can go.
+
+        (Their outcomes are in its status and recorded; the Job itself stays until the retry exists.)
+        """
+        return (
+            job.finished
+            and job.confirmed
+            and not job.pods_collected
+            and not job.deleting
+            and bool(job.succeeded)
+            and not job.succeeded.difference(seen.recorded_succeeded)
+        )
+
+    @staticmethod
     def _done_with(job: ShardJob, seen: Survey, recorded: IndexRanges) -> bool:
         """Every shard this Job ran is recorded, superseded by a newer attempt, or outside the batch."""
         outside = IndexRanges([(seen.total, 2**62)])
         rest = job.shards.difference(recorded).difference(outside)
-        if len(rest) > len(seen.newest):
+        if len(rest) > len(seen.newest_confirmed):
             return False
         return all(seen.superseded(job, shard) for shard in rest)
 
@@ -497,7 +552,7 @@ class _Pass:
 
         free = spec.parallelism - held
         if free < 0:
-            self._shrink(running, -free)
+            self._shrink(running, sum(j.slots for j in live if j.suspended or j.deleting))
             granted = 0
             retries_left = fates.waiting + len(fates.due)
         else:
@@ -507,16 +562,21 @@ class _Pass:
         self._mark_running(held + granted, len(self.out.create) > 0 or bool(live))
         return held + granted, retries_left
 
-    def _shrink(self, running: list[ShardJob], excess: int) -> None:
-        """Lower the newest Jobs' parallelism until the batch holds no more than ``parallelism`` slots."""
-        for job in sorted(running, key=lambda j: (j.attempt == 0, j.first), reverse=True):
+    def _shrink(self, running: list[ShardJob], others: int) -> None:
+        """Lower the newest Jobs' parallelism until the slots parallelism controls fit in ``parallelism``.
+
+        Pods already stopping cannot be stopped again: they are not part of the excess (counting them
+        would stop pods within the ceiling), though they hold their slots, so nothing starts beside them.
+        ``others`` is what Jobs that are suspended or being deleted hold.
+        """
+        controlled = [j for j in running if not j.suspended]
+        excess = others + sum(min(j.parallelism, j.unfinished) for j in controlled) - self.spec.parallelism
+        for job in sorted(controlled, key=lambda j: (j.attempt == 0, j.first), reverse=True):
             if excess <= 0:
                 break
-            if job.suspended:
-                continue
             using = min(job.parallelism, job.unfinished)
             to = max(0, using - excess)
-            if to < job.parallelism:
+            if to < job.parallelism and using > to:
                 self.out.scale.append(ScaleJob(job.name, job.parallelism, to))
                 excess -= using - to
 
@@ -664,7 +724,7 @@ def plan(
         return step.finish()
     assert batch.status.item_count is not None
     total = shard_count(batch.status.item_count, batch.spec.shard_size)
-    seen = survey(batch.status, observed, failures or {}, total)
+    seen = survey(batch.status, observed, failures or {}, total, now)
     fates = decide_shards(batch, seen.failed_attempts, now)
     step.record(seen, fates)
     step.decide_batch(total)

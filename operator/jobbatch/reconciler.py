@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from jobbatch import manifests, metrics, payloads
@@ -31,7 +32,7 @@ from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, JobBatchSpec, JobBatc
 from jobbatch.dispatch import Dispatcher
 from jobbatch.expectations import Expectations, JobCalls
 from jobbatch.kube import Conflict, Kube
-from jobbatch.observed import PodFailure, ShardJob
+from jobbatch.observed import PODS_COLLECTED, PodFailure, ShardJob
 from jobbatch.planner import Acceptance, Batch, CreateJob, Plan, ReleaseJob, plan, set_condition
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,9 @@ class BatchReconciler:
         by_name = {job.name: job for job in observed}
         item_count = decision.status.item_count or 0
         for create in decision.create:
-            created = ShardJob(create.name, create.first, create.count, create.attempt, create.parallelism)
+            created = ShardJob(
+                create.name, create.first, create.count, create.attempt, create.parallelism, confirmed=False
+            )
             self._start(create.name, functools.partial(self._create, create, spec, item_count), created=created)
         for scale in decision.scale:
             self._start(
@@ -289,6 +292,8 @@ class BatchReconciler:
                 expect["deleting"] = True
             release, delete = releases.get(job_name), job_name in deletes
             self._start(job_name, functools.partial(self._clean_up, release, delete, job_name), **expect)
+        for collect in decision.collect:
+            self._start(collect.name, functools.partial(self._collect, collect.name), pods_collected=True)
         for event in decision.events:
             # Transition events are re-derived from the persisted status until it is written.
             if written or not event.on_status:
@@ -320,8 +325,17 @@ class BatchReconciler:
             try:
                 async with self._limit:
                     done = await call()
-            except BaseException:
-                self.expected.forget(job_name)  # it holds what the watch says, nothing more
+            except ApiException as exc:
+                if exc.status is not None and 400 <= exc.status < 500:
+                    self.expected.forget(job_name)  # refused: the Job is what the watch says
+                else:
+                    self.expected.settled(job_name)  # it may have taken effect: expect it a while
+                raise
+            except asyncio.CancelledError:
+                self.expected.settled(job_name)
+                raise
+            except Exception:
+                self.expected.settled(job_name)  # a timeout or a lost connection: the outcome is unknown
                 raise
             if done is False:
                 self.expected.forget(job_name)
@@ -340,14 +354,19 @@ class BatchReconciler:
             metrics.launches.labels(self.namespace).inc(create.parallelism)
             if create.attempt:
                 metrics.retries.labels(self.namespace).inc()
-        # An AlreadyExists means a previous process made it: expect it until the watch shows it.
-        return True
+        # AlreadyExists: a previous process (or someone else) made a Job of that name, perhaps of another
+        # shape. Nothing is assumed about it: the watch says what it is and whether this batch owns it.
+        return made
 
     async def _scale(self, job_name: str, current: int, to: int) -> bool:
         done = await self.kube.scale_job(self.namespace, job_name, current, to)
         if done and to > current:
             metrics.launches.labels(self.namespace).inc(to - current)
         return done
+
+    async def _collect(self, job_name: str) -> None:
+        await self.kube.delete_succeeded_pods(self.namespace, job_name)
+        await self.kube.annotate_job(self.namespace, job_name, {PODS_COLLECTED: "true"})
 
     async def _resume(self, job_name: str, parallelism: int) -> None:
         await self.kube.resume_job(self.namespace, job_name, parallelism)

@@ -127,7 +127,7 @@ class PodRecorder:
         labels = pod["metadata"].get("labels") or {}
         if api.LABEL_FIRST_SHARD not in labels:
             return None
-        shard = int(labels[api.LABEL_FIRST_SHARD]) + int(labels.get(api.LABEL_COMPLETION_INDEX, 0))
+        shard = int(labels[api.LABEL_FIRST_SHARD]) + int(labels[api.LABEL_COMPLETION_INDEX])
         return labels[api.LABEL_BATCH], shard, int(labels[api.LABEL_ATTEMPT])
 
     def _on(self, kind: str, pod: dict[str, Any]) -> None:

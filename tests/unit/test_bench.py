@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,38 @@ def test_timeline_counts_running_and_succeeded_pods_once_each() -> None:
     t.on_pod(102.0, "MODIFIED", _pod("a", "Succeeded"))
     t.on_pod(102.1, "MODIFIED", _pod("a", "Succeeded"))  # a repeated phase changes nothing
     t.on_pod(102.5, "ADDED", _pod("b", "Pending"))
-    t.on_pod(103.0, "DELETED", _pod("a", "Succeeded"))  # deleting a finished pod changes nothing
+    t.on_pod(103.0, "DELETED", _pod("a", "Succeeded"))  # deleting a finished pod: one fewer held
+    t.on_pod(103.1, "DELETED", _pod("a", "Succeeded"))  # nothing more
     assert t.first_pod == 0.5
-    assert t.series == [(1.0, 1, 0), (2.0, 0, 1)]
+    assert t.series == [(1.0, 1, 0, 0), (2.0, 0, 1, 1), (3.0, 0, 1, 0)]
     assert t.pod_slots.samples == pytest.approx([0.5])
+    assert (t.pods_seen, t.pods_ended, t.held_peak) == (2, 1, 1)
+
+
+def test_finished_pods_held_is_the_peak_of_terminal_pods_not_yet_deleted() -> None:
+    t = measure.Timeline(total=4)
+    for uid in "abc":
+        t.on_pod(0.0, "ADDED", _pod(uid, "Pending"))
+    t.on_pod(1.0, "MODIFIED", _pod("a", "Succeeded"))
+    t.on_pod(1.1, "MODIFIED", _pod("b", "Failed"))  # a failed attempt's pod is held as well
+    t.on_pod(1.2, "DELETED", _pod("a", "Succeeded"))
+    t.on_pod(1.3, "ADDED", _pod("d", "Pending"))
+    t.on_pod(1.4, "MODIFIED", _pod("d", "Succeeded"))
+    assert t.held_peak == 2  # a and b, then b and d
+    # A pod deleted before it ended frees its slot, but no finished object is left behind.
+    t.on_pod(2.0, "DELETED", _pod("c", "Running"))
+    assert t.pods_ended == 4
+    assert t.held_peak == 2
+    assert t.series[-1] == (2.0, 0, 2, 2)
+
+
+def test_finished_pods_held_is_every_pod_when_none_is_deleted() -> None:
+    # What B does: the Indexed Job keeps all its finished pods until it is deleted.
+    t = measure.Timeline(total=3)
+    for i, uid in enumerate("abc"):
+        t.on_pod(float(i), "ADDED", _pod(uid, "Pending"))
+        t.on_pod(i + 0.5, "MODIFIED", _pod(uid, "Succeeded"))
+    assert t.held_peak == t.pods_ended == 3
 
 
 def test_timeline_takes_the_first_terminal_condition_of_the_subject() -> None:
@@ -116,11 +145,11 @@ def _result(system: str, run: int, wall: float, **extra: Any) -> dict[str, Any]:
         "teardown_writes": {"DELETE pods": 10},
         "object_bytes_in_etcd": 4000,
         "cpu_seconds": {"kube-apiserver": 10.0},
-        "series": [(0.5, 1, 0), (1.0, 0, 1)],
+        "finished_pods_held_peak": 4000 if system == "A" else 10000,
+        "series": [(0.5, 1, 0, 0), (1.0, 0, 1, 1)],
     }
     if system == "A":
         base.update(
-            dispatch_latency={"p50": 0.15, "p99": 0.9, "samples": 9000},
             operator_cpu_seconds=30.0,
             operator_peak_rss_bytes=150 * report.MiB,
             operator_metrics={"jobbatch_status_writes_total": 40.0},
@@ -145,17 +174,91 @@ def test_summary_gives_medians_and_ratios_pair_by_pair() -> None:
     assert row["A"]["cpu_per_1000"] == pytest.approx(3.0)
     assert row["A"]["operator_writes_per_shard"] == pytest.approx(1.0)
     assert row["writes_by_resource"]["B"] == {"POST pods": 1.0, "POST jobs.batch": 0.0001}
+    assert (row["A"]["finished_pods_held"], row["B"]["finished_pods_held"]) == (4000, 10000)
+
+
+def test_writes_per_shard_are_given_for_the_run_and_with_the_teardown() -> None:
+    # B leaves its finished pods to the teardown; A deletes its own during the run.
+    a = _result("A", 1, 100.0, shards=100, writes={"POST pods": 100, "DELETE pods": 100}, teardown_writes={})
+    b = _result("B", 1, 100.0, shards=100, writes={"POST pods": 100}, teardown_writes={"DELETE pods": 100})
+    (row,) = report.summarize([a, b])
+    assert (row["A"]["writes_per_shard"], row["B"]["writes_per_shard"]) == (2.0, 1.0)
+    assert (row["A"]["all_writes_per_shard"], row["B"]["all_writes_per_shard"]) == (2.0, 2.0)
+    assert row["figures"]["writes_ratio"] == pytest.approx(2.0)
+    assert row["figures"]["all_writes_ratio"] == pytest.approx(1.0)
+
+
+def test_slot_refill_is_compared_as_a_p99_minus_b_p99() -> None:
+    a = _result("A", 1, 100.0, pod_slot_latency={"p50": 0.2, "p99": 0.9, "samples": 9000})
+    b = _result("B", 1, 100.0, pod_slot_latency={"p50": 0.1, "p99": 0.6, "samples": 9000})
+    (row,) = report.summarize([a, b])
+    assert row["figures"]["refill_p99_diff"] == pytest.approx(0.3)
+    (target,) = [t for t in report.evaluate_targets([row]) if t["target"].startswith("slot refill p99")]
+    assert target["measured"] == pytest.approx(0.3)
+    assert target["met"] is False  # over B's p99 + 0.2 s
+
+
+def _targets(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["target"]: t for t in report.evaluate_targets(rows)}
+
+
+WALL_RAISED = "wall time A/B at N=10,000, P=1,000, raised plane"
+WALL_DEFAULT = "wall time A/B at N=10,000, P=1,000, default plane"
 
 
 def test_targets_name_the_worst_case_and_say_what_was_not_measured() -> None:
     rows = report.summarize([_result("A", 1, 120.0), _result("B", 1, 100.0)])
-    targets = {t["target"]: t for t in report.evaluate_targets(rows)}
-    ratio = targets["A/B wall-time ratio at N=10,000, P=1,000 (raised limits)"]
+    targets = _targets(rows)
+    assert [t.label for t in report.TARGETS] == list(targets)
+    ratio = targets[WALL_RAISED]
     assert ratio["measured"] == pytest.approx(1.2)
     assert ratio["met"] is False
-    assert targets["dispatch latency p50 (s)"]["met"] is True
-    assert targets["operator CPU seconds per 1,000 shards"]["met"] is False
-    assert targets["operator peak RSS at 100,000 shards (MiB)"]["met"] is None  # no 100k run
+    assert ratio["case"] == "raised N=10000 P=1000 D=0s"
+    assert ratio["spread"] is None  # one run: no spread
+    assert targets[WALL_DEFAULT]["met"] is None  # only the raised plane ran
+    assert targets["wall time A/B at N=1,000, P=100, D=5 s"]["met"] is None
+    # Writes of A and B are the same here (10,000 pods, 10 deleted), A's Jobs aside.
+    writes = targets["all API writes per shard, A vs B (with teardown), raised and default planes"]
+    assert writes["measured"] == pytest.approx(20010 / 10011)
+    assert writes["met"] is False
+    assert targets["operator CPU per 1,000 shards (CPU-s)"]["met"] is False  # 3.0
+    assert targets["slot refill p99 (A), A's p99 - B's p99 (s)"]["met"] is True  # equal
+    for label in (
+        "N=100,000, P=1,000: operator peak RSS (MiB)",
+        "N=100,000, P=1,000: JobBatch object in etcd (KiB)",
+        "N=100,000, P=1,000: finished pods held at once (A)",
+    ):
+        assert targets[label]["measured"] is None  # no 100k run
+        assert targets[label]["met"] is None
+
+
+def test_targets_worst_case_over_durations_and_the_spread_pair_by_pair() -> None:
+    results = [
+        _result("A", 1, 105.0),
+        _result("B", 1, 100.0),
+        _result("A", 2, 115.0),
+        _result("B", 2, 100.0),
+        _result("A", 1, 108.0, duration=5.0),
+        _result("B", 1, 100.0, duration=5.0),
+    ]
+    ratio = _targets(report.summarize(results))[WALL_RAISED]
+    assert ratio["measured"] == pytest.approx(1.1)  # D=0: median 110 s over 100 s; D=5: 1.08
+    assert ratio["met"] is True
+    assert ratio["case"] == "raised N=10000 P=1000 D=0s"
+    assert ratio["spread"] == pytest.approx([1.05, 1.15])
+
+
+def test_the_100k_case_reports_memory_object_size_and_finished_pods_held() -> None:
+    big = {"shards": 100_000, "parallelism": 1_000}
+    rows = report.summarize([_result("A", 1, 1000.0, **big), _result("B", 1, 900.0, **big)])
+    targets = _targets(rows)
+    assert targets["N=100,000, P=1,000: operator peak RSS (MiB)"]["measured"] == pytest.approx(150.0)
+    assert targets["N=100,000, P=1,000: operator peak RSS (MiB)"]["met"] is True
+    assert targets["N=100,000, P=1,000: JobBatch object in etcd (KiB)"]["measured"] == pytest.approx(4000 / 1024)
+    held = targets["N=100,000, P=1,000: finished pods held at once (A)"]
+    assert held["measured"] == 4000
+    assert held["met"] is None  # a figure against a stated bound, no pass or fail
+    assert "4,000" in held["limit_text"]
 
 
 def _data(results: list[dict[str, Any]], runs: int = 2) -> dict[str, Any]:
@@ -179,6 +282,9 @@ def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "| N=10,000 P=1,000 D=0s | 120.0 s | 100.0 s | 1.20 |" in text
     assert "not finished after 9s" in text
+    assert "| N=10,000 P=1,000 D=0s | 100 ms | 300 ms | 10 | 100 ms | 300 ms | 10 | 0 ms |" in text
+    assert "| wall time A/B at N=10,000, P=1,000, default plane | ≤ 1.10 | n/a |  |  | not measured |" in text
+    assert "dispatch" not in text
     assert (tmp_path / "plots" / "raised-n10000-p1000-d0.png").stat().st_size > 1000
     assert (tmp_path / "report.json").exists()
 
@@ -191,3 +297,17 @@ def test_reports_of_several_harness_runs_merge_into_one() -> None:
     assert [p["name"] for p in merged["planes"]] == ["raised"]
     assert merged["runs"] == "1/3"
     assert {row["shards"] for row in report.summarize(merged["results"])} == {1000, 10000}
+
+
+def test_results_without_finished_pods_held_still_report(tmp_path: Path) -> None:
+    # Reports made before it was measured (three-column series, dispatch latency) merge and render.
+    old = []
+    for system in ("A", "B"):
+        r = _result(system, 1, 100.0, series=[(0.5, 1, 0), (1.0, 0, 1)], dispatch_latency={"p50": 0.1})
+        del r["finished_pods_held_peak"]
+        old.append(r)
+    report.write(report.merge([_data(old, runs=1)]), tmp_path)
+    (row,) = json.loads((tmp_path / "report.json").read_text())["summary"]
+    assert row["A"]["finished_pods_held"] is None
+    text = (tmp_path / "report.md").read_text()
+    assert "| 150 MiB | 1.00 | 40 | n/a | n/a | 4000 B | 4000 B |" in text  # held A and B: n/a

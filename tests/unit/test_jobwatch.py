@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD
+from jobbatch import naming
 from jobbatch.jobwatch import FailedPodIndex, ShardJobIndex
 
 
 def job(
     name: str, uid: str = "u1", namespace: str = "ns1", first: int = 0, owner: str | None = None, **status: Any
 ) -> dict[str, Any]:
+    """A shard Job; the test calls it ``name``, which stands for its first shard."""
+    first = first or {"a": 0, "b": 3, "c": 6}.get(name, 9)
     return {
         "metadata": {
-            "name": name,
+            "name": naming.job_name("b", owner or uid, first, 0),
             "uid": f"uid-{name}",
             "namespace": namespace,
             "labels": {LABEL_BATCH_UID: uid, LABEL_FIRST_SHARD: str(first), LABEL_ATTEMPT: "0"},
@@ -24,14 +27,27 @@ def job(
     }
 
 
+def firsts(index: ShardJobIndex, namespace: str, uid: str) -> set[int]:
+    return {j.first for j in index.jobs(namespace, uid).values()}
+
+
+def test_a_job_whose_labels_stop_matching_its_name_is_forgotten() -> None:
+    index = ShardJobIndex()
+    index.apply("ADDED", job("a"))
+    relabelled = job("a")
+    relabelled["metadata"]["labels"][LABEL_FIRST_SHARD] = "5"
+    index.apply("MODIFIED", relabelled)
+    assert index.jobs("ns1", "u1") == {}
+
+
 def test_events_add_update_and_remove_summaries_by_batch() -> None:
     index = ShardJobIndex()
     assert index.apply("ADDED", job("a")) == "u1"
     index.apply("ADDED", job("b", first=3))
     index.apply("MODIFIED", job("a", completedIndexes="0-2"))
-    assert {(n, len(j.succeeded)) for n, j in index.jobs("ns1", "u1").items()} == {("a", 3), ("b", 0)}
+    assert {(j.first, len(j.succeeded)) for j in index.jobs("ns1", "u1").values()} == {(0, 3), (3, 0)}
     index.apply("DELETED", job("a"))
-    assert set(index.jobs("ns1", "u1")) == {"b"}
+    assert firsts(index, "ns1", "u1") == {3}
     index.apply("DELETED", job("b"))
     assert index.jobs("ns1", "u1") == {}
     assert index.by_batch() == {}
@@ -45,7 +61,7 @@ def test_a_job_belongs_to_a_batch_only_by_owner_and_namespace() -> None:
     # Labels of one batch, owned by another: counted for its owner only.
     index.apply("ADDED", job("copied", uid="u1", owner="u2"))
     assert index.jobs("ns1", "u1") == {}
-    assert set(index.jobs("ns1", "u2")) == {"copied"}
+    assert firsts(index, "ns1", "u2") == {9}
 
 
 def test_a_fresh_list_replaces_one_namespace_only() -> None:
@@ -54,8 +70,8 @@ def test_a_fresh_list_replaces_one_namespace_only() -> None:
     index.apply("ADDED", job("b", uid="u2", namespace="ns2"))
     touched = index.replace("ns1", [job("c", namespace="ns1")])
     assert touched == {"u1"}
-    assert set(index.jobs("ns1", "u1")) == {"c"}
-    assert set(index.jobs("ns2", "u2")) == {"b"}
+    assert firsts(index, "ns1", "u1") == {6}
+    assert firsts(index, "ns2", "u2") == {3}
 
 
 def pod(name: str, job_uid: str = "uid-a", index: int = 1, finished: str = "2026-01-01T00:00:01Z") -> dict[str, Any]:
@@ -87,10 +103,12 @@ def test_failed_pods_by_job_latest_per_shard() -> None:
     assert list(got) == [(11, 0)]
     assert got[(11, 0)].finished_at is not None
     assert got[(11, 0)].finished_at.second == 5
-    # A pod being deleted no longer counts.
+    # A pod being deleted still counts (its exit code is still the index's); once gone, it does not.
     deleting = pod("p2", finished="2026-01-01T00:00:05Z")
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:06Z"
     index.apply("MODIFIED", deleting)
+    assert index.failures(["uid-a"])[(11, 0)].finished_at.second == 5  # type: ignore[union-attr]
+    index.apply("DELETED", deleting)
     assert index.failures(["uid-a"])[(11, 0)].finished_at.second == 1  # type: ignore[union-attr]
     index.replace("ns1", [])
     assert index.failures(["uid-a", "uid-other"]) == {}

@@ -12,13 +12,14 @@ from jobbatch.api import (
     LABEL_FIRST_SHARD,
     SHARD_FINALIZER,
 )
+from jobbatch import naming
 from jobbatch.observed import batch_uid_of, summarize, summarize_failed_pod
 from jobbatch.ranges import IndexRanges
 
 
 def job(status: dict[str, Any], *, deleting: bool = False, suspend: bool = False, **spec: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "name": "b-x-10-1",
+        "name": naming.job_name("b", "u", 10, 1),
         "uid": "job-uid",
         "labels": {LABEL_BATCH_UID: "u", LABEL_FIRST_SHARD: "10", LABEL_ATTEMPT: "1"},
         "finalizers": [SHARD_FINALIZER],
@@ -83,6 +84,9 @@ def test_the_owner_is_the_controller_reference_not_the_labels() -> None:
     forged = job({})
     forged["metadata"]["ownerReferences"] = []
     assert batch_uid_of(forged) is None  # labels alone prove nothing
+    relabelled = job({})
+    relabelled["metadata"]["labels"][LABEL_FIRST_SHARD] = "11"  # the name says 10
+    assert summarize(relabelled) is None
 
 
 def pod(**status: Any) -> dict[str, Any]:

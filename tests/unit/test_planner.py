@@ -325,11 +325,62 @@ def test_non_retryable_exit_code_fails_the_shard_and_the_batch() -> None:
     assert p2.delete
 
 
-def test_a_failure_without_its_pod_still_counts() -> None:
-    b = accepted(spec(retry={"limit": 0}), items=1)
-    p = plan(b, [job(0, 1, failed="0", at=1)], T0, failures={})
-    assert p.status.failures[0].reason == "RetriesExhausted"
-    assert p.status.failures[0].exit_code is None
+def test_a_failure_waits_a_little_for_its_pod_then_counts_without_it() -> None:
+    b = accepted(spec(retry={"limit": 0, "nonRetryableExitCodes": [3]}), items=1)
+    failed = [job(0, 1, failed="0", at=1)]
+    # The failed-pod watch lags the Job watch: the exit code (maybe non-retryable) is waited for.
+    early = plan(b, failed, T0 + datetime.timedelta(seconds=2), failures={})
+    assert early.status.failures == []
+    assert early.status.shards.retrying == 1
+    assert early.requeue_after == pytest.approx(planner.POD_GRACE_SECONDS - 1)
+    # The pod is gone for good (deleted by hand, garbage-collected): decided without it.
+    late = plan(b, failed, T0 + datetime.timedelta(seconds=12), failures={})
+    assert late.status.failures[0].reason == "RetriesExhausted"
+    assert late.status.failures[0].exit_code is None
+
+
+def test_a_retry_being_created_does_not_let_the_older_attempt_go() -> None:
+    s = spec(parallelism=10, retry={"backoff": {"initialSeconds": 0, "jitter": 0}})
+    b = accepted(s, items=2, succeeded_shards="1")
+    chunk = job(0, 2, succeeded="1", failed="0", at=1)
+    unseen = dataclasses.replace(job(0, 1, attempt=1), confirmed=False)  # its create may yet fail
+    p = plan(b, [chunk, unseen], T0, failures=failures(failure(0, at=1)))
+    assert p.release == []
+    assert p.delete == []
+    assert p.create == []  # nor is it created twice
+    seen = dataclasses.replace(unseen, confirmed=True)
+    assert [r.name for r in plan(b, [chunk, seen], T0).release] == [chunk.name]
+
+
+def test_a_finished_chunk_waiting_on_a_retry_drops_its_succeeded_pods() -> None:
+    s = spec(parallelism=10, retry={"backoff": {"initialSeconds": 600, "jitter": 0}})
+    b = accepted(s, items=10, succeeded_shards="0-4,6-9")
+    chunk = job(0, 10, succeeded="0-4,6-9", failed="5", at=1)
+    p = plan(b, [chunk], T0, failures=failures(failure(5, at=1)))
+    assert p.collect == [planner.CollectPods(chunk.name)]
+    assert p.release == []
+    done = dataclasses.replace(chunk, pods_collected=True)
+    assert plan(b, [done], T0, failures=failures(failure(5, at=1))).collect == []
+
+
+def test_a_deleted_job_retries_after_the_backoff_from_its_deletion() -> None:
+    b = accepted(spec(parallelism=4, retry={"backoff": {"initialSeconds": 10, "jitter": 0}}), items=1)
+    deleted_at = T0 + datetime.timedelta(seconds=5)
+    gone = job(0, 1, active=0, deleting=True, finished=False, deleted_at=deleted_at)
+    assert plan(b, [gone], T0 + datetime.timedelta(seconds=14)).create == []
+    assert [c.attempt for c in plan(b, [gone], T0 + datetime.timedelta(seconds=15)).create] == [1]
+
+
+def test_terminal_batch_records_late_successes_before_releasing() -> None:
+    b = accepted(spec(parallelism=4, activeDeadlineSeconds=1), items=4, start_time=T0)
+    failed = plan(b, [job(0, 4, parallelism=4)], T0 + datetime.timedelta(seconds=2))
+    b = persisted(b, failed)
+    assert b.status.phase == "Failed"
+    late = job(0, 4, parallelism=4, succeeded="0-1", active=0, suspended=True, finished=False)
+    p = plan(b, [late], T0 + datetime.timedelta(seconds=3))
+    assert p.status.succeeded_shards == "0-1"
+    assert p.release == []  # only once "0-1" is persisted
+    assert plan(persisted(b, p), [late], T0 + datetime.timedelta(seconds=4)).release
 
 
 def test_tolerated_failures_still_complete() -> None:
@@ -363,6 +414,15 @@ def test_lowering_parallelism_scales_the_newest_jobs_down_first() -> None:
     # With 0, every Job goes to 0 (the retry Job last).
     p0 = plan(accepted(spec(parallelism=0, payloads={"count": 100}), items=100), [older, newer, retry], T0)
     assert {(s.name, s.to) for s in p0.scale} == {(older.name, 0), (newer.name, 0), (retry.name, 0)}
+
+
+def test_stopping_pods_are_not_stopped_again() -> None:
+    b = accepted(spec(parallelism=5, payloads={"count": 100}), items=100)
+    # Lowered from 10 to 5: 5 pods still run, 5 are stopping (on a real node: up to the grace period).
+    lowered = job(0, 20, parallelism=5, active=5, terminating=5)
+    p = plan(b, [lowered], T0)
+    assert p.scale == []  # the 5 within the ceiling keep running
+    assert p.create == []  # and nothing starts until the stopping ones are gone
 
 
 def test_stopping_pods_hold_their_slots_until_gone() -> None:

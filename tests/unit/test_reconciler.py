@@ -78,7 +78,7 @@ class FakeKube:
             return False
         body = copy.deepcopy(body)
         body["metadata"]["uid"] = f"uid-{name}"
-        body["metadata"]["ownerReferences"] = [{"kind": api.KIND, "uid": "uid-1", "controller": True}]
+        body["metadata"]["ownerReferences"] = [{"kind": api.KIND, "name": "b", "uid": "uid-1", "controller": True}]
         self.jobs[name] = body
         return True
 
