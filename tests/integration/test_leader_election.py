@@ -61,4 +61,3 @@ async def test_standby_takes_over_when_the_leader_dies(
 async def _other_holder(api: client.ApiClient, namespace: str, old: str) -> str | None:
     holder = await _holder(api, namespace)
     return holder if holder and holder != old else None
-

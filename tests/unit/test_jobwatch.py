@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD
 from jobbatch import naming
+from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_BATCH_UID, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD
 from jobbatch.jobwatch import FailedPodIndex, ShardJobIndex
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobbatch import naming
 from jobbatch.api import (
     KIND,
     LABEL_ATTEMPT,
@@ -12,7 +13,6 @@ from jobbatch.api import (
     LABEL_FIRST_SHARD,
     SHARD_FINALIZER,
 )
-from jobbatch import naming
 from jobbatch.observed import batch_uid_of, summarize, summarize_failed_pod
 from jobbatch.ranges import IndexRanges
 
