@@ -374,6 +374,8 @@ class _Pass:
         self.status = batch.status.model_copy(deep=True)
         self.status.observed_generation = batch.generation
         self.out = Plan(status=self.status)
+        # The shards recorded once this pass's status is written (set by ``record``).
+        self.succeeded = self.failed = IndexRanges()
 
     def condition(self, ctype: str, value: Literal["True", "False"], reason: str, message: str) -> None:
         self.status.conditions = set_condition(
@@ -415,10 +417,10 @@ class _Pass:
 
     # 2. record shard outcomes ---------------------------------------------------------------------
     def record(self, seen: Survey, fates: ShardFates) -> None:
-        succeeded = seen.recorded_succeeded.union(seen.succeeded)
-        failed = seen.recorded_failed.union(f.shard for f in fates.new_failures)
-        self.status.succeeded_shards = str(succeeded)
-        self.status.failed_shards = str(failed)
+        self.succeeded = seen.recorded_succeeded.union(seen.succeeded)
+        self.failed = seen.recorded_failed.union(f.shard for f in fates.new_failures)
+        self.status.succeeded_shards = str(self.succeeded)
+        self.status.failed_shards = str(self.failed)
         if fates.new_failures:
             self.status.failures = (self.status.failures + fates.new_failures)[-MAX_RECORDED_FAILURES:]
             for f in fates.new_failures[:MAX_SHARD_EVENTS_PER_PASS]:
@@ -435,8 +437,7 @@ class _Pass:
     def decide_batch(self, total: int) -> None:
         if self.old.phase in TERMINAL_PHASES:
             return
-        succeeded = IndexRanges.parse(self.status.succeeded_shards)
-        failed = IndexRanges.parse(self.status.failed_shards)
+        succeeded, failed = self.succeeded, self.failed
         limit = self.spec.max_failed_shards
         deadline = self.spec.active_deadline_seconds
         if len(succeeded) + len(failed) >= total and len(failed) <= limit:
@@ -690,8 +691,7 @@ class _Pass:
 
     # 6. counts ------------------------------------------------------------------------------------
     def count(self, total: int, running: int, retrying: int) -> None:
-        succeeded = len(IndexRanges.parse(self.status.succeeded_shards))
-        failed = len(IndexRanges.parse(self.status.failed_shards))
+        succeeded, failed = len(self.succeeded), len(self.failed)
         terminal = self.status.phase in TERMINAL_PHASES
         running = 0 if terminal else running
         retrying = 0 if terminal else retrying

@@ -325,17 +325,12 @@ class BatchReconciler:
             try:
                 async with self._limit:
                     done = await call()
-            except ApiException as exc:
-                if exc.status is not None and 400 <= exc.status < 500:
+            except BaseException as exc:
+                if isinstance(exc, ApiException) and 400 <= (exc.status or 0) < 500:
                     self.expected.forget(job_name)  # refused: the Job is what the watch says
                 else:
-                    self.expected.settled(job_name)  # it may have taken effect: expect it a while
-                raise
-            except asyncio.CancelledError:
-                self.expected.settled(job_name)
-                raise
-            except Exception:
-                self.expected.settled(job_name)  # a timeout or a lost connection: the outcome is unknown
+                    # A timeout, a lost connection, a 5xx, cancellation: it may have taken effect.
+                    self.expected.settled(job_name)
                 raise
             if done is False:
                 self.expected.forget(job_name)

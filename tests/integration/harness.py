@@ -6,9 +6,9 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -97,7 +97,54 @@ class Batches:
         return list((await self.batch.list_namespaced_job(self.ns)).items)
 
 
-class PodRecorder:
+class NamespaceWatch:
+    """Lists one kind of object in a namespace, then watches it, handing each to ``seen`` in the API
+    server's order (listed objects as ``LISTED``). Use it as an async context manager: entering returns
+    once the listing is in; leaving stops the watch and re-raises what broke it, if anything did.
+    """
+
+    def __init__(self, api_client: client.ApiClient, list_fn: Callable[..., Awaitable[Any]], namespace: str) -> None:
+        self.sanitize = api_client.sanitize_for_serialization
+        self.list_fn = list_fn
+        self.ns = namespace
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def seen(self, kind: str, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        listing = await self.list_fn(self.ns)
+        rv = listing.metadata.resource_version
+        for item in listing.items:
+            self.seen("LISTED", self.sanitize(item))
+        self._ready.set()
+        while True:
+            async with watch.Watch().stream(
+                self.list_fn, self.ns, resource_version=rv, timeout_seconds=300,
+                allow_watch_bookmarks=True, _preload_content=False,
+            ) as stream:  # fmt: skip
+                async for event in stream:
+                    obj = event["raw_object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        self.seen(event["type"], obj)
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), timeout=TIMEOUT)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._task.done() and not self._task.cancelled() and self._task.exception():
+            raise self._task.exception()  # type: ignore[misc]
+
+
+class PodRecorder(NamespaceWatch):
     """Watches every worker pod in a namespace for a whole test and keeps what a test asserts on.
 
     A pod's key is (batch, shard, attempt), its shard being first-shard + completion index (the
@@ -107,9 +154,7 @@ class PodRecorder:
     """
 
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.api_client = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.ns = namespace
+        super().__init__(api_client, client.CoreV1Api(api_client).list_namespaced_pod, namespace)
         self.creations: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.created_at: dict[tuple[str, int, int], float] = {}
         self.finished_at: dict[tuple[str, int, int], float] = {}
@@ -119,8 +164,6 @@ class PodRecorder:
         self.running_series: list[tuple[float, str, int]] = []
         self._seen: set[str] = set()
         self._ended: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
     @staticmethod
     def key_of(pod: dict[str, Any]) -> tuple[str, int, int] | None:
@@ -130,7 +173,7 @@ class PodRecorder:
         shard = int(labels[api.LABEL_FIRST_SHARD]) + int(labels[api.LABEL_COMPLETION_INDEX])
         return labels[api.LABEL_BATCH], shard, int(labels[api.LABEL_ATTEMPT])
 
-    def _on(self, kind: str, pod: dict[str, Any]) -> None:
+    def seen(self, kind: str, pod: dict[str, Any]) -> None:
         key = self.key_of(pod)
         if key is None:
             return
@@ -156,38 +199,6 @@ class PodRecorder:
         count = sum(1 for k in self.running.values() if k[0] == batch)
         self.max_running[batch] = max(self.max_running[batch], count)
         self.running_series.append((now, batch, count))
-
-    async def _run(self) -> None:
-        listing = await self.core.list_namespaced_pod(self.ns)
-        rv = listing.metadata.resource_version
-        sanitize = self.api_client.sanitize_for_serialization
-        for item in listing.items:
-            self._on("ADDED", sanitize(item))
-        self._ready.set()
-        while True:
-            w = watch.Watch()
-            async with w.stream(
-                self.core.list_namespaced_pod, self.ns, resource_version=rv, timeout_seconds=300,
-                allow_watch_bookmarks=True, _preload_content=False,
-            ) as stream:  # fmt: skip
-                async for event in stream:
-                    obj = event["raw_object"]
-                    rv = obj["metadata"]["resourceVersion"]
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self._on(event["type"], obj)
-
-    async def __aenter__(self) -> PodRecorder:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), timeout=TIMEOUT)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self._task.done() and not self._task.cancelled() and self._task.exception():
-            raise self._task.exception()  # type: ignore[misc]
 
     def total_running(self) -> int:
         return len(self.running)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client
 
-from tests.waiting import TIMEOUT, eventually
+from tests.integration.harness import NamespaceWatch
+from tests.waiting import eventually
 
 
 # Manifests are plain dicts (kubernetes_asyncio accepts them); typed Any for its model-typed signatures.
@@ -156,7 +155,7 @@ async def _phase(core: client.CoreV1Api, ns: str, name: str) -> Any:
 # -- what a kubelet does with deleted pods and deadlines ------------------------------------------
 
 
-class Recorder:
+class Recorder(NamespaceWatch):
     """Every watch event on one kind of object in a namespace, in the API server's order.
 
     ``events[name]`` lists ``(monotonic time received, event type, object as a dict)``; the
@@ -165,39 +164,11 @@ class Recorder:
     """
 
     def __init__(self, api_client: client.ApiClient, list_fn: Callable[..., Awaitable[Any]], ns: str) -> None:
-        self.sanitize = api_client.sanitize_for_serialization
-        self.list_fn = list_fn
-        self.ns = ns
+        super().__init__(api_client, list_fn, ns)
         self.events: dict[str, list[tuple[float, str, dict[str, Any]]]] = collections.defaultdict(list)
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
-    async def _run(self) -> None:
-        listing = await self.list_fn(self.ns)
-        rv = listing.metadata.resource_version
-        for item in listing.items:
-            obj = self.sanitize(item)
-            self.events[obj["metadata"]["name"]].append((time.monotonic(), "LISTED", obj))
-        self._ready.set()
-        while True:
-            async with watch.Watch().stream(
-                self.list_fn, self.ns, resource_version=rv, timeout_seconds=300, _preload_content=False
-            ) as stream:
-                async for event in stream:
-                    obj = event["raw_object"]
-                    rv = obj["metadata"]["resourceVersion"]
-                    self.events[obj["metadata"]["name"]].append((time.monotonic(), event["type"], obj))
-
-    async def __aenter__(self) -> Recorder:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), timeout=TIMEOUT)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    def seen(self, kind: str, obj: dict[str, Any]) -> None:
+        self.events[obj["metadata"]["name"]].append((time.monotonic(), kind, obj))
 
     def states(self, name: str) -> list[dict[str, Any]]:
         """The object's successive states (a DELETED event repeats the last one)."""
