@@ -33,6 +33,7 @@ class OperatorProcess:
     log: Path
     metrics_port: int = 0  # 0: no metrics endpoint
     proc: asyncio.subprocess.Process | None = None
+    url: str = ""  # of its liveness endpoint, once started
 
     @property
     def pid(self) -> int:
@@ -41,7 +42,7 @@ class OperatorProcess:
 
     async def start(self) -> None:
         """Start the process and return once its liveness endpoint answers."""
-        url = f"http://127.0.0.1:{free_port()}/healthz"
+        url = self.url = f"http://127.0.0.1:{free_port()}/healthz"
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "jobbatch.cli", "run", "--liveness-endpoint", url,

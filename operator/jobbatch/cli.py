@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a standby waits on an unrenewed Lease before taking over (env JOBBATCH_LEASE_DURATION)",
     )
     run.add_argument(
+        "--payload-validation-timeout",
+        type=float,
+        default=float(os.environ.get("JOBBATCH_PAYLOAD_VALIDATION_TIMEOUT") or defaults.payload_validation_timeout),
+        help="seconds acceptance may spend checking one batch's payloads against its payloadSchema; "
+        "past it the batch is not accepted (env JOBBATCH_PAYLOAD_VALIDATION_TIMEOUT)",
+    )
+    run.add_argument(
         "--log-level",
         default=os.environ.get("JOBBATCH_LOG_LEVEL", defaults.log_level),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -125,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         leader_election_namespace=args.leader_election_namespace,
         leader_election_lease=args.leader_election_lease,
         lease_duration_seconds=args.lease_duration_seconds,
+        payload_validation_timeout=args.payload_validation_timeout,
     )
 
 

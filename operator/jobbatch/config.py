@@ -33,6 +33,9 @@ class OperatorConfig:
     leader_election_namespace: str = "default"
     leader_election_lease: str = "jobbatch-operator"
     lease_duration_seconds: int = 15
+    # Seconds acceptance may spend checking one batch's payloads against its payloadSchema (in a
+    # child process, killed at this deadline; the batch is then not accepted).
+    payload_validation_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if self.max_running_shards < 0:
@@ -41,6 +44,8 @@ class OperatorConfig:
             raise ValueError("metrics_port must be a TCP port (0 disables metrics)")
         if self.lease_duration_seconds < 3:
             raise ValueError("lease_duration_seconds must be >= 3")
+        if self.payload_validation_timeout <= 0:
+            raise ValueError("payload_validation_timeout must be > 0")
         if self.api_qps <= 0 or self.api_burst < 1:
             raise ValueError("api_qps must be > 0 and api_burst >= 1")
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":

@@ -77,6 +77,7 @@ async def run_batch(
         jobs=lambda: shard_jobs.jobs(namespace, uid),
         failures=runtime.watch.failed_pods.failures,
         all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
+        sandbox=runtime.sandbox,
     )
     runtime.reconcilers[uid] = reconciler
     try:

@@ -46,6 +46,20 @@ class Gone(Exception):
     """A watch or list resumed from a version the API server no longer has (HTTP 410): list again."""
 
 
+def error_message(exc: BaseException, limit: int = 512) -> str:
+    """What a failed call says, for conditions and Events: the API server's own message, bounded."""
+    text = ""
+    if isinstance(exc, ApiException):
+        try:
+            text = str(json.loads(exc.body or "{}").get("message") or "")
+        except (ValueError, AttributeError):
+            text = ""
+        text = f"HTTP {exc.status}: {text or exc.reason}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RateLimiter:
     """A token bucket: ``qps`` sustained, ``burst`` at once."""
 
@@ -187,12 +201,16 @@ class Kube:
                 raise
 
     # -- shard Jobs ---------------------------------------------------------------------------
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create a Job; False if it already existed (deterministic names make that "already done")."""
+    async def create_job(self, namespace: str, body: dict[str, Any], *, dry_run: bool = False) -> bool:
+        """Create a Job; False if it already existed (deterministic names make that "already done").
+
+        ``dry_run``: only ask the API server whether it would (validation and admission, nothing stored).
+        """
+        extra: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         try:
             await self._call(
                 f"create job {namespace}/{body['metadata']['name']}",
-                self._raw(self.batch.create_namespaced_job, namespace, body),
+                self._raw(self.batch.create_namespaced_job, namespace, body, **extra),
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -382,16 +400,18 @@ class Kube:
                 raise
 
     # -- what acceptance reads and writes -----------------------------------------------------
-    async def get_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap as a plain dict, or None if there is none."""
         try:
-            cm = await self._call(
-                f"get configmap {namespace}/{name}", lambda: self.core.read_namespaced_config_map(name, namespace)
+            body = await self._call(
+                f"get configmap {namespace}/{name}",
+                self._raw(self.core.read_namespaced_config_map, name, namespace),
             )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return dict(cm.data or {})
+        return dict(json.loads(body))
 
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> None:
         try:

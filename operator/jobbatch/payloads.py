@@ -1,7 +1,12 @@
 """Payload items: read from their source, validated, and encoded as the JSON Lines workers read.
 
-Everything here is pure; fetching the ConfigMap is the reconciler's job. Errors
-name the first bad item so users can fix their input.
+Everything here is pure; fetching the ConfigMap is the reconciler's job, and running ``prepare``
+in a killable child process (``jobbatch.sandbox``) too: a user's schema is untrusted code in all
+but name. What can be bounded here is: the schema's size, the items checked, ``$ref`` (only inside
+the schema: nothing is fetched over the network or from files), and what a message may say.
+
+Errors name the first bad item and the schema rule it breaks, never the item's value: a user who may
+create JobBatches but not read a ConfigMap must not read it back through a condition or an Event.
 """
 
 from __future__ import annotations
@@ -12,18 +17,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
 
 from jobbatch.api import JobBatchSpec
 from jobbatch.manifests import MAX_PAYLOAD_BYTES
+
+MAX_SCHEMA_BYTES = 64 * 1024  # payloadSchema as compact JSON
+# Items a schema is checked against (a count source's indices included); beyond it validation
+# would take minutes of a core per batch.
+MAX_VALIDATED_ITEMS = 1_000_000
+MAX_MESSAGE = 512  # characters of a PayloadError message
+_MAX_SHOWN = 80  # characters of one quoted piece of a message (a path, a schema value)
 
 
 class PayloadError(ValueError):
     """Input the operator rejects; ``reason`` becomes the Accepted condition's reason."""
 
     def __init__(self, reason: str, message: str) -> None:
+        message = message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+    def __reduce__(self) -> tuple[type[PayloadError], tuple[str, str]]:
+        return PayloadError, (self.reason, self.message)  # it crosses from the sandbox's process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,22 +69,74 @@ def encode_jsonl(items: Sequence[Any]) -> str:
     return "".join(json.dumps(item, separators=(",", ":"), ensure_ascii=False) + "\n" for item in items)
 
 
-def validate(items: Sequence[Any], schema: dict[str, Any] | None) -> None:
-    """Check every item against the JSON Schema; fail on the first bad one, naming its index."""
+def _refuse_retrieval(uri: str) -> referencing.Resource[Any]:
+    # Remote refs would make the operator fetch any URL (or file) a tenant names.
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+_LOCAL_ONLY: referencing.Registry[Any] = referencing.Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _short(value: Any) -> str:
+    return _clip(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
+
+
+def _invalid_schema(message: str) -> PayloadError:
+    return PayloadError("InvalidPayloadSchema", f"payloadSchema {message}")
+
+
+def validate(items: Sequence[Any], schema: dict[str, Any] | None, *, show_paths: bool = True) -> None:
+    """Check every item against the JSON Schema; fail on the first bad one, naming its index and rule.
+
+    ``show_paths``: name the part of the item that fails (its keys come from the data, so not for data
+    the batch's author may not be allowed to read).
+    """
     if schema is None:
         return
+    try:
+        size = len(json.dumps(schema, separators=(",", ":")))
+    except RecursionError:
+        raise _invalid_schema("is nested too deeply") from None
+    if size > MAX_SCHEMA_BYTES:
+        raise _invalid_schema(f"is over {MAX_SCHEMA_BYTES} bytes as JSON")
+    if len(items) > MAX_VALIDATED_ITEMS:
+        raise PayloadError(
+            "TooManyItemsToValidate",
+            f"payloadSchema is checked item by item, and {len(items)} items are over the limit of "
+            f"{MAX_VALIDATED_ITEMS}; drop payloadSchema and let workers check their own items",
+        )
+    dialect = schema.get("$schema")
+    if dialect is not None and not isinstance(dialect, str):
+        raise _invalid_schema("$schema must be a string (a dialect URI)")
     try:
         validator_cls = jsonschema.validators.validator_for(schema)
         validator_cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise PayloadError("InvalidPayloadSchema", f"payloadSchema is not a valid JSON Schema: {exc.message}") from None
-    validator = validator_cls(schema)
+        raise _invalid_schema(f"is not a valid JSON Schema: {exc.message}") from None
+    except RecursionError:
+        raise _invalid_schema("is nested too deeply") from None
+    validator = validator_cls(schema, registry=_LOCAL_ONLY)
     for index, item in enumerate(items):
-        error = jsonschema.exceptions.best_match(validator.iter_errors(item))
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(item))
+        except RecursionError:
+            raise _invalid_schema("refers to itself without end (a $ref cycle)") from None
+        except referencing.exceptions.Unresolvable as exc:
+            raise _invalid_schema(
+                f"has a $ref that does not resolve inside it ({_short(str(exc.ref))}); "
+                "references to URLs or files are not fetched"
+            ) from None
         if error is not None:
-            path = "".join(f"[{p!r}]" for p in error.absolute_path)
+            where = "".join(f"[{p!r}]" for p in error.absolute_path) if show_paths else ""
+            rule = "/".join(str(p) for p in error.absolute_schema_path)
             raise PayloadError(
-                "PayloadSchemaViolation", f"item {index}{path} does not match payloadSchema: {error.message}"
+                "PayloadSchemaViolation",
+                f"item {index}{_clip(where)} does not match payloadSchema: "
+                f"it fails {error.validator} {_short(error.validator_value)} (schema path /{rule})",
             )
 
 
@@ -85,7 +155,7 @@ def prepare(spec: JobBatchSpec, configmap_data: dict[str, str] | None = None) ->
         if configmap_data is None or ref.key not in configmap_data:
             raise PayloadError("ConfigMapKeyNotFound", f'ConfigMap "{ref.name}" has no key "{ref.key}"')
         items = parse_jsonl(configmap_data[ref.key], f'ConfigMap "{ref.name}" key "{ref.key}"')
-    validate(items, spec.payload_schema)
+    validate(items, spec.payload_schema, show_paths=source.items is not None)
     jsonl = encode_jsonl(items)
     size = len(jsonl.encode())
     if size > MAX_PAYLOAD_BYTES:

@@ -77,6 +77,15 @@ class Acceptance:
 
 
 @dataclasses.dataclass(frozen=True)
+class FailedCreate:
+    """A Job create the API server refused (a quota, a webhook, a terminating namespace); due again at ``retry_at``."""
+
+    failures: int
+    retry_at: datetime.datetime
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Batch:
     """The planner's view of one JobBatch."""
 
@@ -368,8 +377,12 @@ def _describe_failures(failures: Iterable[ShardFailure]) -> str:
 class _Pass:
     """The state one planning pass builds up, step by step."""
 
-    def __init__(self, batch: Batch, now: datetime.datetime) -> None:
+    def __init__(
+        self, batch: Batch, now: datetime.datetime, failed_creates: Mapping[str, FailedCreate] | None = None
+    ) -> None:
         self.batch, self.spec, self.old, self.now = batch, batch.spec, batch.status, now
+        self.failed_creates = failed_creates or {}
+        self._probed = False  # while creates fail, one create per pass probes whether they work again
         self.gen = batch.generation
         self.status = batch.status.model_copy(deep=True)
         self.status.observed_generation = batch.generation
@@ -601,6 +614,9 @@ class _Pass:
         retry_events = 0
         retries_left = fates.waiting
         for failed in fates.due:
+            if not self._may_create():
+                retries_left += 1  # not demand the cap should hold slots for: it could not use them
+                continue
             ready += 1
             if granted >= budget:
                 retries_left += 1
@@ -609,6 +625,7 @@ class _Pass:
             self.out.create.append(
                 CreateJob(naming.job_name(name, uid, failed.shard, attempt), failed.shard, 1, attempt, 1)
             )
+            self._probed = bool(self.failed_creates)
             granted += 1
             if retry_events < MAX_SHARD_EVENTS_PER_PASS:
                 retry_events += 1
@@ -640,6 +657,8 @@ class _Pass:
         size = chunk_size(self.spec.parallelism)
         for lo, hi in started.gaps(0, total):
             while lo <= hi:
+                if not self._may_create():
+                    return granted, retries_left, ready
                 left = budget - granted
                 if left <= 0:  # the rest is demand this pass cannot meet
                     ready += len(IndexRanges([(lo, total - 1)]).difference(started))
@@ -648,9 +667,39 @@ class _Pass:
                 ready += count
                 give = min(count, left)
                 self.out.create.append(CreateJob(naming.job_name(name, uid, lo, 0), lo, count, 0, give))
+                self._probed = bool(self.failed_creates)
                 granted += give
                 lo += count
         return granted, retries_left, ready
+
+    def _may_create(self) -> bool:
+        """Whether this pass may send one more Job create.
+
+        While creates fail, the batch backs off (the backoff of its most recent failure) and then
+        probes with one create per pass: never a hot loop of refused calls that starves other
+        batches of the operator's API rate.
+        """
+        if not self.failed_creates:
+            return True
+        due = min(f.retry_at for f in self.failed_creates.values())
+        if self.now < due:
+            self.out.wake_in((due - self.now).total_seconds())
+            return False
+        return not self._probed
+
+    def report_failed_creates(self) -> None:
+        """A ``Stalled`` condition and a ``FailedCreate`` Event while the API server refuses our Jobs."""
+        old = self.old.condition("Stalled")
+        if self.failed_creates:
+            name, worst = max(self.failed_creates.items(), key=lambda kv: (kv[1].failures, kv[0]))
+            self.condition(
+                "Stalled", "True", "FailedCreate",
+                f"creating Job {name} failed {worst.failures} times, retrying with backoff: {worst.message}",
+            )  # fmt: skip
+            if old is None or old.status != "True" or not old.message.endswith(worst.message):
+                self.out.events.append(Event("Warning", "FailedCreate", f"creating Job {name}: {worst.message}"))
+        elif old is not None and old.status == "True" and old.reason == "FailedCreate":
+            self.condition("Stalled", "False", "Created", "shard Jobs are created again")
 
     def _mark_running(self, slots: int, started: bool) -> None:
         status, old = self.status, self.old
@@ -713,13 +762,15 @@ def plan(
     failures: Mapping[tuple[int, int], PodFailure] | None = None,
     acceptance: Acceptance | None = None,
     launch_budget: int | None = None,
+    failed_creates: Mapping[str, FailedCreate] | None = None,
 ) -> Plan:
     """Decide everything one reconcile pass does.
 
     ``failures`` holds the failed worker pods by (shard, attempt); ``launch_budget`` caps the slots
-    this pass may grant (the cluster-wide cap).
+    this pass may grant (the cluster-wide cap); ``failed_creates`` are the Job creates the API
+    server refused, by Job name, until one succeeds.
     """
-    step = _Pass(batch, now)
+    step = _Pass(batch, now, failed_creates)
     if not step.accept(acceptance):
         return step.finish()
     assert batch.status.item_count is not None
@@ -730,5 +781,7 @@ def plan(
     step.decide_batch(total)
     live = step.clean_up(observed, seen)
     running, retrying = step.dispatch(live, seen, fates, launch_budget)
+    if step.status.phase not in TERMINAL_PHASES and not batch.spec.suspend:
+        step.report_failed_creates()
     step.count(total, running, retrying)
     return step.finish()

@@ -27,13 +27,15 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from jobbatch import manifests, metrics, payloads
-from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, JobBatchSpec, JobBatchStatus
+from jobbatch import manifests, metrics, naming, payloads
+from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, Backoff, JobBatchSpec, JobBatchStatus
+from jobbatch.backoff import retry_delay
 from jobbatch.dispatch import Dispatcher
 from jobbatch.expectations import Expectations, JobCalls
-from jobbatch.kube import Conflict, Kube
+from jobbatch.kube import Conflict, Kube, error_message
 from jobbatch.observed import PODS_COLLECTED, PodFailure, ShardJob
-from jobbatch.planner import Acceptance, Batch, CreateJob, Plan, ReleaseJob, plan, set_condition
+from jobbatch.planner import Acceptance, Batch, CreateJob, FailedCreate, Plan, ReleaseJob, plan, set_condition
+from jobbatch.sandbox import Sandbox, SandboxError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
 PRIORITY_CACHE_SECONDS = 30.0
 API_CONCURRENCY = 32  # API calls in flight per batch
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+# A refused Job create is tried again after 2 s, 4 s, 8 s, ... up to 5 minutes (the Job controller's
+# own pod-create backoff is 10 s to 6 min).
+CREATE_BACKOFF = Backoff(initial_seconds=2, multiplier=2, max_seconds=300, jitter=0.1)
 
 
 class BatchGone(Exception):
@@ -70,6 +75,7 @@ class BatchReconciler:
         jobs: Callable[[], Mapping[str, ShardJob]],
         failures: Callable[[Iterable[str]], Mapping[tuple[int, int], PodFailure]] = lambda uids: {},
         all_jobs: Callable[[], Mapping[tuple[str, str], Iterable[ShardJob]]] | None = None,
+        sandbox: Sandbox | None = None,
         clock: Callable[[], datetime.datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,6 +83,11 @@ class BatchReconciler:
         self.namespace, self.name, self.uid = namespace, name, uid
         self._jobs, self._failures, self._all_jobs = jobs, failures, all_jobs
         self._clock, self._monotonic = clock, monotonic
+        self.sandbox = sandbox  # None: validate on this thread (unit tests only)
+        self._verdict: tuple[str | None, Acceptance] | None = None  # (inputs, verdict) of the last check
+        # Creates the API server refused, by Job name, until one succeeds (bounded: while any is
+        # here, a pass sends at most one create).
+        self.failed_creates: dict[str, FailedCreate] = {}
         self.wake = asyncio.Event()
         self._body: dict[str, Any] | None = None  # the batch as last persisted (GET or our own write)
         self._body_read = float("-inf")
@@ -165,7 +176,12 @@ class BatchReconciler:
             running = {uid: sum(j.slots for j in jobs) for (_, uid), jobs in self._running_index()}
             running[self.uid] = sum(j.slots for j in observed)
             budget = self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid]), running)
-        decision = plan(batch, observed, self._clock(), failures=failures, acceptance=acceptance, launch_budget=budget)
+        for job in observed:
+            self.failed_creates.pop(job.name, None)  # it exists after all (a later try, or someone else)
+        decision = plan(
+            batch, observed, self._clock(),
+            failures=failures, acceptance=acceptance, launch_budget=budget, failed_creates=self.failed_creates,
+        )  # fmt: skip
         try:
             requeue = await self._apply(decision, body, spec, observed)
         finally:
@@ -198,27 +214,86 @@ class BatchReconciler:
         return list(self.expected.overlay(self._jobs()).values())
 
     async def _accept(self, spec: JobBatchSpec) -> Acceptance:
-        """The checks only the operator can make; on success the payload snapshot exists."""
+        """The checks only the operator can make; on success the payload snapshot exists.
+
+        The user's schema runs over the user's items in the sandbox (``jobbatch.sandbox``). A verdict
+        on inputs that have not changed since (the ConfigMap's resourceVersion) is not recomputed: a
+        hostile schema costs its time limit once per operator process, not every recheck.
+        """
         if spec.priority_class_name and await self.kube.get_priority_value(spec.priority_class_name) is None:
             return Acceptance(
                 False, "PriorityClassNotFound", f'PriorityClass "{spec.priority_class_name}" does not exist'
             )
+        refused = await self._refused_template(spec)
+        if refused is not None:
+            return Acceptance(False, "InvalidPodTemplate", refused)
         data = None
+        inputs: str | None = None  # what the verdict depends on besides the (immutable) spec
         ref = spec.payloads.config_map
         if ref is not None:
-            data = await self.kube.get_configmap_data(self.namespace, ref.name)
-            if data is None:
+            snapshot = await self._own_snapshot()
+            if snapshot is not None:
+                # Accepted before, but the verdict was not persisted (a 409, a crash): the snapshot is
+                # what was validated; the source may have changed since.
+                count = sum(1 for line in snapshot.splitlines() if line.strip())
+                return Acceptance(True, "Accepted", "", item_count=count)
+            source = await self.kube.get_configmap(self.namespace, ref.name)
+            if source is None:
                 return Acceptance(
                     False, "ConfigMapNotFound", f'ConfigMap "{ref.name}" not found in namespace "{self.namespace}"'
                 )
+            data = dict(source.get("data") or {})
+            inputs = str(source.get("metadata", {}).get("resourceVersion"))
+        if self._verdict is not None and self._verdict[0] == inputs:
+            return self._verdict[1]
         try:
-            items = payloads.prepare(spec, data)
+            if self.sandbox is None:
+                items = payloads.prepare(spec, data)
+            else:
+                items = await self.sandbox.run(payloads.prepare, spec, data)
         except payloads.PayloadError as exc:
-            return Acceptance(False, exc.reason, exc.message)
+            self._verdict = (inputs, Acceptance(False, exc.reason, exc.message))
+            return self._verdict[1]
+        except SandboxError as exc:
+            verdict = Acceptance(
+                False,
+                f"PayloadValidation{exc.reason}",
+                f"checking the payloads against payloadSchema {exc.message}; simplify the schema (patterns "
+                "that backtrack, deep nesting) or drop it and let workers check their own items",
+            )
+            if exc.reason != "Crashed":  # a crash may be the machine's, not the input's: try again later
+                self._verdict = (inputs, verdict)
+            return verdict
         if items.jsonl is not None:
             cm = manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
             await self.kube.create_configmap(self.namespace, cm)
         return Acceptance(True, "Accepted", "", item_count=items.count)
+
+    async def _refused_template(self, spec: JobBatchSpec) -> str | None:
+        """Why the API server would refuse this batch's shard Jobs (a dry-run create of one), or None.
+
+        Only refusals of the object itself count (400, 422, an admission webhook's denial): a quota
+        or a terminating namespace refuses every object alike, and the create path reports those.
+        """
+        probe = manifests.shard_job(
+            name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=1,
+            first_shard=0, count=1, attempt=0, parallelism=1,
+        )  # fmt: skip
+        try:
+            await self.kube.create_job(self.namespace, probe, dry_run=True)
+        except ApiException as exc:
+            message = error_message(exc)
+            if exc.status in (400, 422) or (exc.status == 403 and "admission webhook" in message):
+                return f"the API server refuses the shard Jobs this template makes: {message}"
+        return None
+
+    async def _own_snapshot(self) -> str | None:
+        """The payload snapshot this batch made earlier, if there is one."""
+        body = await self.kube.get_configmap(self.namespace, naming.payload_configmap_name(self.name, self.uid))
+        owners = (body or {}).get("metadata", {}).get("ownerReferences") or []
+        if body is None or not any(o.get("uid") == self.uid for o in owners):
+            return None
+        return str((body.get("data") or {}).get(manifests.PAYLOAD_KEY, ""))
 
     async def _priority_value(self, spec: JobBatchSpec) -> int:
         expires, value = self._priority
@@ -344,7 +419,22 @@ class BatchReconciler:
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
             first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
         )  # fmt: skip
-        made = await self.kube.create_job(self.namespace, manifest)
+        try:
+            made = await self.kube.create_job(self.namespace, manifest)
+        except (ApiException, TimeoutError, OSError) as exc:
+            # Refused (422, a quota's or webhook's 403, a terminating namespace) or unreachable after
+            # the client's retries: the planner backs off and says so (condition Stalled, an Event).
+            failures = self.failed_creates.get(create.name, FailedCreate(0, self._clock(), "")).failures + 1
+            delay = retry_delay(CREATE_BACKOFF, self.uid, create.first, failures - 1)
+            retry_at = self._clock() + datetime.timedelta(seconds=delay)
+            self.failed_creates[create.name] = FailedCreate(failures, retry_at, error_message(exc))
+            logger.warning(
+                "%s/%s: creating job %s failed (%d times; next try in %.0fs): %s",
+                self.namespace, self.name, create.name, failures, delay, error_message(exc),
+            )  # fmt: skip
+            self.wake.set()
+            return False
+        self.failed_creates.pop(create.name, None)
         if made:
             metrics.launches.labels(self.namespace).inc(create.parallelism)
             if create.attempt:

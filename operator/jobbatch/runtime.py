@@ -24,6 +24,7 @@ from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
 from jobbatch.jobwatch import ShardWatch
 from jobbatch.kube import Kube, new_api_client
+from jobbatch.sandbox import Sandbox
 from jobbatch.state import Runtime
 
 logger = logging.getLogger("jobbatch")
@@ -56,7 +57,12 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     config: OperatorConfig = memo["config"]
     kube = Kube(await new_api_client(), qps=config.api_qps, burst=config.api_burst)
     watch = ShardWatch(kube, config.namespaces)
-    runtime = Runtime(kube=kube, dispatcher=Dispatcher(config.max_running_shards), watch=watch)
+    runtime = Runtime(
+        kube=kube,
+        dispatcher=Dispatcher(config.max_running_shards),
+        watch=watch,
+        sandbox=Sandbox(timeout=config.payload_validation_timeout),
+    )
     # Daemons start after this: every Job and failed pod is known.
     await watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime))
     memo["runtime"] = runtime

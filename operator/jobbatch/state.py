@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Kube
+from jobbatch.sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class Runtime:
     kube: Kube
     dispatcher: Dispatcher
     watch: ShardWatch
+    sandbox: Sandbox
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 

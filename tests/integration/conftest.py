@@ -82,6 +82,18 @@ async def namespace(api: client.ApiClient) -> AsyncIterator[str]:
         await core.delete_namespace(name)
 
 
+@pytest.fixture
+async def other_namespace(api: client.ApiClient, namespace: str) -> AsyncIterator[str]:
+    """A second fresh namespace (another tenant), deleted afterwards."""
+    name = f"{namespace}-b"
+    core = client.CoreV1Api(api)
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        await core.delete_namespace(name)
+
+
 @pytest.fixture(scope="session")
 def crd(kubeconfig: Path) -> None:
     """The JobBatch CRD, installed once and served."""

@@ -67,3 +67,92 @@ def test_too_large_payload_is_rejected() -> None:
 def test_round_trip() -> None:
     items = [{"a": [1, 2]}, None, "é"]
     assert parse_jsonl(encode_jsonl(items), "x") == items
+
+
+# -- untrusted schemas: bounded, nothing fetched, nothing of the data in messages --------------------
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"$ref": "#"}, "refers to itself without end"),
+        ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "refers to itself without end"),
+        ({"$schema": {}}, "$schema must be a string"),
+        ({"$ref": "http://127.0.0.1:9/schema.json"}, "does not resolve inside it"),
+        ({"$ref": "file:///etc/passwd"}, "does not resolve inside it"),
+        ({"allOf": [{"type": "string", "maxLength": 9}] * 5000}, "is over 65536 bytes"),
+    ],
+)
+def test_hostile_schemas_are_invalid_not_crashes(schema: dict[str, Any], says: str) -> None:
+    with pytest.raises(PayloadError) as exc:
+        prepare(spec({"items": ["x"]}, payloadSchema=schema))
+    assert exc.value.reason == "InvalidPayloadSchema"
+    assert says in exc.value.message
+
+
+def test_deeply_nested_schema_is_invalid() -> None:
+    schema: dict[str, Any] = {}
+    for _ in range(5000):
+        schema = {"not": schema}
+    with pytest.raises(PayloadError) as exc:
+        prepare(spec({"items": ["x"]}, payloadSchema=schema))
+    assert exc.value.reason == "InvalidPayloadSchema"
+
+
+def test_a_remote_ref_is_never_fetched() -> None:
+    import http.server
+    import threading
+
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "integer"}')
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/schema.json"
+        with pytest.raises(PayloadError, match="references to URLs or files are not fetched"):
+            prepare(spec({"items": [1]}, payloadSchema={"$ref": url}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == []
+
+
+def test_messages_never_quote_configmap_data() -> None:
+    secret = "hunter2-very-secret"
+    source = spec({"configMap": {"name": "cm", "key": "d"}}, payloadSchema={"type": "integer"})
+    with pytest.raises(PayloadError) as exc:
+        prepare(source, {"d": f'"{secret}"\n'})
+    assert secret not in exc.value.message
+    assert exc.value.message == 'item 0 does not match payloadSchema: it fails type "integer" (schema path /type)'
+    # Property names come from the data too: not shown for a ConfigMap source.
+    keyed = spec({"configMap": {"name": "cm", "key": "d"}}, payloadSchema={"additionalProperties": {"type": "null"}})
+    with pytest.raises(PayloadError) as exc:
+        prepare(keyed, {"d": f'{{"{secret}": 1}}\n'})
+    assert secret not in exc.value.message
+
+
+def test_messages_are_bounded() -> None:
+    with pytest.raises(PayloadError) as exc:
+        prepare(spec({"items": ["x"]}, payloadSchema={"enum": ["y" * 10_000]}))
+    assert len(exc.value.message) <= 512
+    assert "y" * 100 not in exc.value.message
+
+
+def test_too_many_items_to_validate() -> None:
+    with pytest.raises(PayloadError) as exc:
+        prepare(spec({"count": 10_000_000}, payloadSchema={"type": "integer"}))
+    assert exc.value.reason == "TooManyItemsToValidate"
+    # Without a schema nothing is checked item by item, so any count is fine.
+    assert prepare(spec({"count": 10_000_000})).count == 10_000_000
+
+
+def test_payload_error_crosses_processes() -> None:
+    import pickle
+
+    again = pickle.loads(pickle.dumps(PayloadError("Why", "what")))
+    assert (again.reason, again.message) == ("Why", "what")

@@ -18,7 +18,7 @@ from jobbatch import api
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Conflict
 from jobbatch.observed import ShardJob, summarize
-from jobbatch.reconciler import ActionsFailed, BatchReconciler
+from jobbatch.reconciler import BatchReconciler
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -49,6 +49,7 @@ class FakeKube:
         self.events: list[str] = []
         self.conflicts = 0  # status writes to refuse with 409
         self.fail_creates = False
+        self.fail_reads = False
 
     def _bump(self) -> None:
         meta = self.batch["metadata"]
@@ -56,6 +57,8 @@ class FakeKube:
 
     async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("get", name))
+        if self.fail_reads:
+            raise ApiException(status=500, reason="Internal Server Error")
         return copy.deepcopy(self.batch)
 
     async def patch_batch_status(
@@ -69,8 +72,11 @@ class FakeKube:
         self._bump()
         return copy.deepcopy(self.batch)
 
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+    async def create_job(self, namespace: str, body: dict[str, Any], *, dry_run: bool = False) -> bool:
         name = body["metadata"]["name"]
+        if dry_run:
+            self.calls.append(("dry-run", name))
+            return True
         self.calls.append(("create", name))
         if self.fail_creates:
             raise ApiException(status=422, reason="Invalid")
@@ -221,27 +227,97 @@ async def test_a_conflicting_status_write_re_reads_and_re_plans() -> None:
     assert kube.batch["status"]["phase"] == "Running"
 
 
-async def test_a_create_that_keeps_failing_is_reported_and_not_counted() -> None:
+class WallClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+
+async def test_a_refused_create_backs_off_is_reported_and_not_counted() -> None:
     kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
     accept(kube, 10)
     kube.fail_creates = True
-    clock = Clock()
+    clock, wall = Clock(), WallClock()
     r = reconciler(kube, {}, clock)
-    await r.reconcile_once()
-    await r.calls.drain()
-    # The failed create holds no slot, and the next pass reports the failure (the loop then backs off).
-    assert r.observed() == []
-    with pytest.raises(ActionsFailed):
-        await r.reconcile_once()
-    await r.calls.drain()
-    creates = [c for c in kube.calls if c[0] == "create"]
-    assert len(creates) == 2  # one per pass, never a hot loop within one
+    r._clock = wall
+
+    async def step(seconds: float) -> float | None:
+        wall.now += datetime.timedelta(seconds=seconds)
+        clock.now += seconds
+        requeue = await r.reconcile_once()
+        await r.calls.drain()
+        return requeue
+
+    def creates() -> int:
+        return sum(1 for c in kube.calls if c[0] == "create")
+
+    await step(0)
+    assert creates() == 1
+    requeue = await step(1)  # a pass within the backoff: it creates nothing, and reports
+    assert creates() == 1
+    assert requeue is not None
+    assert requeue <= 1.2
+    status = kube.batch["status"]
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "FailedCreate")
+    assert "failed 1 times" in stalled["message"]
+    assert "HTTP 422: Invalid" in stalled["message"]
+    assert status["shards"]["running"] == 0
+    assert status["shards"]["pending"] == 10
+    assert kube.events.count("FailedCreate") == 1
+    # Passes on other wake-ups (watch events) send nothing while the backoff runs.
+    for _ in range(5):
+        await step(0.1)
+    assert creates() == 1
+    await step(1)  # due: one probe, refused again; the next backoff is twice as long
+    await step(1)
+    assert creates() == 2
+    stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
+    assert "failed 2 times" in stalled["message"]
+    assert kube.events.count("FailedCreate") == 1  # the same error: no new Event
+    kube.fail_creates = False
+    await step(2)
+    assert creates() == 2  # 4 s backoff now
+    await step(2)
+    assert creates() == 3
+    assert r.failed_creates == {}
+    await step(1)
+    stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("False", "Created")
+    assert kube.batch["status"]["shards"]["running"] == 3
+
+
+async def test_a_refused_create_is_no_hot_loop_in_the_real_loop() -> None:
+    """The loop with real time: a refusal wakes it, and the pass it wakes must not create again."""
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
+    accept(kube, 10)
+    kube.fail_creates = True
+    r = BatchReconciler(
+        kube=kube,  # type: ignore[arg-type]
+        dispatcher=Dispatcher(0), namespace="ns", name="b", uid="uid-1", jobs=lambda: {},
+    )  # fmt: skip
+    stopped = asyncio.Event()
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return stopped.is_set()
+
+        async def wait(self) -> None:
+            await stopped.wait()
+
+    loop = asyncio.create_task(r.run(Stopped()))
+    await asyncio.wait({loop}, timeout=1.0)  # a window shorter than the first backoff (2 s)
+    stopped.set()
+    await loop
+    assert sum(1 for c in kube.calls if c[0] == "create") == 1
 
 
 async def test_the_loop_backs_off_after_failed_passes() -> None:
     kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
     accept(kube, 10)
-    kube.fail_creates = True
+    kube.fail_reads = True
     r = reconciler(kube, {}, Clock())
     stopped = asyncio.Event()
     sleeps: list[float] = []
@@ -259,4 +335,4 @@ async def test_the_loop_backs_off_after_failed_passes() -> None:
             return stopped.is_set()
 
     await asyncio.wait_for(r.run(Stopped()), 5)
-    assert sleeps[1:5] == [1.0, 2.0, 5.0, 10.0]  # each failed pass waits longer
+    assert sleeps[:5] == [1.0, 2.0, 5.0, 10.0, 30.0]  # each failed pass waits longer

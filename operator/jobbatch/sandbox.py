@@ -1,0 +1,98 @@
+"""Run untrusted computations -- a user's payloadSchema over a user's items -- in a killable child process.
+
+A schema is code in all but name: a ``pattern`` such as ``^(a+)+$`` backtracks for hours inside
+one call of the C regex engine, which never releases the GIL. In a thread it would stall the event
+loop, and with it ``/healthz`` and every other tenant's batches; in a child process it is killed at
+its deadline. Children are forked from a forkserver that has imported the validating code already,
+so a call costs a fork, not an interpreter start. At most ``concurrency`` children run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import resource
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 20.0  # seconds one computation may take
+DEFAULT_MEMORY = 2 << 30  # bytes of address space a child may map
+_PRELOAD = ["jobbatch.payloads"]
+
+
+class SandboxError(Exception):
+    """The computation did not finish: it ran out of time or memory, or its process died."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def _child(
+    conn: multiprocessing.connection.Connection, memory: int, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    try:
+        result: tuple[str, Any] = ("ok", fn(*args))
+    except MemoryError:
+        result = ("memory", None)
+    except BaseException as exc:  # noqa: BLE001 -- whatever it is, it goes back to the caller
+        result = ("raised", exc)
+    try:
+        conn.send(result)
+    except Exception as exc:  # noqa: BLE001 -- e.g. an exception that does not pickle
+        conn.send(("raised", RuntimeError(f"{type(exc).__name__} while sending the result")))
+    conn.close()
+
+
+class Sandbox:
+    """Runs ``fn(*args)`` in a child process with a deadline and a memory limit; see the module doc."""
+
+    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, memory: int = DEFAULT_MEMORY, concurrency: int = 2) -> None:
+        self.timeout, self.memory = timeout, memory
+        self._slots = asyncio.Semaphore(concurrency)
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(_PRELOAD)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """The result of ``fn(*args)``; what it raises is raised here; SandboxError if it did not finish.
+
+        ``fn`` and ``args`` must pickle (``fn`` a module-level function).
+        """
+        async with self._slots:
+            kind, value = await asyncio.to_thread(self._run_blocking, fn, args)
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        if kind == "raised":
+            raise value
+        if kind == "memory":
+            raise SandboxError("OutOfMemory", f"ran out of memory (limit {self.memory >> 20} MiB)")
+        if kind == "timeout":
+            raise SandboxError("Timeout", f"took longer than {self.timeout:g}s")
+        raise SandboxError("Crashed", f"its process ended without a result ({value})")
+
+    def _run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        receiver, sender = self._context.Pipe(duplex=False)
+        proc = self._context.Process(target=_child, args=(sender, self.memory, fn, args), daemon=True)
+        try:
+            proc.start()
+            sender.close()  # ours; the child holds its own copy
+            if not receiver.poll(self.timeout):
+                return ("timeout", None)
+            try:
+                result: tuple[str, Any] = receiver.recv()
+            except EOFError:  # it died before sending (killed, or OOM-killed)
+                proc.join(5)
+                return ("crashed", f"exit code {proc.exitcode}")
+            except Exception as exc:  # noqa: BLE001 -- a result that does not unpickle
+                return ("crashed", f"{type(exc).__name__} reading its result")
+            return result
+        finally:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            proc.close()
+            receiver.close()
