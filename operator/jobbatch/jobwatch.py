@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 RELIST_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
-# Called with (event type, batch UID, body) for every event concerning a batch.
+# Called with (event type, batch UID, body) for every event and listed object ("" when no batch
+# controls it), and with (LISTED, batch UID, {}) for each batch a fresh list concerns.
 OnEvent = Callable[[str, str, dict[str, Any]], None]
 BatchKey = tuple[str, str]  # (namespace, batch UID)
 _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
@@ -171,7 +172,11 @@ class ListWatch:
         while True:
             try:
                 items, version = await self.kube.list_watched(self.kind, namespace)
-                for batch in self.index.replace(namespace, items):
+                touched = self.index.replace(namespace, items)
+                for body in items:  # an object being deleted may get no further event: act on it now
+                    if body.get("metadata", {}).get("deletionTimestamp"):
+                        self.on_event("LISTED", self.index.apply("ADDED", body) or "", body)
+                for batch in touched:
                     self.on_event("LISTED", batch, {})
                 listed.set()
                 failures = 0
@@ -180,9 +185,9 @@ class ListWatch:
                         version = body.get("metadata", {}).get("resourceVersion") or version
                         if kind == "BOOKMARK":
                             continue
-                        touched = self.index.apply(kind, body)
-                        if touched is not None:
-                            self.on_event(kind, touched, body)
+                        # Every event goes out, even of a Job no batch controls (orphaned by
+                        # `--cascade=orphan`): it may still hold our finalizer.
+                        self.on_event(kind, self.index.apply(kind, body) or "", body)
             except asyncio.CancelledError:
                 raise
             except Gone as exc:

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -24,7 +23,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.client.rest import RESTResponse
 
-from jobbatch import api
+from jobbatch import api, naming
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -439,7 +438,7 @@ class Kube:
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         event = {
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "metadata": {"name": naming.event_name(meta["name"]), "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": api.API_VERSION,
                 "kind": api.KIND,

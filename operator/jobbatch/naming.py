@@ -9,6 +9,7 @@ re-created under the same name never mistakes the old batch's Jobs for its own.
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 # An Indexed Job's pods get the hostname "<job>-<index>", a DNS label of at most 63 characters:
 # 40 (prefix) + 1 + 5 (uid hash) + 1 + 7 (first shard) + 1 + 3 (attempt) = 58, plus "-" and a
@@ -40,3 +41,11 @@ def payload_configmap_name(batch_name: str, batch_uid: str) -> str:
 def label_value(text: str) -> str:
     """A label value (<= 63 chars) that still identifies long batch names (the UID label is exact)."""
     return text if len(text) <= 63 else f"{text[:56].rstrip('-._')}-{_uid_hash(text)}"
+
+
+def event_name(involved_name: str) -> str:
+    """A unique Event name for an object: ``<name>.<12 hex>``, the name cut so the whole fits 253.
+
+    (Uncut, a batch named with 241 or more characters would have every Event refused.)
+    """
+    return f"{involved_name[:240].rstrip('.-')}.{uuid.uuid4().hex[:12]}"

@@ -10,7 +10,7 @@ from kubernetes_asyncio import client
 
 from e2e.operator_process import healthy
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, template
+from tests.integration.harness import MERGE_PATCH, Batches, template
 from tests.waiting import eventually
 
 # Backtracks exponentially on a near-miss such as "aaa…a!": hours of one C call holding the GIL.
@@ -135,3 +135,67 @@ async def test_refused_creates_back_off_are_reported_and_recover(
 async def _quota_enforced(core: client.CoreV1Api, namespace: str) -> bool:
     quota = await core.read_namespaced_resource_quota("no-jobs", namespace)
     return bool(quota.status and quota.status.hard)
+
+
+async def test_the_longest_batch_name_still_gets_its_events(batches: Batches, operator: OperatorFactory) -> None:
+    await operator()
+    name = "n" * 252 + "x"  # the longest name the API server allows
+    await batches.create(name, {"template": template(), "payloads": {"count": 1}})
+    await batches.wait_for(name, "Complete")
+    reasons = [e["reason"] for e in await batches.events(name)]
+    assert "Started" in reasons
+    assert "Completed" in reasons
+
+
+async def _jobs_of(batches: Batches, name: str) -> list[Any]:
+    return [j for j in await batches.jobs() if j.metadata.labels.get("jobbatch.io/batch") == name]
+
+
+async def test_jobs_left_deleting_while_the_operator_was_down_are_released_on_start(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    first = await operator()
+    await batches.create("down", {"template": template(duration="1h"), "payloads": {"count": 2}})
+    await batches.wait_status("down", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+    await first.kill()
+    # The batch goes while no operator runs (its finalizers removed by hand, as a user stuck on them
+    # would): the garbage collector deletes its Jobs, which wait on the operator's finalizer.
+    await batches.custom.patch_namespaced_custom_object(
+        "jobbatch.io", "v1alpha1", namespace, "jobbatches", "down", {"metadata": {"finalizers": None}},
+        **MERGE_PATCH,
+    )  # fmt: skip
+    await batches.delete("down")
+
+    async def deleting() -> bool:
+        jobs = await _jobs_of(batches, "down")
+        return bool(jobs) and all(j.metadata.deletion_timestamp for j in jobs)
+
+    await eventually(deleting, what="the garbage collector to mark the Jobs deleted")
+    await operator()  # no event will ever come for these Jobs again: the initial list must do
+    await eventually(lambda: _no_jobs_of(batches, "down"), what="the Jobs released and gone")
+
+
+async def test_a_job_orphaned_then_deleted_is_released(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    await batches.create("orphaning", {"template": template(duration="1h"), "payloads": {"count": 2}})
+    await batches.wait_status("orphaning", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+    await batches.custom.delete_namespaced_custom_object(
+        "jobbatch.io", "v1alpha1", namespace, "jobbatches", "orphaning",
+        body=client.V1DeleteOptions(propagation_policy="Orphan"),
+    )  # fmt: skip
+
+    async def orphaned() -> list[Any] | None:
+        jobs = await _jobs_of(batches, "orphaning")
+        return jobs if jobs and not any(j.metadata.owner_references for j in jobs) else None
+
+    jobs = await eventually(orphaned, what="the Jobs orphaned (ownerReferences removed)")
+    background = client.V1DeleteOptions(propagation_policy="Background")
+    for job in jobs:
+        await batches.batch.delete_namespaced_job(job.metadata.name, namespace, body=background)
+    await eventually(lambda: _no_jobs_of(batches, "orphaning"), what="the orphaned Jobs released and gone")
+
+
+async def _no_jobs_of(batches: Batches, name: str) -> bool:
+    return not await _jobs_of(batches, name)

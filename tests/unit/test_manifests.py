@@ -79,3 +79,13 @@ def test_dotted_batch_names_make_dns_label_job_names() -> None:
     name = naming.job_name("a.b.c", "uid", 0, 0)
     assert "." not in name
     assert name.startswith("a-b-c-")
+
+
+def test_event_names_fit_for_the_longest_batch_names() -> None:
+    longest = "a" * 252 + "b"
+    names = {naming.event_name(longest) for _ in range(3)}
+    assert len(names) == 3  # unique
+    for name in names:
+        assert len(name) <= 253
+        assert name.startswith("a" * 240 + ".")
+    assert naming.event_name("short").startswith("short.")
