@@ -257,7 +257,7 @@ class JobBatchStatus(_Model):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Accepted, Running, Suspended, Complete, Failed.",
+        description="Accepted, Running, Suspended, Complete, Failed; and Ready, Reconciling, Stalled (kstatus).",
         json_schema_extra=_extra(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
     )
 

@@ -114,6 +114,9 @@ def shard_job(
     ours = {e["name"] for e in env} | {"JOB_COMPLETION_INDEX"}
     for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
         container["env"] = [*(e for e in container.get("env") or [] if e.get("name") not in ours), *env]
+        # A worker that fails without writing /dev/termination-log still says why: its log's tail
+        # becomes the message recorded in status.failures.
+        container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
         if has_file:
             mount = {"name": PAYLOAD_VOLUME, "mountPath": PAYLOAD_DIR, "readOnly": True}
             container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]

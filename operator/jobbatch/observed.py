@@ -172,6 +172,10 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
     )
 
 
+# Characters of a failed pod's message kept (the kubelet keeps up to 4 KiB of a termination message).
+TERMINATION_MESSAGE_CHARS = 900
+
+
 def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
     """The PodFailure of a failed worker pod of a shard Job; None for any other pod.
 
@@ -211,6 +215,6 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
         attempt=attempt,
         exit_code=exit_code,
         reason=reason or "Failed",
-        message=message[:512],
+        message=message[:TERMINATION_MESSAGE_CHARS],
         finished_at=finished_at,
     )

@@ -43,6 +43,9 @@ ACCEPTANCE_RECHECK_SECONDS = 10.0
 # Events about individual shards posted per pass, so a mass failure cannot flood the API.
 MAX_SHARD_EVENTS_PER_PASS = 5
 MAX_RECORDED_FAILURES = 10
+# Characters of one recorded failure's message (it quotes the worker's termination message): ten of
+# them stay a small part of the status.
+MAX_FAILURE_MESSAGE = 1024
 # Chunk Jobs hold CHUNK_FACTOR x parallelism shards, within [MIN_CHUNK, MAX_CHUNK] (docs/design.md):
 # big enough that Jobs cost little per shard, small enough that chunks keep draining (which frees
 # the slots retries run in) and that a chunk's finished pods and Job status stay small.
@@ -292,17 +295,19 @@ class ShardFates:
 def permanent_failure(failed: FailedAttempt, non_retryable: Sequence[int], limit: int) -> ShardFailure | None:
     """The permanent failure a failed attempt causes, or None if the shard may retry."""
     code = f" (exit code {failed.exit_code})" if failed.exit_code is not None else ""
+    said = f": {failed.message}" if failed.message else ""  # the worker's termination message, bounded
     if failed.exit_code is not None and failed.exit_code in non_retryable:
         reason = "NonRetryableExitCode"
-        message = f"attempt {failed.attempt} exited with non-retryable code {failed.exit_code}"
+        message = f"attempt {failed.attempt} exited with non-retryable code {failed.exit_code}{said}"
     elif failed.attempt >= limit:
-        why = f": {failed.reason}" + (f" ({failed.message})" if failed.message else "")
         reason = "RetriesExhausted"
-        message = f"attempt {failed.attempt} failed{code}{why}; no retries left (limit {limit})"
+        message = f"attempt {failed.attempt} failed{code}, no retries left (limit {limit}): {failed.reason}{said}"
     else:
         return None
+    if len(message) > MAX_FAILURE_MESSAGE:
+        message = message[: MAX_FAILURE_MESSAGE - 3] + "..."
     return ShardFailure(
-        shard=failed.shard, attempt=failed.attempt, exit_code=failed.exit_code, reason=reason, message=message[:512]
+        shard=failed.shard, attempt=failed.attempt, exit_code=failed.exit_code, reason=reason, message=message
     )
 
 
@@ -383,6 +388,7 @@ class _Pass:
         self.batch, self.spec, self.old, self.now = batch, batch.spec, batch.status, now
         self.failed_creates = failed_creates or {}
         self._probed = False  # while creates fail, one create per pass probes whether they work again
+        self._stall: tuple[str, str] | None = None  # (reason, message) of a Stalled=True found on the way
         self.gen = batch.generation
         self.status = batch.status.model_copy(deep=True)
         self.status.observed_generation = batch.generation
@@ -398,8 +404,35 @@ class _Pass:
     def finish(self) -> Plan:
         shards = self.status.shards
         self.status.progress = f"{shards.succeeded + shards.failed}/{shards.total}"
+        self._summarize_health()
         self.out.status_changed = self.status.dump() != self.old.dump()
         return self.out
+
+    def _summarize_health(self) -> None:
+        """The kstatus conditions GitOps tools read (Flux, Argo CD, kpt, cli-utils): Ready, Reconciling, Stalled.
+
+        Stalled: the batch cannot make progress on its own -- it failed, is not accepted, or the API
+        server refuses its Jobs. Reconciling: it is being worked on. Ready: it succeeded.
+        """
+        status = self.status
+        phase = status.phase
+        accepted, failed = status.condition("Accepted"), status.condition("Failed")
+        stall = self._stall
+        if phase == "Failed" and failed is not None:
+            stall = (failed.reason, failed.message)
+        elif accepted is not None and accepted.status == "False":
+            stall = (accepted.reason, accepted.message)
+        if stall is not None:
+            self.condition("Stalled", "True", *stall)
+        else:
+            self.condition("Stalled", "False", phase, "")
+        busy = stall is None and phase in ("Pending", "Running")
+        self.condition("Reconciling", "True" if busy else "False", phase, f"{status.progress} shards finished")
+        if phase == "Succeeded":
+            complete = status.condition("Complete")
+            self.condition("Ready", "True", "Completed", complete.message if complete else "")
+        else:
+            self.condition("Ready", "False", phase, f"{status.progress} shards finished")
 
     # 1. accept ----------------------------------------------------------------------------------
     def accept(self, acceptance: Acceptance | None) -> bool:
@@ -688,18 +721,14 @@ class _Pass:
         return not self._probed
 
     def report_failed_creates(self) -> None:
-        """A ``Stalled`` condition and a ``FailedCreate`` Event while the API server refuses our Jobs."""
+        """``Stalled=True, reason=FailedCreate`` and a ``FailedCreate`` Event while the API server refuses our Jobs."""
         old = self.old.condition("Stalled")
         if self.failed_creates:
             name, worst = max(self.failed_creates.items(), key=lambda kv: (kv[1].failures, kv[0]))
-            self.condition(
-                "Stalled", "True", "FailedCreate",
-                f"creating Job {name} failed {worst.failures} times, retrying with backoff: {worst.message}",
-            )  # fmt: skip
+            why = f"creating Job {name} failed {worst.failures} times, retrying with backoff: {worst.message}"
+            self._stall = ("FailedCreate", why)
             if old is None or old.status != "True" or not old.message.endswith(worst.message):
                 self.out.events.append(Event("Warning", "FailedCreate", f"creating Job {name}: {worst.message}"))
-        elif old is not None and old.status == "True" and old.reason == "FailedCreate":
-            self.condition("Stalled", "False", "Created", "shard Jobs are created again")
 
     def _mark_running(self, slots: int, started: bool) -> None:
         status, old = self.status, self.old

@@ -40,6 +40,9 @@ async def test_inline_items_complete(
     assert status["succeededShards"] == "0-3"
     assert status["progress"] == "4/4"
     assert status["startTime"] <= status["completionTime"]
+    # kstatus, for GitOps tools: done, at rest, not stalled.
+    health = {c["type"]: c["status"] for c in status["conditions"]}
+    assert (health["Ready"], health["Reconciling"], health["Stalled"]) == ("True", "False", "False")
     assert pods.attempts("inline") == {0: [0], 1: [0], 2: [0], 3: [0]}
     # The items reach the workers through an immutable snapshot, one item per line.
     uid = created["metadata"]["uid"]
@@ -165,7 +168,7 @@ async def test_non_retryable_exit_code_fails_at_once(
 ) -> None:
     await operator()
     spec = {
-        "template": template(exit_code="3", fail_shards="1"),
+        "template": template(exit_code="3", fail_shards="1", message="row 17: no such table"),
         "payloads": {"count": 3},
         "parallelism": 1,
         "retry": {**FAST_RETRY, "nonRetryableExitCodes": [3]},
@@ -183,7 +186,9 @@ async def test_non_retryable_exit_code_fails_at_once(
     assert "shard 1 (NonRetryableExitCode, exit code 3)" in cond["message"]
     assert failed["status"]["failedShards"] == "1"
     assert failed["status"]["failures"][0]["exitCode"] == 3
-    assert messages(await batches.events("fatal"), "ShardFailed")
+    # The worker's termination message says why, in the status and the Event.
+    assert failed["status"]["failures"][0]["message"].endswith("code 3: row 17: no such table")
+    assert any("row 17: no such table" in m for m in messages(await batches.events("fatal"), "ShardFailed"))
 
 
 async def test_max_failed_shards_exceeded_stops_the_batch(

@@ -89,3 +89,11 @@ def test_event_names_fit_for_the_longest_batch_names() -> None:
         assert len(name) <= 253
         assert name.startswith("a" * 240 + ".")
     assert naming.event_name("short").startswith("short.")
+
+
+def test_a_failing_worker_says_why_even_without_a_termination_log() -> None:
+    pod = job(spec())["spec"]["template"]["spec"]
+    assert {c["terminationMessagePolicy"] for c in pod["containers"]} == {"FallbackToLogsOnError"}
+    own = spec()
+    own.template["spec"]["containers"][0]["terminationMessagePolicy"] = "File"
+    assert job(own)["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "File"

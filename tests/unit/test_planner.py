@@ -586,4 +586,49 @@ def test_stalled_clears_once_creates_work() -> None:
     p = plan(stalled, [job(0, count=2)], T0)
     cond = p.status.condition("Stalled")
     assert cond is not None
-    assert (cond.status, cond.reason) == ("False", "Created")
+    assert (cond.status, cond.reason) == ("False", "Running")
+
+
+def test_a_failure_records_the_workers_termination_message_bounded() -> None:
+    s = spec(parallelism=1, retry={"limit": 0, "nonRetryableExitCodes": [3]})
+    b = accepted(s, items=2)
+    pod = dataclasses.replace(failure(0, code=3), message="row 17: no such table")
+    p = plan(b, [job(0, 2, parallelism=1, failed="0")], T0, failures=failures(pod))
+    assert p.status.failures[0].message == "attempt 0 exited with non-retryable code 3: row 17: no such table"
+    noisy = dataclasses.replace(failure(0, code=9), message="x" * 5000)
+    p = plan(b, [job(0, 2, parallelism=1, failed="0")], T0, failures=failures(noisy))
+    (f,) = p.status.failures
+    assert f.reason == "RetriesExhausted"
+    assert f.message.startswith("attempt 0 failed (exit code 9), no retries left (limit 0): Error: xxx")
+    assert len(f.message) == planner.MAX_FAILURE_MESSAGE
+
+
+def kstatus(p: planner.Plan) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for ctype in ("Ready", "Reconciling", "Stalled"):
+        c = p.status.condition(ctype)
+        assert c is not None, ctype
+        out[ctype] = (c.status, c.reason)
+    return out
+
+
+def test_kstatus_conditions_follow_the_batch() -> None:
+    b = accepted(spec(parallelism=2, payloads={"count": 2}), items=2)
+    running = plan(b, [], T0)
+    assert kstatus(running) == {
+        "Ready": ("False", "Running"), "Reconciling": ("True", "Running"), "Stalled": ("False", "Running")
+    }  # fmt: skip
+    done = plan(b, [job(0, 2, succeeded="0-1")], T0)
+    assert kstatus(done) == {
+        "Ready": ("True", "Completed"), "Reconciling": ("False", "Succeeded"), "Stalled": ("False", "Succeeded")
+    }  # fmt: skip
+    s = spec(parallelism=2, payloads={"count": 2}, retry={"limit": 0})
+    failed = plan(accepted(s, items=2), [job(0, 2, failed="0", succeeded="1")], T0, failures=failures(failure(0)))
+    assert kstatus(failed) == {
+        "Ready": ("False", "Failed"), "Reconciling": ("False", "Failed"), "Stalled": ("True", "ShardsFailed")
+    }  # fmt: skip
+    refused = plan(batch(spec()), [], T0, acceptance=Acceptance(False, "ConfigMapNotFound", "no such ConfigMap"))
+    assert kstatus(refused)["Stalled"] == ("True", "ConfigMapNotFound")
+    assert kstatus(refused)["Reconciling"] == ("False", "Pending")
+    suspended = plan(accepted(spec(suspend=True)), [], T0)
+    assert kstatus(suspended)["Reconciling"] == ("False", "Suspended")

@@ -285,7 +285,7 @@ async def test_a_refused_create_backs_off_is_reported_and_not_counted() -> None:
     assert r.failed_creates == {}
     await step(1)
     stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
-    assert (stalled["status"], stalled["reason"]) == ("False", "Created")
+    assert (stalled["status"], stalled["reason"]) == ("False", "Running")
     assert kube.batch["status"]["shards"]["running"] == 3
 
 
