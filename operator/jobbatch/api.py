@@ -31,6 +31,8 @@ LABEL_ATTEMPT = "jobbatch.io/attempt"
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
 SHARD_FINALIZER = "jobbatch.io/shard-record"
+# kopf's own, on every JobBatch: its daemon stops before the batch goes.
+KOPF_FINALIZER = "jobbatch.io/kopf-finalizer"
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})

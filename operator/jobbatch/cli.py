@@ -1,8 +1,9 @@
-"""The ``jobbatch`` command: ``jobbatch run`` starts the operator."""
+"""The ``jobbatch`` command: ``jobbatch run`` starts the operator; ``jobbatch cleanup`` frees what it holds."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the Prometheus /metrics endpoint (0 disables it; env JOBBATCH_METRICS_PORT)",
     )
     run.add_argument(
+        "--metrics-bind-address",
+        default=os.environ.get("JOBBATCH_METRICS_BIND_ADDRESS", defaults.metrics_bind_address),
+        help="address of the metrics endpoint (127.0.0.1: only within the pod, e.g. behind kube-rbac-proxy; "
+        "env JOBBATCH_METRICS_BIND_ADDRESS)",
+    )
+    run.add_argument(
         "--liveness-endpoint",
         default=os.environ.get("JOBBATCH_LIVENESS_ENDPOINT", defaults.liveness_endpoint),
         help="kopf liveness endpoint URL (empty disables it; env JOBBATCH_LIVENESS_ENDPOINT)",
@@ -116,7 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="log level (env JOBBATCH_LOG_LEVEL)",
     )
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="remove the operator's finalizers from JobBatches and shard Jobs (after uninstalling it)",
+        description="Remove the finalizers the operator puts on JobBatches (jobbatch.io/kopf-finalizer) and "
+        "shard Jobs (jobbatch.io/shard-record), so they and their namespaces can be deleted without an "
+        "operator. Deletes nothing. Run it only when no operator runs. Without --yes, only lists them.",
+    )
+    cleanup.add_argument(
+        "--namespace", "-n", action="append", dest="namespaces", metavar="NS", default=[],
+        help="only this namespace (repeatable); default: all namespaces",
+    )  # fmt: skip
+    cleanup.add_argument("--yes", action="store_true", help="remove them (default: list what holds one)")
     return parser
+
+
+async def _cleanup(namespaces: tuple[str, ...], apply: bool) -> int:
+    from jobbatch import cleanup  # deferred: --help must not import the Kubernetes client
+    from jobbatch.kube import Kube, new_api_client
+
+    api_client = await new_api_client()
+    try:
+        kube = Kube(api_client)
+        held = await cleanup.find_held(kube, namespaces)
+        if apply:
+            await cleanup.release(kube, held)
+        for kind, objects in (("job", held.jobs), ("jobbatch", held.batches)):
+            for namespace, name, _ in objects:
+                print(f"{'released' if apply else 'holds a finalizer'}: {kind} {namespace}/{name}")
+        verb = "released" if apply else "found (run with --yes to release them)"
+        print(f"{len(held.jobs)} shard Jobs and {len(held.batches)} JobBatches {verb}")
+    finally:
+        await api_client.close()
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> OperatorConfig:
@@ -124,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         namespaces=tuple(args.namespaces),
         max_running_shards=args.max_running_shards,
         metrics_port=args.metrics_port,
+        metrics_bind_address=args.metrics_bind_address,
         liveness_endpoint=args.liveness_endpoint,
         log_level=args.log_level,
         api_qps=args.api_qps,
@@ -147,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jobbatch.runtime import run  # deferred: --help must not import kopf
 
         run(config)
+    elif args.command == "cleanup":
+        return asyncio.run(_cleanup(tuple(args.namespaces), args.yes))
     return 0
 
 

@@ -20,6 +20,9 @@ class OperatorConfig:
     max_running_shards: int = 0
     # HTTP port for Prometheus metrics (0 disables the endpoint).
     metrics_port: int = 8080
+    # Address the metrics endpoint binds to: 127.0.0.1 keeps it to the pod (behind an authenticating
+    # proxy such as kube-rbac-proxy in the same pod).
+    metrics_bind_address: str = "0.0.0.0"
     # kopf's liveness endpoint (an empty string disables it).
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
     log_level: str = "INFO"

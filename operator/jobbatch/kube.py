@@ -186,6 +186,38 @@ class Kube:
             raise
         return dict(result)
 
+    async def list_batches(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every JobBatch (in ``namespace``, or everywhere)."""
+        if namespace:
+            call = self._raw(self.custom.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL)
+        else:
+            call = self._raw(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL)
+        return list(json.loads(await self._call(f"list jobbatches in {namespace or 'all namespaces'}", call))["items"])
+
+    async def release_batch(self, namespace: str, name: str, finalizers: tuple[str, ...]) -> None:
+        """Remove kopf's finalizer from a JobBatch (``jobbatch cleanup``); guarded like ``release_job``."""
+        if api.KOPF_FINALIZER not in finalizers:
+            return
+        index = finalizers.index(api.KOPF_FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.KOPF_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            await self._call(
+                f"release jobbatch {namespace}/{name}",
+                self._raw(
+                    self.custom.patch_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                    ops, _content_type="application/json-patch+json",
+                ),
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 422:
+                raise Conflict(f"finalizers of jobbatch {namespace}/{name} changed; run again") from None
+            raise
+
     async def delete_batch(self, namespace: str, name: str, uid: str) -> None:
         options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid), propagation_policy="Background")
         try:

@@ -22,6 +22,9 @@ reconcile_duration = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 status_writes = Counter("jobbatch_status_writes_total", "JobBatch status writes.", ["namespace"])
+leader = Gauge(
+    "jobbatch_leader", "1 while this process reconciles (it holds the Lease, or runs without leader election)."
+)
 
 
 def record_shards(namespace: str, batch: str, counts: dict[str, int]) -> None:
@@ -36,6 +39,7 @@ def forget_batch(namespace: str, batch: str) -> None:
             shards.remove(namespace, batch, state)
 
 
-def serve(port: int) -> None:
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    """Serve /metrics from process start, on every replica: a standby answers too (``jobbatch_leader 0``)."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=address)

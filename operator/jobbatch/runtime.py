@@ -19,7 +19,7 @@ from aiohttp import web
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from jobbatch import handlers, metrics
+from jobbatch import api, handlers, metrics
 from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
 from jobbatch.jobwatch import ShardWatch
@@ -41,7 +41,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 330
     # kopf's own state on our objects goes under our API group, not kopf.zalando.org.
-    settings.persistence.finalizer = "jobbatch.io/kopf-finalizer"
+    settings.persistence.finalizer = api.KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="jobbatch.io")
     # Only warnings and errors become Kubernetes Events from kopf itself; the
     # operator posts its own meaningful Events (started, failed, completed).
@@ -66,13 +66,14 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # Daemons start after this: every Job and failed pod is known.
     await watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime))
     memo["runtime"] = runtime
-    metrics.serve(config.metrics_port)
+    metrics.leader.set(1)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     logger.info("jobbatch operator started, watching %s", scope)
 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    metrics.leader.set(0)
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.close()
@@ -167,4 +168,5 @@ def run(config: OperatorConfig) -> None:
         # kopf logs every handler call at INFO: thousands of lines per large batch.
         for noisy in ("aiohttp.access", "kopf.objects"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    metrics.serve(config.metrics_port, config.metrics_bind_address)
     asyncio.run(_lead(config) if config.leader_election else _operator(config))

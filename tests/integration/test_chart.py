@@ -73,8 +73,10 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
         assert container.security_context.read_only_root_filesystem
         assert "--leader-elect" in container.args
         assert f"--namespace={namespace}" in container.args
-        bindings = await client.RbacAuthorizationV1Api(api).list_namespaced_role_binding(namespace)
+        rbac = client.RbacAuthorizationV1Api(api)
+        bindings = await rbac.list_namespaced_role_binding(namespace)
         assert [b.metadata.name for b in bindings.items] == [f"{fullname}-application"]
+        await _namespace_users_get_the_rights_they_expect(rbac, kubeconfig, namespace)
 
         # Run the operator beside it with the chart's ServiceAccount token: a rule missing from the
         # chart's RBAC makes this batch fail.
@@ -135,3 +137,30 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
 
 async def _gone(batches: Batches) -> bool:
     return not await batches.all() and not await batches.jobs()
+
+
+async def _namespace_users_get_the_rights_they_expect(
+    rbac: client.RbacAuthorizationV1Api, kubeconfig: Path, namespace: str
+) -> None:
+    """The chart's aggregated ClusterRoles: `edit` may run batches in its namespace, `view` only read them."""
+    for user, role in (("editor", "edit"), ("viewer", "view")):
+        binding = client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=f"{user}-{role}"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
+            subjects=[client.RbacV1Subject(api_group="rbac.authorization.k8s.io", kind="User", name=user)],
+        )
+        await rbac.create_namespaced_role_binding(namespace, binding)
+
+    def can(user: str, verb: str) -> bool:
+        binary = str(tools.bin_dir() / "kubectl")
+        args = [binary, f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, "jobbatches.jobbatch.io"]
+        result = subprocess.run([*args, "-n", namespace, f"--as={user}"], capture_output=True, text=True, timeout=30)
+        return result.stdout.strip() == "yes"
+
+    async def aggregated() -> bool:  # the controller-manager aggregates the rules into the built-in roles
+        return await asyncio.to_thread(can, "editor", "create") and await asyncio.to_thread(can, "viewer", "list")
+
+    await eventually(aggregated, what="JobBatch rights aggregated into the edit and view ClusterRoles")
+    assert await asyncio.to_thread(can, "editor", "delete")
+    assert not await asyncio.to_thread(can, "viewer", "create")
+    assert not await asyncio.to_thread(can, "viewer", "delete")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -199,3 +202,33 @@ async def test_a_job_orphaned_then_deleted_is_released(
 
 async def _no_jobs_of(batches: Batches, name: str) -> bool:
     return not await _jobs_of(batches, name)
+
+
+async def test_cleanup_frees_what_an_uninstalled_operator_held(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    running = await operator()
+    await batches.create("left", {"template": template(duration="1h"), "payloads": {"count": 2}})
+    await batches.wait_status("left", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+    await running.stop()  # the operator is uninstalled with the batch still running
+
+    async def cleanup(*flags: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobbatch.cli", "cleanup", "-n", namespace, *flags,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return out.decode()
+
+    listed = await cleanup()
+    assert "1 shard Jobs and 1 JobBatches found" in listed
+    (job,) = await _jobs_of(batches, "left")
+    assert "jobbatch.io/shard-record" in job.metadata.finalizers  # only listed
+    assert "1 shard Jobs and 1 JobBatches released" in await cleanup("--yes")
+    (job,) = await _jobs_of(batches, "left")
+    assert "jobbatch.io/shard-record" not in (job.metadata.finalizers or [])
+    # With no operator at all, the batch and everything it owns can now be deleted.
+    await batches.delete("left")
+    await eventually(lambda: _gone(batches), what="the batch deleted without an operator")
+    await eventually(lambda: _no_jobs_of(batches, "left"), what="its Jobs deleted without an operator")

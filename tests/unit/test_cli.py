@@ -53,3 +53,19 @@ def test_leader_election_flags() -> None:
 
 def test_leader_election_is_off_by_default() -> None:
     assert not config_from_args(build_parser().parse_args(["run"])).leader_election
+
+
+def test_new_run_flags() -> None:
+    args = build_parser().parse_args(
+        ["run", "--metrics-bind-address", "127.0.0.1", "--payload-validation-timeout", "5"]
+    )
+    config = config_from_args(args)
+    assert (config.metrics_bind_address, config.payload_validation_timeout) == ("127.0.0.1", 5.0)
+    with pytest.raises(ValueError, match="payload_validation_timeout"):
+        OperatorConfig(payload_validation_timeout=0)
+
+
+def test_cleanup_lists_unless_told_yes() -> None:
+    args = build_parser().parse_args(["cleanup", "-n", "a"])
+    assert (args.namespaces, args.yes) == (["a"], False)
+    assert build_parser().parse_args(["cleanup", "--yes"]).yes

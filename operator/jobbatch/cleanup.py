@@ -1,0 +1,47 @@
+"""``jobbatch cleanup``: release every finalizer the operator holds, for an uninstall that gets stuck.
+
+JobBatches carry kopf's finalizer and shard Jobs the shard-record finalizer; only a running operator
+removes them. With the operator gone (uninstalled first, or its namespace deleted), deleting a batch or
+a namespace waits on them forever. This removes them -- nothing else: no object is deleted. Run it
+only with no operator running: an operator removes a Job's finalizer only once the Job's outcome is
+recorded, and this does not wait for that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jobbatch import api
+from jobbatch.kube import Kube
+
+
+@dataclasses.dataclass
+class Held:
+    """What holds an operator finalizer: (namespace, name) of shard Jobs and of JobBatches."""
+
+    jobs: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
+    batches: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
+
+
+async def find_held(kube: Kube, namespaces: tuple[str, ...]) -> Held:
+    held = Held()
+    for scope in namespaces or (None,):
+        jobs, _ = await kube.list_watched("jobs", scope)
+        for job in jobs:
+            meta = job["metadata"]
+            finalizers = tuple(meta.get("finalizers") or ())
+            if api.SHARD_FINALIZER in finalizers:
+                held.jobs.append((meta["namespace"], meta["name"], finalizers))
+        for batch in await kube.list_batches(scope):
+            meta = batch["metadata"]
+            finalizers = tuple(meta.get("finalizers") or ())
+            if api.KOPF_FINALIZER in finalizers:
+                held.batches.append((meta["namespace"], meta["name"], finalizers))
+    return held
+
+
+async def release(kube: Kube, held: Held) -> None:
+    for namespace, name, finalizers in held.jobs:
+        await kube.release_job(namespace, name, finalizers)
+    for namespace, name, finalizers in held.batches:
+        await kube.release_batch(namespace, name, finalizers)
