@@ -249,6 +249,11 @@ class JobBatchStatus(_Model):
     observed_generation: int | None = Field(default=None, description="The spec generation last acted upon.")
     shards: ShardCounts = Field(default_factory=ShardCounts, description="Shards by state.")
     item_count: int | None = Field(default=None, description="Items in the batch, known once it is accepted.")
+    payload_digest: str | None = Field(
+        default=None,
+        description="SHA-256 of the payload snapshot (JSON Lines), for items and configMap sources: a snapshot "
+        "deleted by hand is re-created only from a source that still holds exactly these items.",
+    )
     progress: str = Field(default="", description='Finished (succeeded + failed) over total shards, e.g. "41/100".')
     succeeded_shards: str = Field(default="", description='Indexes of succeeded shards, e.g. "0-41,43".')
     failed_shards: str = Field(default="", description="Indexes of permanently failed shards.")

@@ -8,6 +8,7 @@ are watched by ``jobbatch.jobwatch``, not by kopf (see there why).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,9 @@ async def run_batch(
     """Reconcile one batch until it is finished and cleaned up, or deleted."""
     assert namespace is not None  # JobBatch is namespaced
     runtime: Runtime = memo["runtime"]
-    shard_jobs = runtime.watch.jobs  # complete: listed before kopf started any daemon
+    if not await _until_listed(runtime, namespace, stopped):
+        return
+    shard_jobs = runtime.watch.jobs  # complete for this namespace now
     reconciler = BatchReconciler(
         kube=runtime.kube,
         dispatcher=runtime.dispatcher,
@@ -86,3 +89,15 @@ async def run_batch(
         runtime.reconcilers.pop(uid, None)
         runtime.dispatcher.forget(uid)
         metrics.forget_batch(namespace, name)
+
+
+async def _until_listed(runtime: Runtime, namespace: str, stopped: kopf.DaemonStopped) -> bool:
+    """Wait until the namespace's Jobs and failed pods are all known; False if stopped first."""
+    listed = asyncio.ensure_future(runtime.watch.listed(namespace))
+    stopping = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait([listed, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (listed, stopping):
+            waiter.cancel()
+    return listed.done() and not listed.cancelled()

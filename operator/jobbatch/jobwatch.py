@@ -5,9 +5,11 @@ deep-copied diff base, cause detection, handler dispatch) was most of the operat
 benchmark (docs/performance.md). These watches decode each event once and keep only what the
 planner reads: a ``ShardJob`` per Job, a ``PodFailure`` per failed pod (the exit codes).
 
-Like kopf's indexes, both are complete before any batch is reconciled: ``start`` returns once
-every watched namespace has been listed. A daemon planning from an empty index would see no
-attempts and start shards over.
+Like kopf's indexes, both are complete before any batch is reconciled: a batch's daemon waits
+until its namespace has been listed (``ShardWatch.listed``). A daemon planning from an empty index
+would see no attempts and start shards over. ``start`` returns once every watched namespace has been
+listed or has failed a first time: one namespace that cannot be listed (deleted, its RoleBinding
+removed) holds back only its own batches, while its list is retried with backoff.
 """
 
 from __future__ import annotations
@@ -149,15 +151,18 @@ class ListWatch:
         self.on_event: OnEvent = lambda kind, uid, body: None
         self._scopes: tuple[str | None, ...] = namespaces or (None,)
         self._tasks: list[asyncio.Task[None]] = []
+        self.listed = {scope: asyncio.Event() for scope in self._scopes}  # set once a scope's index is whole
 
     async def start(self, on_event: OnEvent) -> None:
-        """Start watching, calling ``on_event`` for each event; returns once every scope has been listed."""
+        """Start watching, calling ``on_event`` for each event; returns once every scope was listed or failed once."""
         self.on_event = on_event
-        listed = [asyncio.Event() for _ in self._scopes]
-        self._tasks = [
-            asyncio.create_task(self._run(scope, ev)) for scope, ev in zip(self._scopes, listed, strict=True)
-        ]
-        await asyncio.gather(*(ev.wait() for ev in listed))
+        tried = {scope: asyncio.Event() for scope in self._scopes}
+        self._tasks = [asyncio.create_task(self._run(scope, tried[scope])) for scope in self._scopes]
+        await asyncio.gather(*(ev.wait() for ev in tried.values()))
+
+    def listed_event(self, namespace: str) -> asyncio.Event:
+        """Set once the index holds everything of ``namespace``."""
+        return self.listed.get(namespace) or self.listed[None]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -166,19 +171,22 @@ class ListWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self, namespace: str | None, listed: asyncio.Event) -> None:
+    async def _run(self, namespace: str | None, tried: asyncio.Event) -> None:
         scope = f"{self.kind} watch in {namespace or 'all namespaces'}"
         failures = 0
         while True:
             try:
-                items, version = await self.kube.list_watched(self.kind, namespace)
+                try:
+                    items, version = await self.kube.list_watched(self.kind, namespace)
+                finally:
+                    tried.set()
                 touched = self.index.replace(namespace, items)
                 for body in items:  # an object being deleted may get no further event: act on it now
                     if body.get("metadata", {}).get("deletionTimestamp"):
                         self.on_event("LISTED", self.index.apply("ADDED", body) or "", body)
                 for batch in touched:
                     self.on_event("LISTED", batch, {})
-                listed.set()
+                self.listed[namespace].set()
                 failures = 0
                 while True:  # resume after each server-side timeout, from the last version seen
                     async for kind, body in self.kube.watch(self.kind, namespace, version):
@@ -212,6 +220,11 @@ class ShardWatch:
 
     async def start(self, on_job_event: OnEvent, on_pod_event: OnEvent) -> None:
         await asyncio.gather(self._watches[0].start(on_job_event), self._watches[1].start(on_pod_event))
+
+    async def listed(self, namespace: str) -> None:
+        """Return once both indexes hold everything of ``namespace``: what its batches plan from."""
+        for watch in self._watches:
+            await watch.listed_event(namespace).wait()
 
     async def stop(self) -> None:
         for watch in self._watches:

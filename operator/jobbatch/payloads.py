@@ -12,6 +12,7 @@ create JobBatches but not read a ConfigMap must not read it back through a condi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,14 @@ class Items:
 
     count: int
     jsonl: str | None
+
+    @property
+    def digest(self) -> str | None:
+        return digest(self.jsonl) if self.jsonl is not None else None
+
+
+def digest(jsonl: str) -> str:
+    return hashlib.sha256(jsonl.encode()).hexdigest()
 
 
 def parse_jsonl(text: str, where: str) -> list[Any]:

@@ -77,6 +77,7 @@ class Acceptance:
     reason: str
     message: str
     item_count: int = 0
+    payload_digest: str | None = None  # of the snapshot, for items/configMap sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,6 +452,7 @@ class _Pass:
             return False
         total = shard_count(acceptance.item_count, self.spec.shard_size)
         self.status.item_count = acceptance.item_count
+        self.status.payload_digest = acceptance.payload_digest
         self.status.shards = ShardCounts(total=total, pending=total)
         self.condition(
             "Accepted", "True", "Accepted",
@@ -730,6 +732,13 @@ class _Pass:
             if old is None or old.status != "True" or not old.message.endswith(worst.message):
                 self.out.events.append(Event("Warning", "FailedCreate", f"creating Job {name}: {worst.message}"))
 
+    def report_stall(self, reason: str, message: str) -> None:
+        """``Stalled=True`` for a reason the planner cannot fix; a Warning Event when it first says so."""
+        old = self.old.condition("Stalled")
+        self._stall = (reason, message)
+        if old is None or old.status != "True" or old.reason != reason:
+            self.out.events.append(Event("Warning", reason, message))
+
     def _mark_running(self, slots: int, started: bool) -> None:
         status, old = self.status, self.old
         if status.start_time is None and started:
@@ -792,12 +801,14 @@ def plan(
     acceptance: Acceptance | None = None,
     launch_budget: int | None = None,
     failed_creates: Mapping[str, FailedCreate] | None = None,
+    snapshot_lost: str | None = None,
 ) -> Plan:
     """Decide everything one reconcile pass does.
 
     ``failures`` holds the failed worker pods by (shard, attempt); ``launch_budget`` caps the slots
     this pass may grant (the cluster-wide cap); ``failed_creates`` are the Job creates the API
-    server refused, by Job name, until one succeeds.
+    server refused, by Job name, until one succeeds; ``snapshot_lost`` says why the payload snapshot
+    is gone for good (its pods cannot start).
     """
     step = _Pass(batch, now, failed_creates)
     if not step.accept(acceptance):
@@ -812,5 +823,7 @@ def plan(
     running, retrying = step.dispatch(live, seen, fates, launch_budget)
     if step.status.phase not in TERMINAL_PHASES and not batch.spec.suspend:
         step.report_failed_creates()
+        if snapshot_lost is not None:
+            step.report_stall("PayloadSnapshotLost", snapshot_lost)
     step.count(total, running, retrying)
     return step.finish()

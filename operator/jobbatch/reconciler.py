@@ -44,6 +44,7 @@ MAX_BODY_AGE = 10.0  # re-read the batch at least this often, even if no watch e
 RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
 COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
 PRIORITY_CACHE_SECONDS = 30.0
+SNAPSHOT_CHECK_SECONDS = 30.0  # how often a running batch checks that its payload snapshot still exists
 API_CONCURRENCY = 32  # API calls in flight per batch
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A refused Job create is tried again after 2 s, 4 s, 8 s, ... up to 5 minutes (the Job controller's
@@ -88,6 +89,8 @@ class BatchReconciler:
         # Creates the API server refused, by Job name, until one succeeds (bounded: while any is
         # here, a pass sends at most one create).
         self.failed_creates: dict[str, FailedCreate] = {}
+        self._snapshot_checked = float("-inf")
+        self._snapshot_lost: str | None = None  # why the snapshot is gone for good, once found so
         self.wake = asyncio.Event()
         self._body: dict[str, Any] | None = None  # the batch as last persisted (GET or our own write)
         self._body_read = float("-inf")
@@ -167,6 +170,8 @@ class BatchReconciler:
         acceptance = None
         if accepted is None or accepted.status != "True":
             acceptance = await self._accept(spec)
+        elif spec.payloads.count is None and status.phase not in TERMINAL_PHASES:
+            await self._check_snapshot(body, spec, status)
         observed = self.observed()
         failures = self._failures([j.uid for j in observed if j.uid])
         budget = None
@@ -181,6 +186,7 @@ class BatchReconciler:
         decision = plan(
             batch, observed, self._clock(),
             failures=failures, acceptance=acceptance, launch_budget=budget, failed_creates=self.failed_creates,
+            snapshot_lost=self._snapshot_lost,
         )  # fmt: skip
         try:
             requeue = await self._apply(decision, body, spec, observed)
@@ -236,7 +242,7 @@ class BatchReconciler:
                 # Accepted before, but the verdict was not persisted (a 409, a crash): the snapshot is
                 # what was validated; the source may have changed since.
                 count = sum(1 for line in snapshot.splitlines() if line.strip())
-                return Acceptance(True, "Accepted", "", item_count=count)
+                return Acceptance(True, "Accepted", "", item_count=count, payload_digest=payloads.digest(snapshot))
             source = await self.kube.get_configmap(self.namespace, ref.name)
             if source is None:
                 return Acceptance(
@@ -247,10 +253,7 @@ class BatchReconciler:
         if self._verdict is not None and self._verdict[0] == inputs:
             return self._verdict[1]
         try:
-            if self.sandbox is None:
-                items = payloads.prepare(spec, data)
-            else:
-                items = await self.sandbox.run(payloads.prepare, spec, data)
+            items = await self._prepare(spec, data)
         except payloads.PayloadError as exc:
             self._verdict = (inputs, Acceptance(False, exc.reason, exc.message))
             return self._verdict[1]
@@ -267,7 +270,55 @@ class BatchReconciler:
         if items.jsonl is not None:
             cm = manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
             await self.kube.create_configmap(self.namespace, cm)
-        return Acceptance(True, "Accepted", "", item_count=items.count)
+        return Acceptance(True, "Accepted", "", item_count=items.count, payload_digest=items.digest)
+
+    async def _prepare(self, spec: JobBatchSpec, data: dict[str, str] | None) -> payloads.Items:
+        if self.sandbox is None:
+            return payloads.prepare(spec, data)
+        return await self.sandbox.run(payloads.prepare, spec, data)
+
+    async def _check_snapshot(self, body: dict[str, Any], spec: JobBatchSpec, status: JobBatchStatus) -> None:
+        """Re-create the payload snapshot if it was deleted (its pods would wait for it forever).
+
+        Only from a source that still holds exactly the items accepted (``status.payloadDigest``);
+        otherwise the batch is Stalled with reason PayloadSnapshotLost.
+        """
+        now = self._monotonic()
+        if now - self._snapshot_checked < SNAPSHOT_CHECK_SECONDS:
+            return
+        self._snapshot_checked = now
+        if await self._own_snapshot() is not None:
+            self._snapshot_lost = None
+            return
+        name = naming.payload_configmap_name(self.name, self.uid)
+        data = None
+        ref = spec.payloads.config_map
+        if ref is not None:
+            source = await self.kube.get_configmap(self.namespace, ref.name)
+            data = dict((source or {}).get("data") or {})
+        items: payloads.Items | None = None
+        try:
+            items = await self._prepare(spec, data)
+        except (payloads.PayloadError, SandboxError) as exc:
+            why = exc.message
+        else:
+            recorded = status.payload_digest
+            same = items.digest == recorded if recorded else items.count == status.item_count
+            why = "" if same else "the source no longer holds the items the batch accepted"
+        if items is None or why:
+            self._snapshot_lost = (
+                f'the payload snapshot ConfigMap "{name}" was deleted and cannot be re-created: {why}; '
+                "its shards cannot start (delete and re-create the batch)"
+            )
+            return
+        assert items.jsonl is not None
+        await self.kube.create_configmap(
+            self.namespace, manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
+        )
+        self._snapshot_lost = None
+        logger.warning("%s/%s: payload snapshot %s was deleted; re-created it", self.namespace, self.name, name)
+        message = f'the payload snapshot ConfigMap "{name}" was deleted; re-created it from the source'
+        await self.kube.post_event(body, "Warning", "PayloadSnapshotRecreated", message)
 
     async def _refused_template(self, spec: JobBatchSpec) -> str | None:
         """Why the API server would refuse this batch's shard Jobs (a dry-run create of one), or None.

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes_asyncio import client
 
-from e2e.operator_process import healthy
+from e2e import tools
+from e2e.operator_process import OperatorProcess, healthy
+from jobbatch import naming
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import MERGE_PATCH, Batches, template
 from tests.waiting import eventually
@@ -232,3 +237,88 @@ async def test_cleanup_frees_what_an_uninstalled_operator_held(
     await batches.delete("left")
     await eventually(lambda: _gone(batches), what="the batch deleted without an operator")
     await eventually(lambda: _no_jobs_of(batches, "left"), what="its Jobs deleted without an operator")
+
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "jobbatch-operator"
+
+
+def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    cmd = [str(tools.bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _chart_rbac_for(kubeconfig: Path, namespace: str, workdir: Path) -> tuple[Path, str]:
+    """The chart's ServiceAccount and RBAC for ``namespace`` alone, applied; (its kubeconfig, the manifests)."""
+    release = f"jb{namespace[-6:]}"
+    rendered = subprocess.run(
+        [str(tools.bin_dir() / "helm"), f"--kubeconfig={kubeconfig}", "template", release, str(CHART),
+         "--namespace", namespace, "--kube-version", tools.KUBERNETES_VERSION.removeprefix("v"),
+         "--set", f"operator.watchNamespaces={{{namespace}}}",
+         "--set", "rbac.aggregateToDefaultRoles=false",
+         "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    _kubectl(kubeconfig, "apply", "-f", "-", stdin=rendered)
+    token = _kubectl(kubeconfig, "create", "token", f"{release}-jobbatch-operator", "-n", namespace).strip()
+    cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
+    sa_config = workdir / "sa-kubeconfig"
+    sa_config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+    }))  # fmt: skip
+    return sa_config, rendered
+
+
+async def test_a_namespace_it_may_not_list_holds_back_no_other(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, other_namespace: str, batches: Batches, tmp_path: Path
+) -> None:
+    """Watching two namespaces, allowed into only one (a RoleBinding removed, say): the other still runs."""
+    sa_config, rendered = await asyncio.to_thread(_chart_rbac_for, kubeconfig, namespace, tmp_path)
+    try:
+        proc = OperatorProcess(
+            args=["--namespace", other_namespace, "--namespace", namespace],
+            env={**os.environ, "KUBECONFIG": str(sa_config)}, log=tmp_path / "operator-sa.log",
+        )  # fmt: skip
+        await proc.start()  # live, though one of its namespaces cannot be listed
+        try:
+            await batches.create("allowed", {"template": template(), "payloads": {"count": 2}})
+            await batches.wait_for("allowed", "Complete")
+            log = await asyncio.to_thread(proc.log.read_text)
+            assert "403" in log or "Forbidden" in log  # the other namespace's list is refused, and retried
+            await batches.delete("allowed")
+            await eventually(lambda: _gone(batches), what="the batch deleted")
+        finally:
+            await proc.stop()
+    finally:
+        await asyncio.to_thread(_kubectl, kubeconfig, "delete", "--ignore-not-found", "-f", "-", stdin=rendered)
+
+
+async def test_a_payload_snapshot_deleted_by_hand_comes_back(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    created = await batches.create(
+        "snap", {"template": template(duration="1h"), "payloads": {"items": [{"n": 1}, {"n": 2}]}}
+    )
+    await batches.wait_status("snap", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+    core = client.CoreV1Api(api)
+    name = naming.payload_configmap_name("snap", created["metadata"]["uid"])
+    before = await core.read_namespaced_config_map(name, namespace)
+    await core.delete_namespaced_config_map(name, namespace)
+
+    async def recreated() -> Any:
+        try:
+            cm = await core.read_namespaced_config_map(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cm if cm.metadata.uid != before.metadata.uid else None
+
+    again = await eventually(recreated, what="the payload snapshot re-created")
+    assert again.data == before.data
+    assert again.immutable
+    reasons = [e["reason"] for e in await batches.events("snap")]
+    assert "PayloadSnapshotRecreated" in reasons

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from jobbatch import api
+from jobbatch import api, manifests, naming
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Conflict
 from jobbatch.observed import ShardJob, summarize
+from jobbatch.payloads import digest
 from jobbatch.reconciler import BatchReconciler
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -50,6 +51,7 @@ class FakeKube:
         self.conflicts = 0  # status writes to refuse with 409
         self.fail_creates = False
         self.fail_reads = False
+        self.configmaps: dict[str, dict[str, Any]] = {}
 
     def _bump(self) -> None:
         meta = self.batch["metadata"]
@@ -115,6 +117,14 @@ class FakeKube:
 
     async def get_priority_value(self, name: str) -> int | None:
         return 0
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get-configmap", name))
+        return copy.deepcopy(self.configmaps.get(name))
+
+    async def create_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(("create-configmap", body["metadata"]["name"]))
+        self.configmaps.setdefault(body["metadata"]["name"], copy.deepcopy(body))
 
     def watched(self) -> dict[str, ShardJob]:
         """What an up-to-date watch would show."""
@@ -336,3 +346,38 @@ async def test_the_loop_backs_off_after_failed_passes() -> None:
 
     await asyncio.wait_for(r.run(Stopped()), 5)
     assert sleeps[:5] == [1.0, 2.0, 5.0, 10.0, 30.0]  # each failed pass waits longer
+
+
+def running_with_a_snapshot(payloads: dict[str, Any], jsonl: str) -> FakeKube:
+    kube = FakeKube({"payloads": payloads, "parallelism": 2})
+    accept(kube, jsonl.count("\n"))
+    kube.batch["status"].update(phase="Running", payloadDigest=digest(jsonl))
+    return kube
+
+
+async def test_a_deleted_payload_snapshot_is_re_created_from_the_same_items() -> None:
+    kube = running_with_a_snapshot({"items": [1, 2]}, "1\n2\n")
+    r = reconciler(kube, {}, Clock())
+    await r.reconcile_once()
+    snapshot = naming.payload_configmap_name("b", "uid-1")
+    assert kube.configmaps[snapshot]["data"][manifests.PAYLOAD_KEY] == "1\n2\n"
+    assert "PayloadSnapshotRecreated" in kube.events
+
+
+async def test_a_snapshot_whose_source_changed_is_not_re_created() -> None:
+    source = {"configMap": {"name": "src", "key": "k"}}
+    kube = running_with_a_snapshot(source, "1\n2\n")
+    kube.configmaps["src"] = {"metadata": {"name": "src", "resourceVersion": "9"}, "data": {"k": "1\n2\n3\n"}}
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    await r.reconcile_once()
+    assert naming.payload_configmap_name("b", "uid-1") not in kube.configmaps
+    stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "PayloadSnapshotLost")
+    assert "no longer holds the items the batch accepted" in stalled["message"]
+    assert kube.events.count("PayloadSnapshotLost") == 1
+    # Checked again only after a while, not on every pass.
+    gets = sum(1 for c in kube.calls if c[0] == "get-configmap")
+    clock.now += 2
+    await r.reconcile_once()
+    assert sum(1 for c in kube.calls if c[0] == "get-configmap") == gets
