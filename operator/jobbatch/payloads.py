@@ -94,6 +94,10 @@ def _short(value: Any) -> str:
     return _clip(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
+class _Unknown:
+    """What ``validator_for`` answers for a ``$schema`` it does not know (instead of warning)."""
+
+
 def _invalid_schema(message: str) -> PayloadError:
     return PayloadError("InvalidPayloadSchema", f"payloadSchema {message}")
 
@@ -121,6 +125,8 @@ def validate(items: Sequence[Any], schema: dict[str, Any] | None, *, show_paths:
     dialect = schema.get("$schema")
     if dialect is not None and not isinstance(dialect, str):
         raise _invalid_schema("$schema must be a string (a dialect URI)")
+    if dialect is not None and jsonschema.validators.validator_for(schema, default=_Unknown) is _Unknown:  # type: ignore[arg-type,comparison-overlap]
+        raise _invalid_schema(f"$schema names no JSON Schema dialect this operator knows: {_short(dialect)}")
     try:
         validator_cls = jsonschema.validators.validator_for(schema)
         validator_cls.check_schema(schema)

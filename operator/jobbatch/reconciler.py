@@ -267,6 +267,11 @@ class BatchReconciler:
             if exc.reason != "Crashed":  # a crash may be the machine's, not the input's: try again later
                 self._verdict = (inputs, verdict)
             return verdict
+        except Exception as exc:  # a bug the input found: the batch is refused, never retried in a loop
+            logger.exception("%s/%s: checking the payloads failed", self.namespace, self.name)
+            why = f"checking the payloads against payloadSchema failed ({type(exc).__name__})"
+            self._verdict = (inputs, Acceptance(False, "InvalidPayloadSchema", why))
+            return self._verdict[1]
         if items.jsonl is not None:
             cm = manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
             await self.kube.create_configmap(self.namespace, cm)

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hypothesis import Phase, given, settings
 from kubernetes_asyncio import client
 
 from e2e import tools
 from e2e.operator_process import OperatorProcess, healthy
 from jobbatch import naming
+from tests import fuzz
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import MERGE_PATCH, Batches, template
 from tests.waiting import eventually
@@ -322,3 +324,58 @@ async def test_a_payload_snapshot_deleted_by_hand_comes_back(
     assert again.immutable
     reasons = [e["reason"] for e in await batches.events("snap")]
     assert "PayloadSnapshotRecreated" in reasons
+
+
+def _fuzzed_specs(count: int) -> list[dict[str, Any]]:
+    """``count`` specs from the strategy, the same on every run."""
+    found: list[dict[str, Any]] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, deadline=None, phases=[Phase.generate])
+    @given(fuzz.batch_specs)
+    def collect(spec: dict[str, Any]) -> None:
+        found.append(spec)
+
+    collect()
+    return found
+
+
+async def test_fuzzed_batches_are_refused_or_judged_and_the_operator_stays_up(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    proc = await operator("--payload-validation-timeout", "5")
+    await client.CoreV1Api(api).create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="fuzz"), data={"k": '1\n{"A": 2}\n'})
+    )
+    refused, created = 0, []
+    for i, spec in enumerate(_fuzzed_specs(40)):
+        status = await _create_status(batches, f"fuzz-{i}", spec)
+        assert status in (201, 422), (status, spec)  # invalid input is the API server's to refuse, with 422
+        if status == 422:
+            refused += 1
+        else:
+            created.append(f"fuzz-{i}")
+
+    async def judged(name: str) -> dict[str, Any] | None:
+        conditions = {c["type"]: c for c in ((await batches.get(name)).get("status") or {}).get("conditions") or []}
+        return conditions.get("Accepted")
+
+    verdicts = {}
+    for name in created:
+        accepted = await eventually(lambda name=name: judged(name), what=f"{name} accepted or not")  # type: ignore[misc]
+        assert len(accepted["message"]) <= 1024
+        verdicts[name] = (accepted["status"], accepted["reason"])
+    assert proc.proc is not None
+    assert proc.proc.returncode is None
+    assert await asyncio.to_thread(healthy, proc.url)
+    # The strategy reaches every outcome: refused by the API server, accepted, and not accepted.
+    outcomes = {status for status, _ in verdicts.values()}
+    assert refused, verdicts
+    assert outcomes == {"True", "False"}, verdicts
+
+
+async def _create_status(batches: Batches, name: str, spec: dict[str, Any]) -> int:
+    try:
+        await batches.create(name, spec)
+    except client.ApiException as exc:
+        return int(exc.status or 0)
+    return 201
