@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make demo   local control plane + operator, shown running, then stopped
 #   make test   lint + types + unit + integration tests (what CI runs)
-# and, for performance work, `make bench` (docs/performance.md).
+# and, for performance work, `make bench` (docs/performance.md); for reliability, `make chaos`
+# (docs/reliability.md).
 # Both install what they need: a virtualenv in .venv, Debian packages, and the
 # Go-built Kubernetes binaries cached in ~/.cache/jobbatch (see e2e/tools.py).
 
@@ -10,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck unit integration tools deps crds images clean
+.PHONY: demo test bench chaos lint typecheck unit integration tools deps crds images clean
 
 demo: $(STAMP) tools
 	$(BIN)/python -m e2e.demo
@@ -34,6 +35,11 @@ unit: $(STAMP)
 
 integration: $(STAMP) tools
 	$(BIN)/pytest tests/integration
+
+# Faults while batches run: operator SIGKILLs, leader handovers, API server restarts, a frozen etcd,
+# deleted pods; what was lost or run twice (docs/reliability.md). About 15 minutes; not part of `test`.
+chaos: $(STAMP) tools
+	$(BIN)/python -m e2e.chaos $(CHAOS_ARGS)
 
 # Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart (a unit test fails on drift).
 crds: $(STAMP)

@@ -226,6 +226,9 @@ class LocalCluster:
             return {}
 
     def _start(self, name: str, args: list[str]) -> None:
+        commands = self._commands()
+        commands[name] = args
+        (self.state / "commands.json").write_text(json.dumps(commands))
         with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [str(self.bin / args[0]), *args[1:]],
@@ -238,6 +241,36 @@ class LocalCluster:
         pids = self.pids()
         pids[name] = proc.pid
         self._pids_file.write_text(json.dumps(pids))
+
+    def _commands(self) -> dict[str, list[str]]:
+        try:
+            return dict(json.loads((self.state / "commands.json").read_text()))
+        except FileNotFoundError:
+            return {}
+
+    # -- faults, for the chaos tier (e2e/chaos.py) -----------------------------
+    def restart(self, name: str, *, timeout: float = 120) -> None:
+        """Stop one component (TERM, then KILL) and start it again with the same command line."""
+        pid = self.pids()[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self._alive(name, pid):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        if name in self._procs:
+            self._procs.pop(name).wait()
+        self._start(name, self._commands()[name])
+        if name == "kube-apiserver":
+            wait_until(self._api_ready, timeout=timeout, what="kube-apiserver /readyz after a restart")
+
+    def pause(self, name: str) -> None:
+        """Freeze one component (SIGSTOP): it holds its sockets and answers nothing."""
+        os.killpg(self.pids()[name], signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        os.killpg(self.pids()[name], signal.SIGCONT)
 
     def running(self) -> dict[str, bool]:
         out = {}
