@@ -5,8 +5,10 @@ in a killable child process (``jobbatch.sandbox``) too: a user's schema is untru
 but name. What can be bounded here is: the schema's size, the items checked, ``$ref`` (only inside
 the schema: nothing is fetched over the network or from files), and what a message may say.
 
-Errors name the first bad item and the schema rule it breaks, never the item's value: a user who may
-create JobBatches but not read a ConfigMap must not read it back through a condition or an Event.
+For inline items, errors name the first bad item and the schema rule it breaks, never the item's
+value. For a ConfigMap source they give the verdict only: which item and which rule fail depend on the
+data, and a user who may create JobBatches but not read a ConfigMap must not read it back through a
+condition or an Event.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ def _invalid_schema(message: str) -> PayloadError:
 def validate(items: Sequence[Any], schema: dict[str, Any] | None, *, show_paths: bool = True) -> None:
     """Check every item against the JSON Schema; fail on the first bad one, naming its index and rule.
 
-    ``show_paths``: name the part of the item that fails (its keys come from the data, so not for data
-    the batch's author may not be allowed to read).
+    ``show_paths``: name the item, the part of it and the rule that fail (all depend on the data, so
+    not for data the batch's author may not be allowed to read: then only the verdict is given).
     """
     if schema is None:
         return
@@ -145,8 +147,16 @@ def validate(items: Sequence[Any], schema: dict[str, Any] | None, *, show_paths:
                 f"has a $ref that does not resolve inside it ({_short(str(exc.ref))}); "
                 "references to URLs or files are not fetched"
             ) from None
+        if error is not None and not show_paths:
+            # Which item fails, and which rule (its schema path), depend on the data: a crafted schema
+            # would spell a ConfigMap out through them. Only the verdict is given.
+            raise PayloadError(
+                "PayloadSchemaViolation",
+                "an item does not match payloadSchema (which one, and why, is not shown for a configMap "
+                "source; check the items against the schema where the ConfigMap can be read)",
+            )
         if error is not None:
-            where = "".join(f"[{p!r}]" for p in error.absolute_path) if show_paths else ""
+            where = "".join(f"[{p!r}]" for p in error.absolute_path)
             rule = "/".join(str(p) for p in error.absolute_schema_path)
             raise PayloadError(
                 "PayloadSchemaViolation",

@@ -82,8 +82,13 @@ class Acceptance:
 
 @dataclasses.dataclass(frozen=True)
 class FailedCreate:
-    """A Job create the API server refused (a quota, a webhook, a terminating namespace); due again at ``retry_at``."""
+    """The batch's Job creates are refused (a quota, a webhook, a terminating namespace).
 
+    One per batch, not per Job: ``failures`` counts refusals in a row, whichever Job each was for,
+    so the backoff grows until a create succeeds. The next create may go at ``retry_at``.
+    """
+
+    job: str  # the Job the latest refused create was for
     failures: int
     retry_at: datetime.datetime
     message: str
@@ -181,6 +186,8 @@ class Plan:
     delete_batch: bool = False
     # Slots the batch could use now but the cluster-wide cap holds back (for priority dispatch).
     unmet_demand: int = 0
+    # The pass had a Job it would create (False: a remembered refused create no longer matters).
+    creates_wanted: bool = False
 
     def wake_in(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -383,11 +390,9 @@ def _describe_failures(failures: Iterable[ShardFailure]) -> str:
 class _Pass:
     """The state one planning pass builds up, step by step."""
 
-    def __init__(
-        self, batch: Batch, now: datetime.datetime, failed_creates: Mapping[str, FailedCreate] | None = None
-    ) -> None:
+    def __init__(self, batch: Batch, now: datetime.datetime, failed_create: FailedCreate | None = None) -> None:
         self.batch, self.spec, self.old, self.now = batch, batch.spec, batch.status, now
-        self.failed_creates = failed_creates or {}
+        self.failed_create = failed_create
         self._probed = False  # while creates fail, one create per pass probes whether they work again
         self._stall: tuple[str, str] | None = None  # (reason, message) of a Stalled=True found on the way
         self.gen = batch.generation
@@ -660,7 +665,7 @@ class _Pass:
             self.out.create.append(
                 CreateJob(naming.job_name(name, uid, failed.shard, attempt), failed.shard, 1, attempt, 1)
             )
-            self._probed = bool(self.failed_creates)
+            self._probed = self.failed_create is not None
             granted += 1
             if retry_events < MAX_SHARD_EVENTS_PER_PASS:
                 retry_events += 1
@@ -702,7 +707,7 @@ class _Pass:
                 ready += count
                 give = min(count, left)
                 self.out.create.append(CreateJob(naming.job_name(name, uid, lo, 0), lo, count, 0, give))
-                self._probed = bool(self.failed_creates)
+                self._probed = self.failed_create is not None
                 granted += give
                 lo += count
         return granted, retries_left, ready
@@ -714,9 +719,10 @@ class _Pass:
         probes with one create per pass: never a hot loop of refused calls that starves other
         batches of the operator's API rate.
         """
-        if not self.failed_creates:
+        self.out.creates_wanted = True
+        if self.failed_create is None:
             return True
-        due = min(f.retry_at for f in self.failed_creates.values())
+        due = self.failed_create.retry_at
         if self.now < due:
             self.out.wake_in((due - self.now).total_seconds())
             return False
@@ -725,12 +731,17 @@ class _Pass:
     def report_failed_creates(self) -> None:
         """``Stalled=True, reason=FailedCreate`` and a ``FailedCreate`` Event while the API server refuses our Jobs."""
         old = self.old.condition("Stalled")
-        if self.failed_creates:
-            name, worst = max(self.failed_creates.items(), key=lambda kv: (kv[1].failures, kv[0]))
-            why = f"creating Job {name} failed {worst.failures} times, retrying with backoff: {worst.message}"
+        refused = self.failed_create
+        if refused is not None and self.out.creates_wanted:
+            why = (
+                f"creating Job {refused.job} failed ({refused.failures} refusals in a row), retrying with "
+                f"backoff: {refused.message}"
+            )
             self._stall = ("FailedCreate", why)
-            if old is None or old.status != "True" or not old.message.endswith(worst.message):
-                self.out.events.append(Event("Warning", "FailedCreate", f"creating Job {name}: {worst.message}"))
+            if old is None or old.status != "True" or not old.message.endswith(refused.message):
+                self.out.events.append(
+                    Event("Warning", "FailedCreate", f"creating Job {refused.job}: {refused.message}")
+                )
 
     def report_stall(self, reason: str, message: str) -> None:
         """``Stalled=True`` for a reason the planner cannot fix; a Warning Event when it first says so."""
@@ -800,17 +811,17 @@ def plan(
     failures: Mapping[tuple[int, int], PodFailure] | None = None,
     acceptance: Acceptance | None = None,
     launch_budget: int | None = None,
-    failed_creates: Mapping[str, FailedCreate] | None = None,
+    failed_create: FailedCreate | None = None,
     snapshot_lost: str | None = None,
 ) -> Plan:
     """Decide everything one reconcile pass does.
 
     ``failures`` holds the failed worker pods by (shard, attempt); ``launch_budget`` caps the slots
-    this pass may grant (the cluster-wide cap); ``failed_creates`` are the Job creates the API
-    server refused, by Job name, until one succeeds; ``snapshot_lost`` says why the payload snapshot
+    this pass may grant (the cluster-wide cap); ``failed_create`` says the API server refuses
+    the batch's Job creates, until one succeeds; ``snapshot_lost`` says why the payload snapshot
     is gone for good (its pods cannot start).
     """
-    step = _Pass(batch, now, failed_creates)
+    step = _Pass(batch, now, failed_create)
     if not step.accept(acceptance):
         return step.finish()
     assert batch.status.item_count is not None

@@ -17,6 +17,7 @@ API calls. A failed call wakes the loop, whose next pass backs off.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import functools
 import logging
@@ -86,9 +87,10 @@ class BatchReconciler:
         self._clock, self._monotonic = clock, monotonic
         self.sandbox = sandbox  # None: validate on this thread (unit tests only)
         self._verdict: tuple[str | None, Acceptance] | None = None  # (inputs, verdict) of the last check
-        # Creates the API server refused, by Job name, until one succeeds (bounded: while any is
-        # here, a pass sends at most one create).
-        self.failed_creates: dict[str, FailedCreate] = {}
+        # Set while the API server refuses this batch's Job creates; cleared by a create that succeeds
+        # (or a pass with nothing to create). While set, a pass sends at most one create.
+        self.failed_create: FailedCreate | None = None
+        self._creating = 0  # creates in flight: their outcome is not known yet
         self._snapshot_checked = float("-inf")
         self._snapshot_lost: str | None = None  # why the snapshot is gone for good, once found so
         self.wake = asyncio.Event()
@@ -181,13 +183,13 @@ class BatchReconciler:
             running = {uid: sum(j.slots for j in jobs) for (_, uid), jobs in self._running_index()}
             running[self.uid] = sum(j.slots for j in observed)
             budget = self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid]), running)
-        for job in observed:
-            self.failed_creates.pop(job.name, None)  # it exists after all (a later try, or someone else)
         decision = plan(
             batch, observed, self._clock(),
-            failures=failures, acceptance=acceptance, launch_budget=budget, failed_creates=self.failed_creates,
+            failures=failures, acceptance=acceptance, launch_budget=budget, failed_create=self.failed_create,
             snapshot_lost=self._snapshot_lost,
         )  # fmt: skip
+        if self.failed_create is not None and not decision.creates_wanted and not self._creating:
+            self.failed_create = None  # nothing left to create (a retry no longer due, the batch done)
         try:
             requeue = await self._apply(decision, body, spec, observed)
         finally:
@@ -475,22 +477,31 @@ class BatchReconciler:
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
             first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
         )  # fmt: skip
+        self._creating += 1
         try:
             made = await self.kube.create_job(self.namespace, manifest)
         except (ApiException, TimeoutError, OSError) as exc:
             # Refused (422, a quota's or webhook's 403, a terminating namespace) or unreachable after
             # the client's retries: the planner backs off and says so (condition Stalled, an Event).
-            failures = self.failed_creates.get(create.name, FailedCreate(0, self._clock(), "")).failures + 1
-            delay = retry_delay(CREATE_BACKOFF, self.uid, create.first, failures - 1)
+            refused = self.failed_create
+            if refused is not None and self._clock() < refused.retry_at:
+                # Sent before the backoff began (one pass's creates fail together): one refusal.
+                self.failed_create = dataclasses.replace(refused, job=create.name, message=error_message(exc))
+                self.wake.set()
+                return False
+            failures = (refused.failures if refused else 0) + 1
+            delay = retry_delay(CREATE_BACKOFF, self.uid, 0, failures - 1)
             retry_at = self._clock() + datetime.timedelta(seconds=delay)
-            self.failed_creates[create.name] = FailedCreate(failures, retry_at, error_message(exc))
+            self.failed_create = FailedCreate(create.name, failures, retry_at, error_message(exc))
             logger.warning(
                 "%s/%s: creating job %s failed (%d times; next try in %.0fs): %s",
                 self.namespace, self.name, create.name, failures, delay, error_message(exc),
             )  # fmt: skip
             self.wake.set()
             return False
-        self.failed_creates.pop(create.name, None)
+        finally:
+            self._creating -= 1
+        self.failed_create = None
         if made:
             metrics.launches.labels(self.namespace).inc(create.parallelism)
             if create.attempt:

@@ -120,7 +120,7 @@ async def test_refused_creates_back_off_are_reported_and_recover(
         body = await batches.get("quota")
         conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
         stalled = conds.get("Stalled")
-        return body if stalled and stalled["status"] == "True" and "failed 3 times" in stalled["message"] else None
+        return body if stalled and stalled["status"] == "True" and "3 refusals in a row" in stalled["message"] else None
 
     body = await eventually(stalled_after_three, what="Stalled after three refused creates")
     stalled = condition(body, "Stalled")

@@ -553,8 +553,8 @@ def test_item_ranges_cover_all_items_once() -> None:
 # -- refused creates ---------------------------------------------------------------------------------
 def test_refused_creates_back_off_then_probe_one_at_a_time() -> None:
     b = accepted(spec(parallelism=100, payloads={"count": 1000}), items=1000)
-    refused = {name(0): planner.FailedCreate(3, T0 + datetime.timedelta(seconds=8), "HTTP 403: exceeded quota")}
-    waiting = plan(b, [], T0, failed_creates=refused)
+    refused = planner.FailedCreate(name(0), 3, T0 + datetime.timedelta(seconds=8), "HTTP 403: exceeded quota")
+    waiting = plan(b, [], T0, failed_create=refused)
     assert waiting.create == []
     assert waiting.requeue_after == 8
     assert waiting.status.shards.running == 0
@@ -563,26 +563,26 @@ def test_refused_creates_back_off_then_probe_one_at_a_time() -> None:
     assert stalled is not None
     assert stalled.status == "True"
     assert stalled.reason == "FailedCreate"
-    assert "failed 3 times" in stalled.message
+    assert "3 refusals in a row" in stalled.message
     assert "exceeded quota" in stalled.message
     assert [e.reason for e in waiting.events] == ["FailedCreate"]
     # Due: one create probes (not every chunk the slots would allow).
-    due = plan(b, [], T0 + datetime.timedelta(seconds=8), failed_creates=refused)
+    due = plan(b, [], T0 + datetime.timedelta(seconds=8), failed_create=refused)
     assert [c.name for c in due.create] == [name(0)]
 
 
 def test_a_refused_create_is_no_demand_under_the_cap() -> None:
     """Demand it cannot use must not make the dispatcher hold slots back from other batches."""
     b = accepted(spec(parallelism=5, payloads={"count": 5}), items=5)
-    refused = {name(0): planner.FailedCreate(1, T0 + datetime.timedelta(seconds=2), "HTTP 403: quota")}
-    p = plan(b, [], T0, launch_budget=0, failed_creates=refused)
+    refused = planner.FailedCreate(name(0), 1, T0 + datetime.timedelta(seconds=2), "HTTP 403: quota")
+    p = plan(b, [], T0, launch_budget=0, failed_create=refused)
     assert p.unmet_demand == 0
 
 
 def test_stalled_clears_once_creates_work() -> None:
     b = accepted(spec(parallelism=2, payloads={"count": 2}), items=2)
-    refused = {name(0): planner.FailedCreate(1, T0, "HTTP 422: bad")}
-    stalled = persisted(b, plan(b, [], T0, failed_creates=refused))
+    refused = planner.FailedCreate(name(0), 1, T0, "HTTP 422: bad")
+    stalled = persisted(b, plan(b, [], T0, failed_create=refused))
     p = plan(stalled, [job(0, count=2)], T0)
     cond = p.status.condition("Stalled")
     assert cond is not None
@@ -632,3 +632,14 @@ def test_kstatus_conditions_follow_the_batch() -> None:
     assert kstatus(refused)["Reconciling"] == ("False", "Pending")
     suspended = plan(accepted(spec(suspend=True)), [], T0)
     assert kstatus(suspended)["Reconciling"] == ("False", "Suspended")
+
+
+def test_a_remembered_refusal_no_plan_needs_is_no_stall() -> None:
+    """E.g. the retry it was for is no longer planned (retry.limit lowered): nothing is blocked."""
+    b = accepted(spec(parallelism=2, payloads={"count": 2}), items=2)
+    refused = planner.FailedCreate(name(0, 1), 2, T0 + datetime.timedelta(seconds=60), "HTTP 403: quota")
+    p = plan(b, [job(0, 2)], T0, failed_create=refused)  # the chunk runs both shards: nothing to create
+    assert not p.creates_wanted
+    cond = p.status.condition("Stalled")
+    assert cond is not None
+    assert cond.status == "False"

@@ -272,7 +272,7 @@ async def test_a_refused_create_backs_off_is_reported_and_not_counted() -> None:
     status = kube.batch["status"]
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "FailedCreate")
-    assert "failed 1 times" in stalled["message"]
+    assert "1 refusals in a row" in stalled["message"]
     assert "HTTP 422: Invalid" in stalled["message"]
     assert status["shards"]["running"] == 0
     assert status["shards"]["pending"] == 10
@@ -285,14 +285,14 @@ async def test_a_refused_create_backs_off_is_reported_and_not_counted() -> None:
     await step(1)
     assert creates() == 2
     stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
-    assert "failed 2 times" in stalled["message"]
+    assert "2 refusals in a row" in stalled["message"]
     assert kube.events.count("FailedCreate") == 1  # the same error: no new Event
     kube.fail_creates = False
     await step(2)
     assert creates() == 2  # 4 s backoff now
     await step(2)
     assert creates() == 3
-    assert r.failed_creates == {}
+    assert r.failed_create is None
     await step(1)
     stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("False", "Running")
@@ -381,3 +381,42 @@ async def test_a_snapshot_whose_source_changed_is_not_re_created() -> None:
     clock.now += 2
     await r.reconcile_once()
     assert sum(1 for c in kube.calls if c[0] == "get-configmap") == gets
+
+
+async def test_refusals_of_several_jobs_share_one_backoff_in_the_real_loop() -> None:
+    """Two retries due, every create refused: each refusal doubles the batch's one backoff."""
+    from tests.unit.test_planner import failure, failures, job
+
+    kube = FakeKube({"payloads": {"count": 20}, "parallelism": 5, "retry": {"limit": 3}})
+    accept(kube, 20)
+    kube.batch["status"].update(phase="Running", startTime="2026-01-01T00:00:00Z")
+    kube.fail_creates = True
+    chunk = job(0, 20, parallelism=5, failed="0-1", succeeded="2-19")
+    failed = failures(failure(0, at=-100), failure(1, at=-100))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def wall() -> datetime.datetime:
+        return T0 + datetime.timedelta(minutes=5, seconds=loop.time() - started)
+
+    r = BatchReconciler(
+        kube=kube,  # type: ignore[arg-type]
+        dispatcher=Dispatcher(0), namespace="ns", name="b", uid="uid-1",
+        jobs=lambda: {chunk.name: chunk}, failures=lambda uids: failed, clock=wall,
+    )  # fmt: skip
+    stopped = asyncio.Event()
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return stopped.is_set()
+
+        async def wait(self) -> None:
+            await stopped.wait()
+
+    run = asyncio.create_task(r.run(Stopped()))
+    await asyncio.wait({run}, timeout=3.0)  # the first pass, then one probe after ~2 s
+    stopped.set()
+    await run
+    assert sum(1 for c in kube.calls if c[0] == "create") <= 3
+    assert r.failed_create is not None
+    assert r.failed_create.failures == 2
