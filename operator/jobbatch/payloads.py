@@ -66,7 +66,9 @@ def digest(jsonl: str) -> str:
 def parse_jsonl(text: str, where: str) -> list[Any]:
     """One JSON value per non-empty line."""
     items = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines also splits at U+2028, U+0085 and others, which
+    # encode_jsonl writes as they are inside strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -74,6 +76,11 @@ def parse_jsonl(text: str, where: str) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise PayloadError("InvalidPayload", f"{where} line {lineno} is not JSON: {exc.msg}") from None
     return items
+
+
+def count_lines(jsonl: str) -> int:
+    """Items in a JSON Lines text (non-empty lines, split as ``parse_jsonl`` splits them)."""
+    return sum(1 for line in jsonl.split("\n") if line.strip())
 
 
 def encode_jsonl(items: Sequence[Any]) -> str:

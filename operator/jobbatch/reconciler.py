@@ -243,7 +243,7 @@ class BatchReconciler:
             if snapshot is not None:
                 # Accepted before, but the verdict was not persisted (a 409, a crash): the snapshot is
                 # what was validated; the source may have changed since.
-                count = sum(1 for line in snapshot.splitlines() if line.strip())
+                count = payloads.count_lines(snapshot)
                 return Acceptance(True, "Accepted", "", item_count=count, payload_digest=payloads.digest(snapshot))
             source = await self.kube.get_configmap(self.namespace, ref.name)
             if source is None:
@@ -280,7 +280,9 @@ class BatchReconciler:
         return Acceptance(True, "Accepted", "", item_count=items.count, payload_digest=items.digest)
 
     async def _prepare(self, spec: JobBatchSpec, data: dict[str, str] | None) -> payloads.Items:
-        if self.sandbox is None:
+        # Without a schema nothing the user wrote is evaluated (parsing JSON is bounded by the 1 MiB
+        # ConfigMap): no sandbox slot is taken, so hostile schemas cannot queue plain batches behind them.
+        if self.sandbox is None or spec.payload_schema is None:
             return payloads.prepare(spec, data)
         return await self.sandbox.run(payloads.prepare, spec, data)
 
@@ -308,10 +310,15 @@ class BatchReconciler:
             items = await self._prepare(spec, data)
         except (payloads.PayloadError, SandboxError) as exc:
             why = exc.message
+        except Exception as exc:  # noqa: BLE001 -- e.g. JSON nested too deeply: never a pass failing in a loop
+            why = f"its source cannot be read again ({type(exc).__name__})"
         else:
             recorded = status.payload_digest
-            same = items.digest == recorded if recorded else items.count == status.item_count
-            why = "" if same else "the source no longer holds the items the batch accepted"
+            if recorded:
+                same = items.digest == recorded
+            else:  # accepted by an operator that recorded no digest: only inline items are certain
+                same = spec.payloads.items is not None and items.count == status.item_count
+            why = "" if same else "the source no longer holds exactly the items the batch accepted"
         if items is None or why:
             self._snapshot_lost = (
                 f'the payload snapshot ConfigMap "{name}" was deleted and cannot be re-created: {why}; '

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from jobbatch.api import JobBatchSpec
-from jobbatch.payloads import PayloadError, encode_jsonl, parse_jsonl, prepare
+from jobbatch.payloads import PayloadError, count_lines, encode_jsonl, parse_jsonl, prepare
 
 SCHEMA = {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}
 
@@ -162,11 +162,17 @@ def test_a_crafted_schema_cannot_spell_out_a_configmap() -> None:
     """Found by review: per-character `if` rules put the data into the failing rule's schema path."""
     secret = "s3cr3t"
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    rules = [
-        {"if": {"pattern": f"^.{{{k}}}{c}"}, "then": {"not": {}}} for k in range(len(secret)) for c in alphabet
-    ]
+    rules = [{"if": {"pattern": f"^.{{{k}}}{c}"}, "then": {"not": {}}} for k in range(len(secret)) for c in alphabet]
     source = spec({"configMap": {"name": "cm", "key": "d"}}, payloadSchema={"type": "string", "allOf": rules})
     with pytest.raises(PayloadError) as exc:
         prepare(source, {"d": f'"{secret}"\n"other"\n'})
     assert "allOf" not in exc.value.message
     assert not any(ch.isdigit() for ch in exc.value.message)  # no index, no path
+
+
+def test_line_separators_inside_strings_are_not_line_ends() -> None:
+    """Found by review: U+2028 and friends are written raw; only "\\n" ends an item."""
+    items = ["a\u2028b", "c\x85d", "e\x1cf"]
+    jsonl = encode_jsonl(items)
+    assert count_lines(jsonl) == 3
+    assert parse_jsonl(jsonl, "x") == items

@@ -374,7 +374,7 @@ async def test_a_snapshot_whose_source_changed_is_not_re_created() -> None:
     assert naming.payload_configmap_name("b", "uid-1") not in kube.configmaps
     stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "PayloadSnapshotLost")
-    assert "no longer holds the items the batch accepted" in stalled["message"]
+    assert "no longer holds exactly the items the batch accepted" in stalled["message"]
     assert kube.events.count("PayloadSnapshotLost") == 1
     # Checked again only after a while, not on every pass.
     gets = sum(1 for c in kube.calls if c[0] == "get-configmap")
