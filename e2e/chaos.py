@@ -163,7 +163,7 @@ class PodLedger:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- an API server restart, a 410: list again
-                logger.info("pod watch broke (%s); listing again", type(exc).__name__)
+                logger.info("pod watch broke (%s: %s); listing again", type(exc).__name__, str(exc)[:100])
                 self.relists += 1
                 await asyncio.sleep(0.5)
 
@@ -183,12 +183,13 @@ class Scenario:
     shards: int
     parallelism: int
     kills: int = 50
+    duration: str = "1s"  # how long each worker pod runs
 
 
-def batch_spec(shards: int, parallelism: int, seed: int) -> tuple[dict[str, Any], set[int]]:
+def batch_spec(shards: int, parallelism: int, seed: int, duration: str = "1s") -> tuple[dict[str, Any], set[int]]:
     failing = set(random.Random(seed).sample(range(shards), shards // 10))
     annotations = {
-        "sim.jobbatch.io/duration": "1s",
+        "sim.jobbatch.io/duration": duration,
         "sim.jobbatch.io/exit-code": "7",
         "sim.jobbatch.io/fail-shards": ",".join(map(str, sorted(failing))),
         "sim.jobbatch.io/fail-attempts": ",".join(map(str, FAILING_ATTEMPTS)),
@@ -252,10 +253,11 @@ class Run:
         async with client.ApiClient(configuration) as api_client:
             core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
             self.cluster.kubectl("apply", "-f", str(Path(__file__).parents[1] / "crds"))
+            self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/jobbatches.jobbatch.io")
             await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
             ledger = PodLedger(api_client, NAMESPACE)
             ledger.start()
-            spec, _ = batch_spec(self.scenario.shards, self.scenario.parallelism, self.seed)
+            spec, _ = batch_spec(self.scenario.shards, self.scenario.parallelism, self.seed, self.scenario.duration)
             body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": BATCH}, "spec": spec}
             started = time.monotonic()
             await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, body)
@@ -272,7 +274,7 @@ class Run:
             await ledger.stop()
             seen = truth(ledger.pods, self.scenario.shards, RETRY_LIMIT)
             result = judge(status, seen, self.scenario.shards)
-            _, failing = batch_spec(self.scenario.shards, self.scenario.parallelism, self.seed)
+            _, failing = batch_spec(self.scenario.shards, self.scenario.parallelism, self.seed, self.scenario.duration)
             result["attempts_beyond_plan"] = extra_attempts(seen.attempts, failing)
             result.update(
                 scenario=self.scenario.name, wall_seconds=round(wall, 1), faults=self.faults,
@@ -434,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.scenarios.split(","):
         shards = args.shards if name == "kill" else args.other_shards
-        scenario = Scenario(name, shards=shards, parallelism=100 if name == "kill" else 50, kills=args.kills)
+        # The kill scenario's pods run 5 s, so the batch outlasts 50 kills and restarts.
+        scenario = Scenario(
+            name, shards=shards, parallelism=100 if name == "kill" else 50, kills=args.kills,
+            duration="5s" if name == "kill" else "1s",
+        )  # fmt: skip
         logger.info("scenario %s: %d shards", name, shards)
         result = asyncio.run(Run(scenario, args.logs, args.seed).execute(FAULTS[name]))
         logger.info("%s: %s", name, json.dumps(result))
