@@ -107,6 +107,12 @@ class _Unknown:
     """What ``validator_for`` answers for a ``$schema`` it does not know (instead of warning)."""
 
 
+def _rule(error: jsonschema.ValidationError) -> str:
+    if not error.validator:  # a `false` schema (nothing matches it): jsonschema gives no keyword
+        return "a false schema"
+    return f"{error.validator} {_short(error.validator_value)}"
+
+
 def _invalid_schema(message: str) -> PayloadError:
     return PayloadError("InvalidPayloadSchema", f"payloadSchema {message}")
 
@@ -168,7 +174,7 @@ def validate(items: Sequence[Any], schema: dict[str, Any] | None, *, show_paths:
             raise PayloadError(
                 "PayloadSchemaViolation",
                 f"item {index}{_clip(where)} does not match payloadSchema: "
-                f"it fails {error.validator} {_short(error.validator_value)} (schema path /{rule})",
+                f"it fails {_rule(error)} (schema path /{rule})",
             )
 
 

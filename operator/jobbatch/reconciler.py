@@ -23,7 +23,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -373,9 +373,12 @@ class BatchReconciler:
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())[:1000]
         meta = body["metadata"]
         new = status.model_copy(deep=True)
-        new.conditions = set_condition(
-            new.conditions, "Accepted", "False", "InvalidSpec", message, self._clock(), int(meta.get("generation", 1))
-        )
+        generation = int(meta.get("generation", 1))
+        for ctype in ("Accepted", "Stalled"):  # Stalled: GitOps tools see it as failed, not progressing
+            value: Literal["True", "False"] = "True" if ctype == "Stalled" else "False"
+            new.conditions = set_condition(
+                new.conditions, ctype, value, "InvalidSpec", message, self._clock(), generation
+            )
         if new.dump() != status.dump():
             await self.kube.patch_batch_status(self.namespace, self.name, new.dump(), meta["resourceVersion"])
             await self.kube.post_event(body, "Warning", "InvalidSpec", message)

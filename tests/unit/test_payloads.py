@@ -176,3 +176,10 @@ def test_line_separators_inside_strings_are_not_line_ends() -> None:
     jsonl = encode_jsonl(items)
     assert count_lines(jsonl) == 3
     assert parse_jsonl(jsonl, "x") == items
+
+
+def test_a_false_sub_schema_is_named_plainly() -> None:
+    with pytest.raises(PayloadError) as exc:
+        prepare(spec({"items": [{"a": 1}]}, payloadSchema={"properties": {"a": False}}))
+    assert "it fails a false schema" in exc.value.message
+    assert "None" not in exc.value.message
