@@ -59,6 +59,15 @@ def error_message(exc: BaseException, limit: int = 512) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _remove_finalizer(finalizers: tuple[str, ...], finalizer: str) -> list[dict[str, Any]]:
+    """A JSON patch removing ``finalizer``, refused (422) if the list moved since it was read."""
+    index = finalizers.index(finalizer)
+    return [
+        {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+        {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+    ]
+
+
 class RateLimiter:
     """A token bucket: ``qps`` sustained, ``burst`` at once."""
 
@@ -198,11 +207,7 @@ class Kube:
         """Remove kopf's finalizer from a JobBatch (``jobbatch cleanup``); guarded like ``release_job``."""
         if api.KOPF_FINALIZER not in finalizers:
             return
-        index = finalizers.index(api.KOPF_FINALIZER)
-        ops = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.KOPF_FINALIZER},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
+        ops = _remove_finalizer(finalizers, api.KOPF_FINALIZER)
         try:
             await self._call(
                 f"release jobbatch {namespace}/{name}",
@@ -377,11 +382,7 @@ class Kube:
         for _ in range(3):
             if api.SHARD_FINALIZER not in finalizers:
                 return
-            index = finalizers.index(api.SHARD_FINALIZER)
-            ops = [
-                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": api.SHARD_FINALIZER},
-                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-            ]
+            ops = _remove_finalizer(finalizers, api.SHARD_FINALIZER)
             try:
                 await self._call(
                     f"release job {namespace}/{name}",

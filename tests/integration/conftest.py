@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -73,19 +74,19 @@ async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
 @pytest.fixture
 async def namespace(api: client.ApiClient) -> AsyncIterator[str]:
     """A fresh namespace per test, deleted afterwards (its contents go with it)."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
+    async with _fresh_namespace(api, f"test-{uuid.uuid4().hex[:8]}") as name:
         yield name
-    finally:
-        await core.delete_namespace(name)
 
 
 @pytest.fixture
 async def other_namespace(api: client.ApiClient, namespace: str) -> AsyncIterator[str]:
     """A second fresh namespace (another tenant), deleted afterwards."""
-    name = f"{namespace}-b"
+    async with _fresh_namespace(api, f"{namespace}-b") as name:
+        yield name
+
+
+@contextlib.asynccontextmanager
+async def _fresh_namespace(api: client.ApiClient, name: str) -> AsyncIterator[str]:
     core = client.CoreV1Api(api)
     await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:

@@ -149,6 +149,23 @@ def reconciler(kube: FakeKube, watch: dict[str, ShardJob], clock: Clock, cap: in
     )
 
 
+async def run_for(r: BatchReconciler, seconds: float) -> None:
+    """Run the real loop, on real time, for a window; then stop it."""
+    stopped = asyncio.Event()
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return stopped.is_set()
+
+        async def wait(self) -> None:
+            await stopped.wait()
+
+    loop = asyncio.create_task(r.run(Stopped()))
+    await asyncio.wait({loop}, timeout=seconds)
+    stopped.set()
+    await loop
+
+
 def accept(kube: FakeKube, items: int) -> None:
     kube.batch["status"] = {
         "itemCount": items,
@@ -308,19 +325,7 @@ async def test_a_refused_create_is_no_hot_loop_in_the_real_loop() -> None:
         kube=kube,  # type: ignore[arg-type]
         dispatcher=Dispatcher(0), namespace="ns", name="b", uid="uid-1", jobs=lambda: {},
     )  # fmt: skip
-    stopped = asyncio.Event()
-
-    class Stopped:
-        def __bool__(self) -> bool:
-            return stopped.is_set()
-
-        async def wait(self) -> None:
-            await stopped.wait()
-
-    loop = asyncio.create_task(r.run(Stopped()))
-    await asyncio.wait({loop}, timeout=1.0)  # a window shorter than the first backoff (2 s)
-    stopped.set()
-    await loop
+    await run_for(r, 1.0)  # a window shorter than the first backoff (2 s)
     assert sum(1 for c in kube.calls if c[0] == "create") == 1
 
 
@@ -404,19 +409,7 @@ async def test_refusals_of_several_jobs_share_one_backoff_in_the_real_loop() -> 
         dispatcher=Dispatcher(0), namespace="ns", name="b", uid="uid-1",
         jobs=lambda: {chunk.name: chunk}, failures=lambda uids: failed, clock=wall,
     )  # fmt: skip
-    stopped = asyncio.Event()
-
-    class Stopped:
-        def __bool__(self) -> bool:
-            return stopped.is_set()
-
-        async def wait(self) -> None:
-            await stopped.wait()
-
-    run = asyncio.create_task(r.run(Stopped()))
-    await asyncio.wait({run}, timeout=3.0)  # the first pass, then one probe after ~2 s
-    stopped.set()
-    await run
+    await run_for(r, 3.0)  # the first pass, then one probe after ~2 s
     assert sum(1 for c in kube.calls if c[0] == "create") <= 3
     assert r.failed_create is not None
     assert r.failed_create.failures == 2
