@@ -37,7 +37,7 @@ integration: $(STAMP) tools
 	$(BIN)/pytest tests/integration
 
 # Faults while batches run: operator SIGKILLs, leader handovers, API server restarts, a frozen etcd,
-# deleted pods; what was lost or run twice (docs/reliability.md). About 15 minutes; not part of `test`.
+# deleted pods; what was lost or run twice (docs/reliability.md). About 12 minutes; not part of `test`.
 chaos: $(STAMP) tools
 	$(BIN)/python -m e2e.chaos $(CHAOS_ARGS)
 

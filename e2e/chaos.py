@@ -436,10 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.scenarios.split(","):
         shards = args.shards if name == "kill" else args.other_shards
-        # The kill scenario's pods run 5 s, so the batch outlasts 50 kills and restarts.
+        # The kill scenario's pods run 8 s, so the batch outlasts 50 kills and restarts.
         scenario = Scenario(
             name, shards=shards, parallelism=100 if name == "kill" else 50, kills=args.kills,
-            duration="5s" if name == "kill" else "1s",
+            duration="8s" if name == "kill" else "1s",
         )  # fmt: skip
         logger.info("scenario %s: %d shards", name, shards)
         result = asyncio.run(Run(scenario, args.logs, args.seed).execute(FAULTS[name]))
