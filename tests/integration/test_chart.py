@@ -72,6 +72,7 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
         container = deployment.spec.template.spec.containers[0]
         assert container.security_context.read_only_root_filesystem
         assert "--leader-elect" in container.args
+        assert "--payload-validation-timeout=20" in container.args
         assert f"--namespace={namespace}" in container.args
         rbac = client.RbacAuthorizationV1Api(api)
         bindings = await rbac.list_namespaced_role_binding(namespace)
