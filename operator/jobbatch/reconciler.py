@@ -275,8 +275,7 @@ class BatchReconciler:
             self._verdict = (inputs, Acceptance(False, "InvalidPayloadSchema", why))
             return self._verdict[1]
         if items.jsonl is not None:
-            cm = manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
-            await self.kube.create_configmap(self.namespace, cm)
+            await self._create_snapshot(items.jsonl)
         return Acceptance(True, "Accepted", "", item_count=items.count, payload_digest=items.digest)
 
     async def _prepare(self, spec: JobBatchSpec, data: dict[str, str] | None) -> payloads.Items:
@@ -307,8 +306,10 @@ class BatchReconciler:
             data = dict((source or {}).get("data") or {})
         items: payloads.Items | None = None
         try:
-            items = await self._prepare(spec, data)
-        except (payloads.PayloadError, SandboxError) as exc:
+            # Only re-encoded, not validated: a source holding exactly the accepted items passed the
+            # schema once already (and this takes no sandbox slot).
+            items = payloads.prepare(spec.model_copy(update={"payload_schema": None}), data)
+        except payloads.PayloadError as exc:
             why = exc.message
         except Exception as exc:  # noqa: BLE001 -- e.g. JSON nested too deeply: never a pass failing in a loop
             why = f"its source cannot be read again ({type(exc).__name__})"
@@ -326,13 +327,15 @@ class BatchReconciler:
             )
             return
         assert items.jsonl is not None
-        await self.kube.create_configmap(
-            self.namespace, manifests.payload_configmap(self.name, self.namespace, self.uid, items.jsonl)
-        )
+        await self._create_snapshot(items.jsonl)
         self._snapshot_lost = None
         logger.warning("%s/%s: payload snapshot %s was deleted; re-created it", self.namespace, self.name, name)
         message = f'the payload snapshot ConfigMap "{name}" was deleted; re-created it from the source'
         await self.kube.post_event(body, "Warning", "PayloadSnapshotRecreated", message)
+
+    async def _create_snapshot(self, jsonl: str) -> None:
+        cm = manifests.payload_configmap(self.name, self.namespace, self.uid, jsonl)
+        await self.kube.create_configmap(self.namespace, cm)
 
     async def _refused_template(self, spec: JobBatchSpec) -> str | None:
         """Why the API server would refuse this batch's shard Jobs (a dry-run create of one), or None.

@@ -17,6 +17,7 @@ from kubernetes_asyncio import client
 
 from e2e import tools
 from e2e.operator_process import OperatorProcess, healthy
+from jobbatch import api as jb
 from jobbatch import naming
 from tests import fuzz
 from tests.integration.conftest import OperatorFactory
@@ -158,7 +159,7 @@ async def test_the_longest_batch_name_still_gets_its_events(batches: Batches, op
 
 
 async def _jobs_of(batches: Batches, name: str) -> list[Any]:
-    return [j for j in await batches.jobs() if j.metadata.labels.get("jobbatch.io/batch") == name]
+    return [j for j in await batches.jobs() if j.metadata.labels.get(jb.LABEL_BATCH) == name]
 
 
 async def test_jobs_left_deleting_while_the_operator_was_down_are_released_on_start(
@@ -171,7 +172,7 @@ async def test_jobs_left_deleting_while_the_operator_was_down_are_released_on_st
     # The batch goes while no operator runs (its finalizers removed by hand, as a user stuck on them
     # would): the garbage collector deletes its Jobs, which wait on the operator's finalizer.
     await batches.custom.patch_namespaced_custom_object(
-        "jobbatch.io", "v1alpha1", namespace, "jobbatches", "down", {"metadata": {"finalizers": None}},
+        jb.GROUP, jb.VERSION, namespace, jb.PLURAL, "down", {"metadata": {"finalizers": None}},
         **MERGE_PATCH,
     )  # fmt: skip
     await batches.delete("down")
@@ -192,7 +193,7 @@ async def test_a_job_orphaned_then_deleted_is_released(
     await batches.create("orphaning", {"template": template(duration="1h"), "payloads": {"count": 2}})
     await batches.wait_status("orphaning", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
     await batches.custom.delete_namespaced_custom_object(
-        "jobbatch.io", "v1alpha1", namespace, "jobbatches", "orphaning",
+        jb.GROUP, jb.VERSION, namespace, jb.PLURAL, "orphaning",
         body=client.V1DeleteOptions(propagation_policy="Orphan"),
     )  # fmt: skip
 
@@ -231,10 +232,10 @@ async def test_cleanup_frees_what_an_uninstalled_operator_held(
     listed = await cleanup()
     assert "1 shard Jobs and 1 JobBatches found" in listed
     (job,) = await _jobs_of(batches, "left")
-    assert "jobbatch.io/shard-record" in job.metadata.finalizers  # only listed
+    assert jb.SHARD_FINALIZER in job.metadata.finalizers  # only listed
     assert "1 shard Jobs and 1 JobBatches released" in await cleanup("--yes")
     (job,) = await _jobs_of(batches, "left")
-    assert "jobbatch.io/shard-record" not in (job.metadata.finalizers or [])
+    assert jb.SHARD_FINALIZER not in (job.metadata.finalizers or [])
     # With no operator at all, the batch and everything it owns can now be deleted.
     await batches.delete("left")
     await eventually(lambda: _gone(batches), what="the batch deleted without an operator")
