@@ -33,6 +33,9 @@ LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 SHARD_FINALIZER = "jobbatch.io/shard-record"
 # kopf's own, on every JobBatch: its daemon stops before the batch goes.
 KOPF_FINALIZER = "jobbatch.io/kopf-finalizer"
+# On the RoleBinding that lets a namespace-scoped operator into a watched namespace, while anything
+# there holds one of the two finalizers above (jobbatch.access).
+ACCESS_FINALIZER = "jobbatch.io/namespace-access"
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
@@ -109,6 +112,15 @@ class Retry(_Model):
         max_length=50,
         description="A shard whose worker exits with one of these codes fails at once, without retries.",
         json_schema_extra=_extra(items={"type": "integer", "minimum": 1, "maximum": 255}),
+    )
+    disruption_limit: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Disruptions one attempt survives without using a retry: a pod evicted, preempted or lost "
+        "with its node (and any pod failure that is not the worker's exit) is started again by the Job "
+        "controller, after its own 10 s doubling delay. One more fails the attempt (reason Disrupted), and "
+        "retries decide what follows. 0: the first disruption fails the attempt.",
     )
 
 

@@ -65,9 +65,12 @@ def shard_job(
 ) -> dict[str, Any]:
     """The Indexed Job running ``attempt`` of shards ``first_shard .. first_shard + count - 1``.
 
-    Its pod with completion index i runs shard ``first_shard + i``. Each index gets one try
-    (``backoffLimitPerIndex: 0``): the operator, not the Job controller, retries a failed shard,
-    with the batch's own backoff, as a Job of its own. ``FailIndex`` (never ``FailJob``) on
+    Its pod with completion index i runs shard ``first_shard + i``. A worker's non-zero exit fails
+    its index at once: the operator, not the Job controller, retries a failed shard, with the
+    batch's own backoff, as a Job of its own. Disruptions (evictions, preemptions, a lost node) are
+    not the worker's doing: the Job controller starts the index again, at most
+    ``retry.disruptionLimit`` times (``backoffLimitPerIndex`` counts only them), so a worker that
+    keeps getting evicted ends as a failed attempt instead of running forever. ``FailIndex`` (never ``FailJob``) on
     non-zero exit codes: the Job controller applies the podFailurePolicy even to a pod it
     deleted for suspension (measured on a real kubelet: SIGTERM, exit 143), and ``FailJob`` would
     then fail every shard of the Job; a failed index is only recorded for pods it did not delete.
@@ -124,11 +127,15 @@ def shard_job(
         "completionMode": "Indexed",
         "completions": count,
         "parallelism": parallelism,
-        "backoffLimitPerIndex": 0,
+        # Only failures no rule below decides count against it: disruptions, and the rare pod that
+        # fails with no container exit code (refused by its kubelet, say).
+        "backoffLimitPerIndex": spec.retry.disruption_limit,
         "podFailurePolicy": {
             "rules": [
-                # Evictions and preemptions are not the worker's fault: the index gets a new pod.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # Evictions and preemptions are not the worker's fault: the index gets a new pod, a
+                # bounded number of times (an `Ignore` would rerun a pod that keeps causing node
+                # memory pressure forever).
+                {"action": "Count", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 # Any other non-zero exit fails the index (the shard's attempt) at once.
                 {"action": "FailIndex", "onExitCodes": {"operator": "NotIn", "values": [0]}},
             ]

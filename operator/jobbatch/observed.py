@@ -102,6 +102,8 @@ class PodFailure:
     reason: str
     message: str
     finished_at: datetime.datetime | None
+    # It carried a DisruptionTarget condition (evicted, preempted, its node lost): not the worker's exit.
+    disrupted: bool = False
 
 
 def parse_time(value: str | None) -> datetime.datetime | None:
@@ -206,9 +208,15 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
             reason = reason or str(terminated.get("reason") or "")
             message = message or str(terminated.get("message") or "")
             finished_at = parse_time(terminated.get("finishedAt"))
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     if finished_at is None:
         ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         finished_at = parse_time(ready.get("lastTransitionTime"))
+    disruption = conditions.get("DisruptionTarget")
+    if disruption is not None:
+        # Who stopped it says more than the exit code of a worker killed on SIGTERM.
+        reason = "Disrupted"
+        message = f"{disruption.get('reason') or 'DisruptionTarget'}: {disruption.get('message') or ''}".rstrip(": ")
     return PodFailure(
         job_uid=owner[1],
         shard=shard,
@@ -217,4 +225,5 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
         reason=reason or "Failed",
         message=message[:TERMINATION_MESSAGE_CHARS],
         finished_at=finished_at,
+        disrupted=disruption is not None,
     )

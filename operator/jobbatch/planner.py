@@ -210,6 +210,7 @@ class FailedAttempt:
     reason: str
     message: str
     failed_at: datetime.datetime | None
+    disrupted: bool = False  # its pod was disrupted once more than retry.disruptionLimit allows
 
 
 @dataclasses.dataclass
@@ -275,7 +276,9 @@ def survey(
                 seen.failed_attempts.append(FailedAttempt(shard, job.attempt, None, "Deleted", why, job.deleted_at))
             elif pod is not None:
                 seen.failed_attempts.append(
-                    FailedAttempt(shard, job.attempt, pod.exit_code, pod.reason, pod.message, pod.finished_at)
+                    FailedAttempt(
+                        shard, job.attempt, pod.exit_code, pod.reason, pod.message, pod.finished_at, pod.disrupted
+                    )
                 )
             elif job.finished_at is not None and now >= job.finished_at + grace:
                 # The pod is gone (deleted, garbage-collected): decided without its exit code.
@@ -301,10 +304,16 @@ class ShardFates:
 
 
 def permanent_failure(failed: FailedAttempt, non_retryable: Sequence[int], limit: int) -> ShardFailure | None:
-    """The permanent failure a failed attempt causes, or None if the shard may retry."""
+    """The permanent failure a failed attempt causes, or None if the shard may retry.
+
+    A disrupted attempt's exit code is the worker's answer to SIGTERM, not its verdict on the data:
+    it never counts as non-retryable.
+    """
     code = f" (exit code {failed.exit_code})" if failed.exit_code is not None else ""
     said = f": {failed.message}" if failed.message else ""  # the worker's termination message, bounded
-    if failed.exit_code is not None and failed.exit_code in non_retryable:
+    if failed.disrupted:
+        said = f" more often than retry.disruptionLimit allows{said}"
+    if failed.exit_code is not None and failed.exit_code in non_retryable and not failed.disrupted:
         reason = "NonRetryableExitCode"
         message = f"attempt {failed.attempt} exited with non-retryable code {failed.exit_code}{said}"
     elif failed.attempt >= limit:
@@ -669,7 +678,7 @@ class _Pass:
             granted += 1
             if retry_events < MAX_SHARD_EVENTS_PER_PASS:
                 retry_events += 1
-                why = f"exit code {failed.exit_code}" if failed.exit_code is not None else failed.reason
+                why = failed.reason if failed.disrupted or failed.exit_code is None else f"exit code {failed.exit_code}"
                 self.out.events.append(
                     Event(
                         "Normal",

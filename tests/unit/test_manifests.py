@@ -37,14 +37,19 @@ def test_job_identity_ownership_and_finalizer() -> None:
 
 
 def test_an_indexed_job_with_one_try_per_index_and_no_job_wide_failure() -> None:
-    j = job(spec(shardTimeoutSeconds=30), count=5, parallelism=3)["spec"]
-    assert (j["completionMode"], j["completions"], j["parallelism"], j["backoffLimitPerIndex"]) == ("Indexed", 5, 3, 0)
+    j = job(spec(shardTimeoutSeconds=30, retry={"disruptionLimit": 2}), count=5, parallelism=3)["spec"]
+    assert (j["completionMode"], j["completions"], j["parallelism"]) == ("Indexed", 5, 3)
     # Each attempt's deadline is the pod's own, not the Job's (which runs many shards).
     assert "activeDeadlineSeconds" not in j
     assert j["template"]["spec"]["activeDeadlineSeconds"] == 30
-    actions = [r["action"] for r in j["podFailurePolicy"]["rules"]]
+    rules = j["podFailurePolicy"]["rules"]
     # Never FailJob: the Job controller applies the policy to pods it deleted for suspension.
-    assert actions == ["Ignore", "FailIndex"]
+    assert [r["action"] for r in rules] == ["Count", "FailIndex"]
+    # A worker's exit fails its index at once; only disruptions count, up to the batch's limit.
+    assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    assert rules[1]["onExitCodes"] == {"operator": "NotIn", "values": [0]}
+    assert j["backoffLimitPerIndex"] == 2
+    assert job(spec())["spec"]["backoffLimitPerIndex"] == 3  # the default
 
 
 def test_pod_template_is_completed_not_replaced() -> None:

@@ -117,6 +117,22 @@ def test_pod_reason_wins_over_the_container_reason() -> None:
     assert f.exit_code == 143
 
 
+def test_a_disrupted_pod_says_who_stopped_it() -> None:
+    terminated = {"exitCode": 143, "reason": "Error", "message": "simulated SIGTERM"}
+    disruption = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                  "message": "Eviction API: evicting"}  # fmt: skip
+    f = summarize_failed_pod(pod(conditions=[disruption], containerStatuses=[{"state": {"terminated": terminated}}]))
+    assert f is not None
+    assert (f.disrupted, f.reason, f.exit_code) == (True, "Disrupted", 143)
+    assert f.message == "EvictionByEvictionAPI: Eviction API: evicting"
+    plain = summarize_failed_pod(pod(containerStatuses=[{"state": {"terminated": terminated}}]))
+    assert plain is not None
+    assert not plain.disrupted
+    gone = summarize_failed_pod(pod(conditions=[{**disruption, "status": "False"}]))
+    assert gone is not None
+    assert not gone.disrupted
+
+
 def test_running_or_unowned_pods_are_not_failures() -> None:
     assert summarize_failed_pod({**pod(), "status": {"phase": "Running"}}) is None
     orphan = pod()

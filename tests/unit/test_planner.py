@@ -325,6 +325,25 @@ def test_non_retryable_exit_code_fails_the_shard_and_the_batch() -> None:
     assert p2.delete
 
 
+def test_an_attempt_disrupted_past_its_limit_is_retried_whatever_its_exit_code() -> None:
+    """143 is the worker's answer to SIGTERM: listed as non-retryable, it still does not end a disrupted shard."""
+    s = spec(parallelism=3, retry={"limit": 1, "nonRetryableExitCodes": [143], "backoff": {"initialSeconds": 0}})
+    b = accepted(s, items=2)
+    chunk = job(0, 2, parallelism=2, succeeded="0", failed="1")
+    evicted = dataclasses.replace(failure(1, code=143, reason="Disrupted"), disrupted=True)
+    p = plan(b, [chunk], T0, failures=failures(evicted))
+    assert p.status.failed_shards == ""
+    assert p.create == [CreateJob(name(1, 1), 1, 1, 1, 1)]
+    assert any("after attempt 0 failed (Disrupted)" in e.message for e in p.events)
+    # The retry is disrupted too, and no retries are left: the failure says why.
+    retry = job(1, 1, attempt=1, failed="1", at=3)
+    again = dataclasses.replace(failure(1, attempt=1, code=143, reason="Disrupted"), disrupted=True)
+    p2 = plan(persisted(b, p), [chunk, retry], T0 + datetime.timedelta(seconds=5), failures=failures(again))
+    (f,) = p2.status.failures
+    assert (f.shard, f.attempt, f.reason, f.exit_code) == (1, 1, "RetriesExhausted", 143)
+    assert "Disrupted more often than retry.disruptionLimit allows" in f.message
+
+
 def test_a_failure_waits_a_little_for_its_pod_then_counts_without_it() -> None:
     b = accepted(spec(retry={"limit": 0, "nonRetryableExitCodes": [3]}), items=1)
     failed = [job(0, 1, failed="0", at=1)]
