@@ -1,7 +1,8 @@
 """``jobbatch cleanup``: release every finalizer the operator holds, for an uninstall that gets stuck.
 
 JobBatches carry kopf's finalizer and shard Jobs the shard-record finalizer; only a running operator
-removes them. With the operator gone (uninstalled first, or its namespace deleted), deleting a batch or
+removes them (and, installed per namespace, the one on its RoleBinding there: ``jobbatch.access``).
+With the operator gone (uninstalled first, or its namespace deleted), deleting a batch or
 a namespace waits on them forever. This removes them -- nothing else: no object is deleted. Run it
 only with no operator running: an operator removes a Job's finalizer only once the Job's outcome is
 recorded, and this does not wait for that.
@@ -21,6 +22,7 @@ class Held:
 
     jobs: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
     batches: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
+    bindings: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
 
 async def find_held(kube: Kube, namespaces: tuple[str, ...]) -> Held:
@@ -40,8 +42,24 @@ async def find_held(kube: Kube, namespaces: tuple[str, ...]) -> Held:
     return held
 
 
+async def find_held_bindings(kube: Kube, held: Held, namespaces: tuple[str, ...]) -> None:
+    """Add the RoleBindings holding the operator's namespace-access finalizer (a namespace-scoped install)."""
+    for scope in namespaces or (None,):
+        for binding in await kube.list_rolebindings(scope):
+            meta = binding["metadata"]
+            finalizers = tuple(meta.get("finalizers") or ())
+            if api.ACCESS_FINALIZER in finalizers:
+                held.bindings.append((meta["namespace"], meta["name"], finalizers))
+
+
 async def release(kube: Kube, held: Held) -> None:
     for namespace, name, finalizers in held.jobs:
         await kube.release_job(namespace, name, finalizers)
     for namespace, name, finalizers in held.batches:
         await kube.release_batch(namespace, name, finalizers)
+    # Last: while the others are released, the operator may still need what the binding grants.
+    for namespace, name, finalizers in held.bindings:
+        rest = [f for f in finalizers if f != api.ACCESS_FINALIZER]
+        binding = await kube.get_rolebinding(namespace, name)
+        if binding is not None:
+            await kube.set_rolebinding_finalizers(namespace, name, rest, binding["metadata"]["resourceVersion"])

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "past it the batch is not accepted (env JOBBATCH_PAYLOAD_VALIDATION_TIMEOUT)",
     )
     run.add_argument(
+        "--access-binding",
+        default=os.environ.get("JOBBATCH_ACCESS_BINDING", defaults.access_binding),
+        metavar="NAME",
+        help="with --namespace: the RoleBinding that grants the operator its rights in each watched "
+        "namespace; the operator keeps it (a finalizer) until nothing of its own is left there, so a deleted "
+        "namespace never waits on the operator's finalizers (env JOBBATCH_ACCESS_BINDING; the chart sets it)",
+    )
+    run.add_argument(
         "--log-level",
         default=os.environ.get("JOBBATCH_LOG_LEVEL", defaults.log_level),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -125,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup = sub.add_parser(
         "cleanup",
-        help="remove the operator's finalizers from JobBatches and shard Jobs (after uninstalling it)",
-        description="Remove the finalizers the operator puts on JobBatches (jobbatch.io/kopf-finalizer) and "
-        "shard Jobs (jobbatch.io/shard-record), so they and their namespaces can be deleted without an "
+        help="remove the operator's finalizers from JobBatches, shard Jobs and its RoleBindings (after an uninstall)",
+        description="Remove the finalizers the operator puts on JobBatches (jobbatch.io/kopf-finalizer), "
+        "shard Jobs (jobbatch.io/shard-record) and, installed per namespace, its RoleBindings "
+        "(jobbatch.io/namespace-access), so they and their namespaces can be deleted without an "
         "operator. Deletes nothing. Run it only when no operator runs. Without --yes, only lists them.",
     )
     cleanup.add_argument(
@@ -146,13 +155,15 @@ async def _cleanup(namespaces: tuple[str, ...], apply: bool) -> int:
     try:
         kube = Kube(api_client)
         held = await cleanup.find_held(kube, namespaces)
+        await cleanup.find_held_bindings(kube, held, namespaces)
         if apply:
             await cleanup.release(kube, held)
-        for kind, objects in (("job", held.jobs), ("jobbatch", held.batches)):
+        for kind, objects in (("job", held.jobs), ("jobbatch", held.batches), ("rolebinding", held.bindings)):
             for namespace, name, _ in objects:
                 print(f"{'released' if apply else 'holds a finalizer'}: {kind} {namespace}/{name}")
         verb = "released" if apply else "found (run with --yes to release them)"
-        print(f"{len(held.jobs)} shard Jobs and {len(held.batches)} JobBatches {verb}")
+        counts = f"{len(held.jobs)} shard Jobs, {len(held.batches)} JobBatches and {len(held.bindings)} RoleBindings"
+        print(f"{counts} {verb}")
     finally:
         await api_client.close()
     return 0
@@ -173,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         leader_election_lease=args.leader_election_lease,
         lease_duration_seconds=args.lease_duration_seconds,
         payload_validation_timeout=args.payload_validation_timeout,
+        access_binding=args.access_binding,
     )
 
 

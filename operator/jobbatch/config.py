@@ -39,6 +39,9 @@ class OperatorConfig:
     # Seconds acceptance may spend checking one batch's payloads against its payloadSchema (in a
     # child process, killed at this deadline; the batch is then not accepted).
     payload_validation_timeout: float = 20.0
+    # With namespaces: the RoleBinding granting the operator its rights in each of them, held by a
+    # finalizer until nothing of the operator's is left there (jobbatch.access). Empty: none is held.
+    access_binding: str = ""
 
     def __post_init__(self) -> None:
         if self.max_running_shards < 0:
@@ -51,6 +54,8 @@ class OperatorConfig:
             raise ValueError("payload_validation_timeout must be > 0")
         if self.api_qps <= 0 or self.api_burst < 1:
             raise ValueError("api_qps must be > 0 and api_burst >= 1")
+        if self.access_binding and not self.namespaces:
+            raise ValueError("access_binding needs namespaces: cluster-wide rights come from a ClusterRoleBinding")
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
             raise ValueError(f"unknown log level {self.log_level!r}")
 

@@ -49,11 +49,13 @@ def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]],
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def batch_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
+async def batch_changed(uid: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     reconciler = runtime.reconcilers.get(uid)
     if reconciler is not None:
         reconciler.batch_changed()
+    if runtime.access is not None and namespace:
+        runtime.access.wake(namespace)  # a new batch: kopf's finalizer is on, so the RoleBinding is held
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)

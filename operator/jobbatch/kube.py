@@ -35,6 +35,8 @@ LABEL_JOB_NAME = "batch.kubernetes.io/job-name"  # set by the Job controller on 
 WATCH_SECONDS = 300  # the server ends each watch stream after this; it is resumed from the last version
 # Passed as **kwargs: the generated signatures omit `_content_type`, which the client accepts.
 _MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
 class Conflict(Exception):
@@ -120,6 +122,7 @@ class Kube:
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.scheduling = client.SchedulingV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.limiter = RateLimiter(qps, burst)
         self.attempts = attempts
 
@@ -445,7 +448,26 @@ class Kube:
             raise
         return dict(json.loads(body))
 
-    async def create_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+    async def get_configmap_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap's metadata alone (as PartialObjectMetadata: its data, up to 1 MiB, stays on the
+        server), or None if there is none."""
+        try:
+            body = await self._call(
+                f"get configmap {namespace}/{name} metadata",
+                self._raw(
+                    self.api_client.call_api, "/api/v1/namespaces/{namespace}/configmaps/{name}", "GET",
+                    path_params={"namespace": namespace, "name": name}, query_params=[],
+                    header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
+                ),
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(json.loads(body))
+
+    async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a ConfigMap; False if one of that name already existed (whoever made it)."""
         try:
             await self._call(
                 f"create configmap {namespace}/{body['metadata']['name']}",
@@ -454,6 +476,8 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            return False
+        return True
 
     async def get_priority_value(self, name: str) -> int | None:
         """The value of a PriorityClass, or None if there is no such class."""
@@ -464,6 +488,69 @@ class Kube:
                 return None
             raise
         return int(pc.value)
+
+    # -- the RoleBinding of a watched namespace (jobbatch.access) -----------------------------
+    async def get_rolebinding(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A RoleBinding as a plain dict, or None if there is none (or it may not be read)."""
+        try:
+            body = await self._call(
+                f"get rolebinding {namespace}/{name}",
+                self._raw(self.rbac.read_namespaced_role_binding, name, namespace),
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        return dict(json.loads(body))
+
+    async def list_held_metadata(self, namespace: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The metadata of every JobBatch and of every shard Job in ``namespace`` (PartialObjectMetadata:
+        no specs, no statuses, however large), for what holds a finalizer."""
+        out: list[list[dict[str, Any]]] = []
+        paths: tuple[tuple[str, list[tuple[str, str]]], ...] = (
+            (f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{{namespace}}/{api.PLURAL}", []),
+            ("/apis/batch/v1/namespaces/{namespace}/jobs", [("labelSelector", api.LABEL_BATCH_UID)]),
+        )
+        for path, query in paths:
+            body = await self._call(
+                f"list {path.rsplit('/', 1)[1]} metadata in {namespace}",
+                self._raw(
+                    self.api_client.call_api, path, "GET", path_params={"namespace": namespace},
+                    query_params=query, header_params={"Accept": _METADATA_LIST}, auth_settings=["BearerToken"],
+                    response_types_map={},
+                ),
+            )  # fmt: skip
+            out.append([item.get("metadata") or {} for item in json.loads(body).get("items") or []])
+        return out[0], out[1]
+
+    async def list_rolebindings(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every RoleBinding (in ``namespace``, or everywhere): for ``jobbatch cleanup``."""
+        if namespace:
+            call = self._raw(self.rbac.list_namespaced_role_binding, namespace)
+        else:
+            call = self._raw(self.rbac.list_role_binding_for_all_namespaces)
+        where = namespace or "all namespaces"
+        return list(json.loads(await self._call(f"list rolebindings in {where}", call))["items"])
+
+    async def set_rolebinding_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None:
+        """Replace a RoleBinding's finalizers if it is unchanged since ``resource_version``; else Conflict.
+
+        Only finalizers change, so the API server skips its RBAC escalation check (IsOnlyMutatingGCFields).
+        """
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        try:
+            await self._call(
+                f"patch rolebinding {namespace}/{name} finalizers",
+                self._raw(self.rbac.patch_namespaced_role_binding, name, namespace, body, **_MERGE_PATCH),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 409:
+                raise Conflict(f"rolebinding {namespace}/{name} changed since it was read") from None
+            raise
 
     # -- Events -------------------------------------------------------------------------------
     async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:

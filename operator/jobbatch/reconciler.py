@@ -29,12 +29,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from jobbatch import manifests, metrics, naming, payloads
-from jobbatch.api import SHARD_FINALIZER, TERMINAL_PHASES, Backoff, JobBatchSpec, JobBatchStatus
+from jobbatch.api import KIND, SHARD_FINALIZER, TERMINAL_PHASES, Backoff, JobBatchSpec, JobBatchStatus
 from jobbatch.backoff import retry_delay
 from jobbatch.dispatch import Dispatcher
 from jobbatch.expectations import Expectations, JobCalls
 from jobbatch.kube import Conflict, Kube, error_message
-from jobbatch.observed import PODS_COLLECTED, PodFailure, ShardJob
+from jobbatch.observed import PODS_COLLECTED, PodFailure, ShardJob, controller_of
 from jobbatch.planner import Acceptance, Batch, CreateJob, FailedCreate, Plan, ReleaseJob, plan, set_condition
 from jobbatch.sandbox import Sandbox, SandboxError
 
@@ -93,6 +93,7 @@ class BatchReconciler:
         self._creating = 0  # creates in flight: their outcome is not known yet
         self._snapshot_checked = float("-inf")
         self._snapshot_lost: str | None = None  # why the snapshot is gone for good, once found so
+        self._snapshot_verified = ""  # UID of the snapshot last found to hold exactly the accepted items
         self.wake = asyncio.Event()
         self._body: dict[str, Any] | None = None  # the batch as last persisted (GET or our own write)
         self._body_read = float("-inf")
@@ -238,13 +239,13 @@ class BatchReconciler:
         data = None
         inputs: str | None = None  # what the verdict depends on besides the (immutable) spec
         ref = spec.payloads.config_map
-        if ref is not None:
-            snapshot = await self._own_snapshot()
-            if snapshot is not None:
-                # Accepted before, but the verdict was not persisted (a 409, a crash): the snapshot is
-                # what was validated; the source may have changed since.
-                count = payloads.count_lines(snapshot)
-                return Acceptance(True, "Accepted", "", item_count=count, payload_digest=payloads.digest(snapshot))
+        snapshot = await self._own_snapshot() if ref is not None else None
+        if ref is not None and snapshot is not None:
+            # Accepted before, but the verdict was not persisted (a 409, a crash): the snapshot is what
+            # the pods will read, and the source may have changed since. Checked again all the same:
+            # anyone who may create ConfigMaps here can have made it, owner reference included.
+            data, inputs = {ref.key: snapshot}, f"snapshot {payloads.digest(snapshot)}"
+        elif ref is not None:
             source = await self.kube.get_configmap(self.namespace, ref.name)
             if source is None:
                 return Acceptance(
@@ -274,8 +275,10 @@ class BatchReconciler:
             why = f"checking the payloads against payloadSchema failed ({type(exc).__name__})"
             self._verdict = (inputs, Acceptance(False, "InvalidPayloadSchema", why))
             return self._verdict[1]
-        if items.jsonl is not None:
-            await self._create_snapshot(items.jsonl)
+        if items.jsonl is not None and snapshot is None:
+            taken = await self._create_snapshot(items.jsonl)
+            if taken is not None:
+                return Acceptance(False, "PayloadSnapshotConflict", taken)
         return Acceptance(True, "Accepted", "", item_count=items.count, payload_digest=items.digest)
 
     async def _prepare(self, spec: JobBatchSpec, data: dict[str, str] | None) -> payloads.Items:
@@ -295,10 +298,16 @@ class BatchReconciler:
         if now - self._snapshot_checked < SNAPSHOT_CHECK_SECONDS:
             return
         self._snapshot_checked = now
-        if await self._own_snapshot() is not None:
+        name = naming.payload_configmap_name(self.name, self.uid)
+        # Immutable: once its items were checked, the same object (UID) holds the same items, so only
+        # its metadata is read again (not up to 1 MiB every SNAPSHOT_CHECK_SECONDS).
+        meta = ((await self.kube.get_configmap_metadata(self.namespace, name)) or {}).get("metadata") or {}
+        if self._snapshot_verified and meta.get("uid") == self._snapshot_verified:
             self._snapshot_lost = None
             return
-        name = naming.payload_configmap_name(self.name, self.uid)
+        if await self._own_snapshot(status.payload_digest) is not None:
+            self._snapshot_lost = None
+            return
         data = None
         ref = spec.payloads.config_map
         if ref is not None:
@@ -327,15 +336,31 @@ class BatchReconciler:
             )
             return
         assert items.jsonl is not None
-        await self._create_snapshot(items.jsonl)
+        taken = await self._create_snapshot(items.jsonl)
+        if taken is not None:
+            self._snapshot_lost = f"{taken}; its shards cannot start as they should"
+            return
         self._snapshot_lost = None
         logger.warning("%s/%s: payload snapshot %s was deleted; re-created it", self.namespace, self.name, name)
         message = f'the payload snapshot ConfigMap "{name}" was deleted; re-created it from the source'
         await self.kube.post_event(body, "Warning", "PayloadSnapshotRecreated", message)
 
-    async def _create_snapshot(self, jsonl: str) -> None:
+    async def _create_snapshot(self, jsonl: str) -> str | None:
+        """Create the payload snapshot; None once it holds ``jsonl``, else why the name is taken.
+
+        A ConfigMap of that name may already exist: this batch's own from an earlier pass (fine), or
+        one someone made to have the batch's pods read other items (refused, never swallowed).
+        """
         cm = manifests.payload_configmap(self.name, self.namespace, self.uid, jsonl)
-        await self.kube.create_configmap(self.namespace, cm)
+        if await self.kube.create_configmap(self.namespace, cm):
+            return None
+        if await self._own_snapshot(payloads.digest(jsonl)) is not None:
+            return None
+        name = cm["metadata"]["name"]
+        return (
+            f'ConfigMap "{name}", the name of this batch\'s payload snapshot, already exists and does not hold '
+            "exactly the batch's items, made by this batch; delete it (the operator re-creates it)"
+        )
 
     async def _refused_template(self, spec: JobBatchSpec) -> str | None:
         """Why the API server would refuse this batch's shard Jobs (a dry-run create of one), or None.
@@ -355,13 +380,21 @@ class BatchReconciler:
                 return f"the API server refuses the shard Jobs this template makes: {message}"
         return None
 
-    async def _own_snapshot(self) -> str | None:
-        """The payload snapshot this batch made earlier, if there is one."""
+    async def _own_snapshot(self, digest: str | None = None) -> str | None:
+        """The payload snapshot of this batch, if there is one: immutable, controlled by the batch, and
+        (given ``digest``) holding exactly the items accepted."""
         body = await self.kube.get_configmap(self.namespace, naming.payload_configmap_name(self.name, self.uid))
-        owners = (body or {}).get("metadata", {}).get("ownerReferences") or []
-        if body is None or not any(o.get("uid") == self.uid for o in owners):
+        if body is None or not body.get("immutable"):
             return None
-        return str((body.get("data") or {}).get(manifests.PAYLOAD_KEY, ""))
+        owner = controller_of(body, KIND)
+        if owner is None or owner[1] != self.uid:
+            return None
+        snapshot = str((body.get("data") or {}).get(manifests.PAYLOAD_KEY, ""))
+        if digest is not None:
+            if payloads.digest(snapshot) != digest:
+                return None
+            self._snapshot_verified = str(body["metadata"].get("uid") or "")
+        return snapshot
 
     async def _priority_value(self, spec: JobBatchSpec) -> int:
         expires, value = self._priority

@@ -19,7 +19,7 @@ from aiohttp import web
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from jobbatch import api, handlers, metrics
+from jobbatch import access, api, handlers, metrics
 from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
 from jobbatch.jobwatch import ShardWatch
@@ -66,6 +66,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     # Daemons start after this: every Job and failed pod is known.
     await watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime))
     memo["runtime"] = runtime
+    if config.access_binding:
+        runtime.access = access.AccessGuard(kube, config.namespaces, config.access_binding)
+        runtime.spawn(runtime.access.run())
     metrics.leader.set(1)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     logger.info("jobbatch operator started, watching %s", scope)

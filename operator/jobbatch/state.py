@@ -15,6 +15,7 @@ from jobbatch.sandbox import Sandbox
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from jobbatch.access import AccessGuard
     from jobbatch.jobwatch import ShardWatch
     from jobbatch.reconciler import BatchReconciler
 
@@ -26,6 +27,7 @@ class Runtime:
     watch: ShardWatch
     sandbox: Sandbox
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)
+    access: AccessGuard | None = None  # holds the operator's RoleBindings (a namespace-scoped install)
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     def spawn(self, call: Coroutine[Any, Any, None]) -> None:

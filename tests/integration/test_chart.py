@@ -74,6 +74,7 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
         assert "--leader-elect" in container.args
         assert "--payload-validation-timeout=20" in container.args
         assert f"--namespace={namespace}" in container.args
+        assert f"--access-binding={fullname}-application" in container.args
         rbac = client.RbacAuthorizationV1Api(api)
         bindings = await rbac.list_namespaced_role_binding(namespace)
         assert [b.metadata.name for b in bindings.items] == [f"{fullname}-application"]
@@ -98,6 +99,7 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
             args=[
                 "--namespace", namespace, "--leader-elect", "--leader-election-namespace", release_namespace,
                 "--leader-election-lease", fullname, "--lease-duration", "5",
+                "--access-binding", f"{fullname}-application",
             ],
             env={**os.environ, "KUBECONFIG": str(sa_config)},
             log=tmp_path / "operator-sa.log",
@@ -122,6 +124,10 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
             reasons = [e["reason"] for e in await batches.events("rbac")]
             assert "Completed" in reasons
             await eventually(lambda: _gone(batches), what="the batch deleted after its TTL, by the chart's RBAC")
+            # Held while the batch was there, let go once nothing is: `helm uninstall` leaves nothing behind.
+            await eventually(
+                lambda: _binding_free(rbac, namespace, f"{fullname}-application"), what="the RoleBinding let go"
+            )
             lease = await client.CoordinationV1Api(api).read_namespaced_lease(fullname, release_namespace)
             assert lease.spec.holder_identity
             log = await asyncio.to_thread(operator.log.read_text)
@@ -134,6 +140,11 @@ async def test_chart_installs_and_its_rbac_runs_a_batch(
         await asyncio.to_thread(
             run, "helm", "uninstall", release, "--namespace", release_namespace, "--wait", kubeconfig=kubeconfig
         )
+
+
+async def _binding_free(rbac: client.RbacAuthorizationV1Api, namespace: str, name: str) -> bool:
+    body = await rbac.read_namespaced_role_binding(name, namespace)
+    return not body.metadata.finalizers
 
 
 async def _gone(batches: Batches) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from jobbatch import api as jb
 from jobbatch import naming
 from tests import fuzz
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import MERGE_PATCH, Batches, template
+from tests.integration.harness import MERGE_PATCH, Batches, PodRecorder, template
 from tests.waiting import eventually
 
 # Backtracks exponentially on a near-miss such as "aaa…a!": hours of one C call holding the GIL.
@@ -143,6 +144,62 @@ async def test_refused_creates_back_off_are_reported_and_recover(
     assert condition(done, "Stalled")["status"] == "False"
 
 
+async def _refusals(batches: Batches, name: str) -> int:
+    """Refused creates in a row, as the batch's Stalled condition counts them (0 if not Stalled)."""
+    stalled = (await batches.condition(name, "Stalled")) or {}
+    stalled = condition(stalled, "Stalled") if stalled else {}
+    if stalled.get("status") != "True":
+        return 0
+    found = re.search(r"\((\d+) refusals in a row\)", stalled.get("message", ""))
+    return int(found.group(1)) if found else 0
+
+
+async def test_a_refused_retry_keeps_the_failed_attempt_across_a_restart(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """Scenario 3: a failed attempt is superseded only by a retry Job that exists. Its retry's create is
+    refused (a quota) and the operator is SIGKILLed meanwhile: the shard still runs attempt 1 next, once,
+    never attempt 0 again, and never two pods at once."""
+    core = client.CoreV1Api(api)
+    quota = client.V1ResourceQuota(  # room for the chunk Job, none for a retry
+        metadata=client.V1ObjectMeta(name="no-jobs"), spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": "1"})
+    )
+    await core.create_namespaced_resource_quota(namespace, quota)
+    await eventually(lambda: _quota_enforced(core, namespace), what="the quota controller to compute the quota's usage")
+    first = await operator()
+    spec = {
+        "template": template(fail_shards="1", fail_attempts="0", exit_code="3"),
+        "payloads": {"count": 2},
+        "retry": {"limit": 2, "backoff": {"initialSeconds": 0, "jitter": 0}},
+    }
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create("refused", spec)
+        await eventually(lambda: _refusals(batches, "refused"), what="the retry's create refused")
+        body = await batches.get("refused")
+        assert condition(body, "Stalled")["reason"] == "FailedCreate"
+        assert "exceeded quota" in condition(body, "Stalled")["message"]
+        assert (body["status"]["succeededShards"], body["status"]["failedShards"]) == ("0", "")
+        (chunk,) = await batches.jobs()  # the failed attempt's Job, kept: it is all that says attempt 0 ran
+        assert jb.SHARD_FINALIZER in chunk.metadata.finalizers
+
+        async def refused_twice() -> int:
+            return n if (n := await _refusals(batches, "refused")) >= 2 else 0
+
+        seen = await eventually(refused_twice, what="two refusals in a row")
+        await first.kill()
+        await operator()
+
+        async def counting_again() -> bool:  # a new process counts its refusals from 1
+            return 0 < await _refusals(batches, "refused") < seen
+
+        await eventually(counting_again, what="the new operator's retry create refused too")
+        await core.delete_namespaced_resource_quota("no-jobs", namespace)
+        done = await batches.wait_for("refused", "Complete")
+    assert done["status"]["succeededShards"] == "0-1"
+    assert pods.pods("refused") == {(0, 0): 1, (1, 0): 1, (1, 1): 1}
+    assert max(pods.max_running.values()) <= 2
+
+
 async def _quota_enforced(core: client.CoreV1Api, namespace: str) -> bool:
     quota = await core.read_namespaced_resource_quota("no-jobs", namespace)
     return bool(quota.status and quota.status.hard)
@@ -250,13 +307,14 @@ def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def _chart_rbac_for(kubeconfig: Path, namespace: str, workdir: Path) -> tuple[Path, str]:
-    """The chart's ServiceAccount and RBAC for ``namespace`` alone, applied; (its kubeconfig, the manifests)."""
+def _chart_rbac_for(kubeconfig: Path, namespace: str, workdir: Path, watched: str | None = None) -> tuple[Path, str]:
+    """The chart's ServiceAccount and RBAC, installed in ``namespace``, for ``watched`` (default: the same)
+    alone, applied; (its kubeconfig, the manifests)."""
     release = f"jb{namespace[-6:]}"
     rendered = subprocess.run(
         [str(tools.bin_dir() / "helm"), f"--kubeconfig={kubeconfig}", "template", release, str(CHART),
          "--namespace", namespace, "--kube-version", tools.KUBERNETES_VERSION.removeprefix("v"),
-         "--set", f"operator.watchNamespaces={{{namespace}}}",
+         "--set", f"operator.watchNamespaces={{{watched or namespace}}}",
          "--set", "rbac.aggregateToDefaultRoles=false",
          "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
         capture_output=True, text=True, check=True, timeout=60,
@@ -380,3 +438,109 @@ async def _create_status(batches: Batches, name: str, spec: dict[str, Any]) -> i
     except client.ApiException as exc:
         return int(exc.status or 0)
     return 201
+
+
+async def _running_worker(api: client.ApiClient, namespace: str, not_these: set[str]) -> Any:
+    pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items
+    return next(
+        (
+            p
+            for p in pods
+            if p.status.phase == "Running" and not p.metadata.deletion_timestamp and p.metadata.uid not in not_these
+        ),
+        None,
+    )
+
+
+async def test_an_attempt_evicted_past_its_disruption_limit_fails_instead_of_running_forever(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """Scenario 5: an evicted pod is started again without using a retry, but only
+    retry.disruptionLimit times; then the attempt fails and says why (before: a new pod every time)."""
+    await operator()
+    core = client.CoreV1Api(api)
+    spec = {"template": template(duration="1h"), "payloads": {"count": 1}, "retry": {"limit": 0, "disruptionLimit": 1}}
+    evicted: set[str] = set()
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create("evicted", spec)
+        for n in (1, 2):
+            pod = await eventually(lambda: _running_worker(api, namespace, evicted), what=f"worker pod {n} Running")
+            assert pod.metadata.labels[jb.LABEL_ATTEMPT] == "0"  # the same attempt, started again
+            evicted.add(pod.metadata.uid)
+            eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=namespace))
+            await core.create_namespaced_pod_eviction(pod.metadata.name, namespace, eviction)
+        body = await batches.wait_for("evicted", "Failed")
+    (failure,) = body["status"]["failures"]
+    assert (failure["shard"], failure["attempt"], failure["reason"]) == (0, 0, "RetriesExhausted")
+    assert "Disrupted more often than retry.disruptionLimit allows" in failure["message"]
+    assert "EvictionByEvictionAPI" in failure["message"]
+    assert pods.pods("evicted") == {(0, 0): 2}  # one attempt, started once more, never a third time
+
+
+async def _namespace_gone(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        await core.read_namespace(name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def _access_binding(rendered: str) -> str:
+    """The name of the chart's RoleBinding in the watched namespace, and the Deployment's flag for it."""
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"].endswith("-application")]
+    return str(binding["metadata"]["name"])
+
+
+async def test_a_deleted_namespace_never_waits_on_the_operators_finalizers(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, crd: None, tmp_path: Path
+) -> None:
+    """Scenario 6: installed per namespace, the operator's rights there come from a RoleBinding that
+    the namespace's deletion removes too; it is held until the operator has released everything there
+    (before: the namespace could stay Terminating on jobbatch.io finalizers)."""
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    watched = f"{namespace}-gone"
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=watched)))
+    # The operator lives in `namespace` (like jobbatch-system), and watches `watched` only.
+    sa_config, rendered = await asyncio.to_thread(_chart_rbac_for, kubeconfig, namespace, tmp_path, watched)
+    binding = _access_binding(rendered)
+    deploy = await asyncio.to_thread(_render_deployment, kubeconfig, namespace, watched)
+    assert f"--access-binding={binding}" in deploy  # what the chart's operator is told
+    proc = OperatorProcess(
+        args=["--namespace", watched, "--access-binding", binding],
+        env={**os.environ, "KUBECONFIG": str(sa_config)}, log=tmp_path / "operator-sa.log",
+    )  # fmt: skip
+    try:
+        await proc.start()
+
+        async def held() -> bool:
+            body = await rbac.read_namespaced_role_binding(binding, watched)
+            return jb.ACCESS_FINALIZER in (body.metadata.finalizers or [])
+
+        batches = Batches(api, watched)
+        spec = {"template": template(duration="1h"), "payloads": {"count": 3}, "parallelism": 3}
+        await batches.create("doomed", spec)
+        await batches.wait_status("doomed", lambda s: s.get("shards", {}).get("running") == 3, "3 running")
+        await eventually(held, what="the operator's RoleBinding held by its finalizer")
+        await core.delete_namespace(watched)
+        await eventually(lambda: _namespace_gone(core, watched), what=f"namespace {watched} deleted")
+        # The namespace controller's order is not luck here: the operator let go of its binding last.
+        assert f"rolebinding {watched}/{binding} released" in await asyncio.to_thread(proc.log.read_text)
+    finally:
+        await proc.stop()
+        if not await _namespace_gone(core, watched):  # a failed run: leave no namespace stuck behind
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+            cmd = [sys.executable, "-m", "jobbatch.cli", "cleanup", "-n", watched, "--yes"]
+            await asyncio.to_thread(subprocess.run, cmd, env=env, check=False, timeout=60)
+        await asyncio.to_thread(_kubectl, kubeconfig, "delete", "--ignore-not-found", "-f", "-", stdin=rendered)
+
+
+def _render_deployment(kubeconfig: Path, namespace: str, watched: str) -> str:
+    return subprocess.run(
+        [str(tools.bin_dir() / "helm"), f"--kubeconfig={kubeconfig}", "template", f"jb{namespace[-6:]}", str(CHART),
+         "--namespace", namespace, "--kube-version", tools.KUBERNETES_VERSION.removeprefix("v"),
+         "--set", f"operator.watchNamespaces={{{watched}}}", "--show-only", "templates/deployment.yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip

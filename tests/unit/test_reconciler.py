@@ -15,6 +15,7 @@ import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from jobbatch import api, manifests, naming
+from jobbatch import reconciler as reconciler_module
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Conflict
 from jobbatch.observed import ShardJob, summarize
@@ -122,9 +123,18 @@ class FakeKube:
         self.calls.append(("get-configmap", name))
         return copy.deepcopy(self.configmaps.get(name))
 
-    async def create_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+    async def get_configmap_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get-configmap-metadata", name))
+        found = self.configmaps.get(name)
+        return {"metadata": copy.deepcopy(found["metadata"])} if found else None
+
+    async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
         self.calls.append(("create-configmap", body["metadata"]["name"]))
-        self.configmaps.setdefault(body["metadata"]["name"], copy.deepcopy(body))
+        if body["metadata"]["name"] in self.configmaps:
+            return False
+        self.configmaps[body["metadata"]["name"]] = copy.deepcopy(body)
+        self.configmaps[body["metadata"]["name"]]["metadata"]["uid"] = f"cm-{len(self.calls)}"
+        return True
 
     def watched(self) -> dict[str, ShardJob]:
         """What an up-to-date watch would show."""
@@ -369,6 +379,27 @@ async def test_a_deleted_payload_snapshot_is_re_created_from_the_same_items() ->
     assert "PayloadSnapshotRecreated" in kube.events
 
 
+async def test_a_checked_snapshot_is_not_read_whole_again() -> None:
+    kube = running_with_a_snapshot({"items": [1, 2]}, "1\n2\n")
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    await r.reconcile_once()  # re-created (it was missing)
+    clock.now += reconciler_module.SNAPSHOT_CHECK_SECONDS
+    await r.reconcile_once()  # read whole once, to check its items
+    full_reads = kube.calls.count(("get-configmap", naming.payload_configmap_name("b", "uid-1")))
+    for _ in range(3):
+        clock.now += reconciler_module.SNAPSHOT_CHECK_SECONDS
+        await r.reconcile_once()
+    assert kube.calls.count(("get-configmap", naming.payload_configmap_name("b", "uid-1"))) == full_reads
+    assert kube.calls.count(("get-configmap-metadata", naming.payload_configmap_name("b", "uid-1"))) == 5
+    # Replaced by another object (another UID): its items are read and checked again.
+    name = squat(kube, "1\n666\n")
+    kube.configmaps[name]["metadata"]["uid"] = "other"
+    clock.now += reconciler_module.SNAPSHOT_CHECK_SECONDS
+    await r.reconcile_once()
+    assert condition_of(kube, "Stalled")["reason"] == "PayloadSnapshotLost"
+
+
 async def test_a_snapshot_whose_source_changed_is_not_re_created() -> None:
     source = {"configMap": {"name": "src", "key": "k"}}
     kube = running_with_a_snapshot(source, "1\n2\n")
@@ -386,6 +417,52 @@ async def test_a_snapshot_whose_source_changed_is_not_re_created() -> None:
     clock.now += 2
     await r.reconcile_once()
     assert sum(1 for c in kube.calls if c[0] == "get-configmap") == gets
+
+
+def squat(kube: FakeKube, jsonl: str) -> str:
+    """A ConfigMap under the snapshot's name, made by someone else: the batch's owner reference copied."""
+    name = naming.payload_configmap_name("b", "uid-1")
+    kube.configmaps[name] = manifests.payload_configmap("b", "ns", "uid-1", jsonl)
+    return name
+
+
+def condition_of(kube: FakeKube, ctype: str) -> dict[str, Any]:
+    return dict(next(c for c in kube.batch["status"]["conditions"] if c["type"] == ctype))
+
+
+async def test_a_configmap_squatting_the_snapshot_name_is_refused_not_mounted() -> None:
+    kube = FakeKube({"payloads": {"items": [1, 2]}})
+    name = squat(kube, '"not","these"\n')
+    await reconciler(kube, {}, Clock()).reconcile_once()
+    accepted = condition_of(kube, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "PayloadSnapshotConflict")
+    assert name in accepted["message"]
+    assert not kube.jobs
+    # Once it is deleted, the batch's own snapshot is made and the batch goes on.
+    del kube.configmaps[name]
+    await reconciler(kube, {}, Clock()).reconcile_once()
+    assert condition_of(kube, "Accepted")["status"] == "True"
+    assert kube.configmaps[name]["data"][manifests.PAYLOAD_KEY] == "1\n2\n"
+
+
+async def test_a_snapshot_found_at_acceptance_is_checked_like_its_source() -> None:
+    """A configMap source's snapshot found before acceptance was persisted is not taken on trust."""
+    kube = FakeKube({"payloads": {"configMap": {"name": "src", "key": "k"}}, "payloadSchema": {"type": "integer"}})
+    kube.configmaps["src"] = {"metadata": {"name": "src", "resourceVersion": "9"}, "data": {"k": "1\n2\n"}}
+    squat(kube, '"x"\n')
+    await reconciler(kube, {}, Clock()).reconcile_once()
+    accepted = condition_of(kube, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "PayloadSchemaViolation")
+    assert not kube.jobs
+
+
+async def test_a_snapshot_replaced_by_other_items_stalls_the_batch() -> None:
+    kube = running_with_a_snapshot({"items": [1, 2]}, "1\n2\n")
+    squat(kube, "1\n666\n")
+    await reconciler(kube, {}, Clock()).reconcile_once()
+    stalled = condition_of(kube, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "PayloadSnapshotLost")
+    assert "does not hold exactly the batch's items" in stalled["message"]
 
 
 async def test_refusals_of_several_jobs_share_one_backoff_in_the_real_loop() -> None:
