@@ -29,7 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from jobbatch import manifests, metrics, naming, payloads
-from jobbatch.api import KIND, SHARD_FINALIZER, TERMINAL_PHASES, Backoff, JobBatchSpec, JobBatchStatus
+from jobbatch.api import KIND, SHARD_FINALIZER, TERMINAL_PHASES, Backoff, Condition, JobBatchSpec, JobBatchStatus
 from jobbatch.backoff import retry_delay
 from jobbatch.dispatch import Dispatcher
 from jobbatch.expectations import Expectations, JobCalls
@@ -45,6 +45,11 @@ MAX_BODY_AGE = 10.0  # re-read the batch at least this often, even if no watch e
 RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
 COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
 PRIORITY_CACHE_SECONDS = 30.0
+# Acceptance verdicts on the payloads themselves: for an immutable source they never change.
+FINAL_VERDICTS = frozenset({
+    "InvalidPayload", "InvalidPayloadSchema", "PayloadSchemaViolation", "TooManyItemsToValidate",
+    "PayloadTooLarge", "PayloadValidationTimeout", "PayloadValidationOutOfMemory",
+})  # fmt: skip
 SNAPSHOT_CHECK_SECONDS = 30.0  # how often a running batch checks that its payload snapshot still exists
 API_CONCURRENCY = 32  # API calls in flight per batch
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -172,7 +177,7 @@ class BatchReconciler:
         accepted = status.condition("Accepted")
         acceptance = None
         if accepted is None or accepted.status != "True":
-            acceptance = await self._accept(spec)
+            acceptance = await self._accept(spec, accepted)
         elif spec.payloads.count is None and status.phase not in TERMINAL_PHASES:
             await self._check_snapshot(body, spec, status)
         observed = self.observed()
@@ -222,12 +227,14 @@ class BatchReconciler:
         """The batch's Jobs as the watch shows them, with this process's unconfirmed writes applied."""
         return list(self.expected.overlay(self._jobs()).values())
 
-    async def _accept(self, spec: JobBatchSpec) -> Acceptance:
+    async def _accept(self, spec: JobBatchSpec, recorded: Condition | None = None) -> Acceptance:
         """The checks only the operator can make; on success the payload snapshot exists.
 
         The user's schema runs over the user's items in the sandbox (``jobbatch.sandbox``). A verdict
         on inputs that have not changed since (the ConfigMap's resourceVersion) is not recomputed: a
-        hostile schema costs its time limit once per operator process, not every recheck.
+        hostile schema costs its time limit once per operator process, not every recheck. For inline
+        items and ``count`` (immutable, like the schema) the ``recorded`` verdict is final, so not even
+        a new leader pays for it again.
         """
         if spec.priority_class_name and await self.kube.get_priority_value(spec.priority_class_name) is None:
             return Acceptance(
@@ -236,9 +243,11 @@ class BatchReconciler:
         refused = await self._refused_template(spec)
         if refused is not None:
             return Acceptance(False, "InvalidPodTemplate", refused)
+        ref = spec.payloads.config_map
+        if ref is None and recorded is not None and recorded.status == "False" and recorded.reason in FINAL_VERDICTS:
+            return Acceptance(False, recorded.reason, recorded.message)
         data = None
         inputs: str | None = None  # what the verdict depends on besides the (immutable) spec
-        ref = spec.payloads.config_map
         snapshot = await self._own_snapshot() if ref is not None else None
         if ref is not None and snapshot is not None:
             # Accepted before, but the verdict was not persisted (a 409, a crash): the snapshot is what
@@ -286,7 +295,7 @@ class BatchReconciler:
         # ConfigMap): no sandbox slot is taken, so hostile schemas cannot queue plain batches behind them.
         if self.sandbox is None or spec.payload_schema is None:
             return payloads.prepare(spec, data)
-        return await self.sandbox.run(payloads.prepare, spec, data)
+        return await self.sandbox.run(payloads.prepare, spec, data, tenant=self.namespace)
 
     async def _check_snapshot(self, body: dict[str, Any], spec: JobBatchSpec, status: JobBatchStatus) -> None:
         """Re-create the payload snapshot if it was deleted (its pods would wait for it forever).

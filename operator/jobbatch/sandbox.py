@@ -4,7 +4,10 @@ A schema is code in all but name: a ``pattern`` such as ``^(a+)+$`` backtracks f
 one call of the C regex engine, which never releases the GIL. In a thread it would stall the event
 loop, and with it ``/healthz`` and every other tenant's batches; in a child process it is killed at
 its deadline. Children are forked from a forkserver that has imported the validating code already,
-so a call costs a fork, not an interpreter start. At most ``concurrency`` children run at once.
+so a call costs a fork, not an interpreter start. At most ``concurrency`` children run at once, and
+at most one per tenant (namespace): a tenant with many slow schemas waits behind itself, while the
+others' checks take turns with it (asyncio's locks wake waiters in order). A caller that gives up (its
+batch deleted) kills its child at once; the slot is free only once the child is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import resource
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +30,7 @@ DEFAULT_TIMEOUT = 20.0  # seconds one computation may take
 # beside the operator in the chart's 512 MiB container limit.
 DEFAULT_MEMORY = 192 << 20
 _PRELOAD = ["jobbatch.payloads"]
+CANCEL_POLL_SECONDS = 0.25  # how soon a child is killed once its caller gave up
 
 
 class SandboxError(Exception):
@@ -62,16 +68,26 @@ class Sandbox:
     def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, memory: int = DEFAULT_MEMORY, concurrency: int = 2) -> None:
         self.timeout, self.memory = timeout, memory
         self._slots = asyncio.Semaphore(concurrency)
+        self._tenants: dict[str, tuple[asyncio.Lock, int]] = {}  # tenant -> (its one turn, callers)
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, tenant: str = "") -> T:
         """The result of ``fn(*args)``; what it raises is raised here; SandboxError if it did not finish.
 
         ``fn`` and ``args`` must pickle (``fn`` a module-level function).
         """
-        async with self._slots:
-            kind, value = await asyncio.to_thread(self._run_blocking, fn, args)
+        turn, callers = self._tenants.get(tenant) or (asyncio.Lock(), 0)
+        self._tenants[tenant] = (turn, callers + 1)
+        try:
+            async with turn:
+                kind, value = await self._in_a_slot(fn, args)
+        finally:
+            turn, callers = self._tenants[tenant]
+            if callers == 1:
+                del self._tenants[tenant]  # bounded by the tenants waiting now, not every tenant ever seen
+            else:
+                self._tenants[tenant] = (turn, callers - 1)
         if kind == "ok":
             return value  # type: ignore[no-any-return]
         if kind == "raised":
@@ -82,7 +98,25 @@ class Sandbox:
             raise SandboxError("Timeout", f"took longer than {self.timeout:g}s")
         raise SandboxError("Crashed", f"its process ended without a result ({value})")
 
-    def _run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+    async def _in_a_slot(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        """Run in one of the slots; the slot is given back when the child is gone, even if the caller is not."""
+        await self._slots.acquire()
+        cancel = threading.Event()
+        try:
+            running = asyncio.ensure_future(asyncio.to_thread(self._run_blocking, fn, args, cancel))
+        except BaseException:
+            self._slots.release()
+            raise
+        running.add_done_callback(lambda _: self._slots.release())
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            cancel.set()  # the child is killed within a poll step; its slot is free once it is
+            raise
+
+    def _run_blocking(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], cancel: threading.Event | None = None
+    ) -> tuple[str, Any]:
         receiver, sender = self._context.Pipe(duplex=False)
         proc = self._context.Process(target=_child, args=(sender, self.memory, fn, args), daemon=True)
         try:
@@ -93,8 +127,12 @@ class Sandbox:
             return ("crashed", f"could not start: {type(exc).__name__}: {exc}")
         try:
             sender.close()  # ours; the child holds its own copy
-            if not receiver.poll(self.timeout):
-                return ("timeout", None)
+            deadline = time.monotonic() + self.timeout
+            while not receiver.poll(max(0.0, min(CANCEL_POLL_SECONDS, deadline - time.monotonic()))):
+                if cancel is not None and cancel.is_set():
+                    return ("cancelled", None)
+                if time.monotonic() >= deadline:
+                    return ("timeout", None)
             try:
                 result: tuple[str, Any] = receiver.recv()
             except EOFError:  # it died before sending (killed, or OOM-killed)

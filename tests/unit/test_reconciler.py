@@ -465,6 +465,57 @@ async def test_a_snapshot_replaced_by_other_items_stalls_the_batch() -> None:
     assert "does not hold exactly the batch's items" in stalled["message"]
 
 
+class CountingSandbox:
+    """Stands in for the sandbox: counts the checks it is asked to run, and runs them here."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, fn: Any, *args: Any, tenant: str = "") -> Any:
+        self.runs += 1
+        return fn(*args)
+
+
+def refused_before(kube: FakeKube, reason: str) -> None:
+    kube.batch["status"] = {
+        "conditions": [
+            {"type": "Accepted", "status": "False", "reason": reason, "message": "recorded",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ],
+    }  # fmt: skip
+
+
+async def test_a_recorded_verdict_on_immutable_items_is_not_paid_for_again() -> None:
+    """A new leader does not run a hostile schema again: inline items and schema cannot change."""
+    kube = FakeKube({"payloads": {"items": ["a"]}, "payloadSchema": {"type": "string"}})
+    refused_before(kube, "PayloadValidationTimeout")
+    sandbox = CountingSandbox()
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    r.sandbox = sandbox  # type: ignore[assignment]
+    await r.reconcile_once()
+    assert sandbox.runs == 0
+    assert (condition_of(kube, "Accepted")["reason"], condition_of(kube, "Accepted")["message"]) == (
+        "PayloadValidationTimeout",
+        "recorded",
+    )
+    # Not for a verdict the cluster can change (a PriorityClass created since), nor for a ConfigMap source.
+    refused_before(kube, "PriorityClassNotFound")
+    r.batch_changed()
+    clock.now += 10  # past the status-write throttle
+    await r.reconcile_once()
+    assert sandbox.runs == 1
+    assert condition_of(kube, "Accepted")["status"] == "True"
+    source = FakeKube({"payloads": {"configMap": {"name": "src", "key": "k"}}, "payloadSchema": {"type": "integer"}})
+    source.configmaps["src"] = {"metadata": {"name": "src", "resourceVersion": "9"}, "data": {"k": "1\n"}}
+    refused_before(source, "PayloadSchemaViolation")
+    r2 = reconciler(source, {}, Clock())
+    r2.sandbox = sandbox  # type: ignore[assignment]
+    await r2.reconcile_once()
+    assert sandbox.runs == 2
+    assert condition_of(source, "Accepted")["status"] == "True"
+
+
 async def test_refusals_of_several_jobs_share_one_backoff_in_the_real_loop() -> None:
     """Two retries due, every create refused: each refusal doubles the batch's one backoff."""
     from tests.unit.test_planner import failure, failures, job

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,3 +84,63 @@ async def test_a_dying_child_is_reported() -> None:
         await Sandbox(timeout=30).run(_exit)
     assert exc.value.reason == "Crashed"
     assert "exit code 3" in exc.value.message
+
+
+def _wait_for_file(path: str) -> int:
+    """Stand-in for a slow schema: runs until ``path`` exists; returns its pid."""
+    with open(path + ".pids", "a", encoding="ascii") as pids:
+        pids.write(f"{os.getpid()}\n")
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return os.getpid()
+
+
+def _pids(path: str) -> list[int]:
+    try:
+        with open(path + ".pids", encoding="ascii") as pids:
+            return [int(line) for line in pids]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().split()[2] != "Z"  # a zombie is gone, only not yet reaped
+
+
+async def _until(check: Any, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_caller_that_gives_up_kills_its_child_and_holds_its_slot_until_then(tmp_path: Any) -> None:
+    sandbox = Sandbox(timeout=60, concurrency=1)
+    never = str(tmp_path / "never")
+    gave_up = asyncio.create_task(sandbox.run(_wait_for_file, never))
+    await _until(lambda: _pids(never), "the child to start")
+    (child,) = _pids(never)
+    gave_up.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    # The next caller gets the one slot only once that child is dead: long before its 60 s deadline.
+    assert (await sandbox.run(payloads.prepare, spec([1]))).count == 1
+    assert not _alive(child)
+
+
+async def test_one_tenant_cannot_take_every_slot(tmp_path: Any) -> None:
+    sandbox = Sandbox(timeout=60, concurrency=2)
+    release = str(tmp_path / "release")
+    slow = [asyncio.create_task(sandbox.run(_wait_for_file, release, tenant="a")) for _ in range(3)]
+    await _until(lambda: _pids(release), "tenant a's first child")
+    # Tenant b is not queued behind tenant a's other two: they wait for a's own turn.
+    assert (await asyncio.wait_for(sandbox.run(payloads.prepare, spec([1]), tenant="b"), 30)).count == 1
+    assert len(_pids(release)) == 1
+    await asyncio.to_thread(Path(release).touch)
+    assert len(set(await asyncio.gather(*slow))) == 3  # each in its own child, one after the other
+    assert sandbox._tenants == {}  # nothing kept for tenants with nothing waiting
