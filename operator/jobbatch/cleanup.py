@@ -11,6 +11,8 @@ recorded, and this does not wait for that.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+from typing import Any
 
 from jobbatch import api
 from jobbatch.kube import Kube
@@ -50,6 +52,26 @@ async def find_held_bindings(kube: Kube, held: Held, namespaces: tuple[str, ...]
             finalizers = tuple(meta.get("finalizers") or ())
             if api.ACCESS_FINALIZER in finalizers:
                 held.bindings.append((meta["namespace"], meta["name"], finalizers))
+
+
+# Lease names of operators: `jobbatch run`'s default and the chart's `<release>-jobbatch-operator`.
+LEASE_SUFFIX = "jobbatch-operator"
+
+
+def live_leases(leases: list[dict[str, Any]], now: datetime.datetime) -> list[str]:
+    """``namespace/name (holder)`` of operator Leases renewed within their duration: an operator still runs."""
+    live = []
+    for lease in leases:
+        meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
+        if not str(meta.get("name", "")).endswith(LEASE_SUFFIX) or not spec.get("holderIdentity"):
+            continue
+        renewed = spec.get("renewTime")
+        if not renewed:
+            continue
+        at = datetime.datetime.fromisoformat(str(renewed).replace("Z", "+00:00"))
+        if now - at < datetime.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15)):
+            live.append(f"{meta.get('namespace')}/{meta.get('name')} (held by {spec['holderIdentity']})")
+    return live
 
 
 async def release(kube: Kube, held: Held) -> None:

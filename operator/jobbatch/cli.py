@@ -144,16 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this namespace (repeatable); default: all namespaces",
     )  # fmt: skip
     cleanup.add_argument("--yes", action="store_true", help="remove them (default: list what holds one)")
+    cleanup.add_argument(
+        "--force", action="store_true",
+        help="remove them even though an operator's Lease (*jobbatch-operator) was renewed just now",
+    )  # fmt: skip
     return parser
 
 
-async def _cleanup(namespaces: tuple[str, ...], apply: bool) -> int:
+async def _cleanup(namespaces: tuple[str, ...], apply: bool, force: bool = False) -> int:
+    import datetime
+
     from jobbatch import cleanup  # deferred: --help must not import the Kubernetes client
     from jobbatch.kube import Kube, new_api_client
 
     api_client = await new_api_client()
     try:
         kube = Kube(api_client)
+        live = cleanup.live_leases(await kube.list_leases(), datetime.datetime.now(datetime.UTC))
+        for lease in live:
+            print(f"an operator still runs: Lease {lease}", file=sys.stderr)
+        if live and apply and not force:
+            print("not releasing anything while it runs (it releases what it holds itself; --force to "
+                  "release anyway)", file=sys.stderr)  # fmt: skip
+            return 1
         held = await cleanup.find_held(kube, namespaces)
         await cleanup.find_held_bindings(kube, held, namespaces)
         if apply:
@@ -200,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run(config)
     elif args.command == "cleanup":
-        return asyncio.run(_cleanup(tuple(args.namespaces), args.yes))
+        return asyncio.run(_cleanup(tuple(args.namespaces), args.yes, args.force))
     return 0
 
 

@@ -523,6 +523,12 @@ class Kube:
             out.append([item.get("metadata") or {} for item in json.loads(body).get("items") or []])
         return out[0], out[1]
 
+    async def list_leases(self) -> list[dict[str, Any]]:
+        """Every coordination.k8s.io Lease: for ``jobbatch cleanup``, which must not race a live operator."""
+        coordination = client.CoordinationV1Api(self.api_client)
+        body = await self._call("list leases", self._raw(coordination.list_lease_for_all_namespaces))
+        return list(json.loads(body)["items"])
+
     async def list_rolebindings(self, namespace: str | None) -> list[dict[str, Any]]:
         """Every RoleBinding (in ``namespace``, or everywhere): for ``jobbatch cleanup``."""
         if namespace:

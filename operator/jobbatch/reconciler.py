@@ -51,6 +51,7 @@ FINAL_VERDICTS = frozenset({
     "PayloadTooLarge", "PayloadValidationTimeout", "PayloadValidationOutOfMemory",
 })  # fmt: skip
 SNAPSHOT_CHECK_SECONDS = 30.0  # how often a running batch checks that its payload snapshot still exists
+TEMPLATE_CHECK_SECONDS = 30.0  # how often an unaccepted batch's pod template is dry-run again
 API_CONCURRENCY = 32  # API calls in flight per batch
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A refused Job create is tried again after 2 s, 4 s, 8 s, ... up to 5 minutes (the Job controller's
@@ -92,6 +93,7 @@ class BatchReconciler:
         self._clock, self._monotonic = clock, monotonic
         self.sandbox = sandbox  # None: validate on this thread (unit tests only)
         self._verdict: tuple[str | None, Acceptance] | None = None  # (inputs, verdict) of the last check
+        self._template_verdict: tuple[float, str | None] | None = None  # (when, why refused) of the last dry run
         # Set while the API server refuses this batch's Job creates; cleared by a create that succeeds
         # (or a pass with nothing to create). While set, a pass sends at most one create.
         self.failed_create: FailedCreate | None = None
@@ -375,8 +377,18 @@ class BatchReconciler:
         """Why the API server would refuse this batch's shard Jobs (a dry-run create of one), or None.
 
         Only refusals of the object itself count (400, 422, an admission webhook's denial): a quota
-        or a terminating namespace refuses every object alike, and the create path reports those.
+        or a terminating namespace refuses every object alike, and the create path reports those. The
+        template is immutable; only the cluster (a webhook) can change the answer, so it is asked at most
+        every TEMPLATE_CHECK_SECONDS however often the batch's events wake an unaccepted batch.
         """
+        now = self._monotonic()
+        if self._template_verdict is not None and now - self._template_verdict[0] < TEMPLATE_CHECK_SECONDS:
+            return self._template_verdict[1]
+        refused = await self._dry_run(spec)
+        self._template_verdict = (now, refused)
+        return refused
+
+    async def _dry_run(self, spec: JobBatchSpec) -> str | None:
         probe = manifests.shard_job(
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=1,
             first_shard=0, count=1, attempt=0, parallelism=1,

@@ -277,20 +277,34 @@ async def test_cleanup_frees_what_an_uninstalled_operator_held(
     await batches.wait_status("left", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
     await running.stop()  # the operator is uninstalled with the batch still running
 
-    async def cleanup(*flags: str) -> str:
+    async def cleanup(*flags: str, exit_code: int = 0) -> str:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jobbatch.cli", "cleanup", "-n", namespace, *flags,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await proc.communicate()
-        assert proc.returncode == 0
+        assert proc.returncode == exit_code, out.decode()
         return out.decode()
 
     listed = await cleanup()
-    assert "1 shard Jobs and 1 JobBatches found" in listed
+    assert "1 shard Jobs, 1 JobBatches and 0 RoleBindings found" in listed
     (job,) = await _jobs_of(batches, "left")
     assert jb.SHARD_FINALIZER in job.metadata.finalizers  # only listed
-    assert "1 shard Jobs and 1 JobBatches released" in await cleanup("--yes")
+    # An operator that still holds its Lease (another replica, say) is not raced.
+    leases = client.CoordinationV1Api(api)
+    now = datetime.datetime.now(datetime.UTC)
+    lease = client.V1Lease(
+        metadata=client.V1ObjectMeta(name="other-jobbatch-operator"),
+        spec=client.V1LeaseSpec(holder_identity="replica-1", lease_duration_seconds=60, renew_time=now),
+    )
+    await leases.create_namespaced_lease(namespace, lease)
+    refused = await cleanup("--yes", exit_code=1)
+    assert f"an operator still runs: Lease {namespace}/other-jobbatch-operator (held by replica-1)" in refused
+    (job,) = await _jobs_of(batches, "left")
+    assert jb.SHARD_FINALIZER in job.metadata.finalizers
+    await leases.delete_namespaced_lease("other-jobbatch-operator", namespace)
+    assert "1 shard Jobs, 1 JobBatches and 0 RoleBindings released" in await cleanup("--yes")
     (job,) = await _jobs_of(batches, "left")
     assert jb.SHARD_FINALIZER not in (job.metadata.finalizers or [])
     # With no operator at all, the batch and everything it owns can now be deleted.

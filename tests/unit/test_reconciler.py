@@ -516,6 +516,21 @@ async def test_a_recorded_verdict_on_immutable_items_is_not_paid_for_again() -> 
     assert condition_of(source, "Accepted")["status"] == "True"
 
 
+async def test_an_unaccepted_batch_dry_runs_its_template_at_most_every_30s() -> None:
+    kube = FakeKube({"payloads": {"configMap": {"name": "missing", "key": "k"}}})
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    for _ in range(5):  # woken by its own events, say
+        r.batch_changed()
+        clock.now += 1
+        await r.reconcile_once()
+    assert condition_of(kube, "Accepted")["reason"] == "ConfigMapNotFound"
+    assert sum(1 for c in kube.calls if c[0] == "dry-run") == 1
+    clock.now += reconciler_module.TEMPLATE_CHECK_SECONDS
+    await r.reconcile_once()
+    assert sum(1 for c in kube.calls if c[0] == "dry-run") == 2
+
+
 async def test_refusals_of_several_jobs_share_one_backoff_in_the_real_loop() -> None:
     """Two retries due, every create refused: each refusal doubles the batch's one backoff."""
     from tests.unit.test_planner import failure, failures, job
