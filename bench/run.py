@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from bench import measure, report
 from bench.kubeapi import ApiError, LocalApi
@@ -289,18 +289,25 @@ def _ints(text: str) -> list[int]:
 
 
 async def bench_plane(
-    cluster: LocalCluster, plane: str, cases: list[Case], runs: int, workdir: Path, warmup: bool, profile: bool
+    cluster: LocalCluster,
+    plane: str,
+    cases: list[Case],
+    runs: int,
+    workdir: Path,
+    warmup: bool,
+    profile: bool,
+    systems: tuple[System, ...] = ("A", "B"),
 ) -> list[dict[str, Any]]:
     results = []
     async with LocalApi(cluster) as local:
         bench = Bench(cluster, local, workdir, profile)
         await bench.prepare()
         if warmup:  # first-use costs (caches, connections, imports) stay out of the figures
-            for system in ("A", "B"):
+            for system in systems:
                 await bench.run_once(system, Case(50, 10, 0), 0)
         for case in cases:
             for run in range(1, runs + 1):
-                order: tuple[System, System] = ("A", "B") if run % 2 else ("B", "A")
+                order = systems if run % 2 else tuple(reversed(systems))
                 for system in order:
                     logger.info("%s %s run %d/%d: %s", plane, case.slug, run, runs, system)
                     result = await bench.run_once(system, case, run)
@@ -327,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--profile", action="store_true", help="py-spy the operator (stacks in OUT/logs)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest")
+    parser.add_argument(
+        "--systems", default="A,B", choices=["A,B", "A", "B"],
+        help="run only A or only B (e.g. A alone at N=100,000, for its memory and objects); A/B figures then read n/a",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cases = [Case(n, p, d) for n in args.shards for p in args.parallelism for d in args.durations]
@@ -352,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("control plane %s (%s): starting or reusing", plane, cluster.settings.name)
         cluster.up()
         try:
-            results += asyncio.run(bench_plane(cluster, plane, cases, args.runs, workdir, args.warmup, args.profile))
+            systems = cast(tuple[System, ...], tuple(args.systems.split(",")))
+            results += asyncio.run(
+                bench_plane(cluster, plane, cases, args.runs, workdir, args.warmup, args.profile, systems)
+            )
         finally:
             if stop:
                 cluster.down()

@@ -311,3 +311,13 @@ def test_results_without_finished_pods_held_still_report(tmp_path: Path) -> None
     assert row["A"]["finished_pods_held"] is None
     text = (tmp_path / "report.md").read_text()
     assert "| 150 MiB | 1.00 | 40 | n/a | n/a | 4000 B | 4000 B |" in text  # held A and B: n/a
+
+
+def test_a_case_run_for_a_alone_reports_its_own_figures(tmp_path: Path) -> None:
+    """`--systems A` at N=100,000: A's memory, object and finished pods; every A/B figure n/a."""
+    big = {"shards": 100_000, "parallelism": 1_000}
+    report.write(_data([_result("A", 1, 1000.0, **big)], runs=1), tmp_path)
+    targets = _targets(report.summarize([_result("A", 1, 1000.0, **big)]))
+    assert targets["N=100,000, P=1,000: operator peak RSS (MiB)"]["met"] is True
+    text = (tmp_path / "report.md").read_text()
+    assert "| N=100,000 P=1,000 D=0s | 1000.0 s | n/a | n/a |" in text
