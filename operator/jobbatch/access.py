@@ -8,9 +8,15 @@ remove its finalizers from the JobBatches and shard Jobs there, and the namespac
 So while anything in the namespace holds one of the operator's finalizers, its RoleBinding holds
 ``jobbatch.io/namespace-access`` too; it goes once nothing there does (so an uninstall with no batches
 left, or a namespace emptied first, leaves nothing behind). The RBAC authorizer still honours a
-RoleBinding that waits on a finalizer. A JobBatch event in the namespace wakes the guard at once (kopf
-adds its finalizer on a new batch's first event); nothing new can appear once the namespace terminates:
-the API server refuses creates there, and new finalizers on objects being deleted.
+RoleBinding that waits on a finalizer. A JobBatch event in a namespace whose binding is not held wakes
+the guard at once (kopf adds its finalizer on a new batch's first event); nothing new can appear once
+the namespace terminates: the API server refuses creates there, and new finalizers on objects being
+deleted.
+
+The binding is kept while it is deleted only if its *namespace* is being deleted. Deleted on its own
+(``helm uninstall``, a namespace dropped from ``watchNamespaces``, an admin revoking the operator's
+rights), it is let go at once: holding it would keep rights someone meant to take away. The batches
+left in such a namespace then wait for an operator, or for ``jobbatch cleanup``.
 
 kopf stops serving a namespace as soon as the namespace is marked for deletion (its ``is_deleted``, in
 kopf/_core/reactor/observation.py, takes a deletionTimestamp plus any status condition for gone), so it
@@ -66,7 +72,7 @@ def holders(batches: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> Holder
     )
 
 
-def next_step(binding: dict[str, Any] | None, held: Holders) -> Step:
+def next_step(binding: dict[str, Any] | None, held: Holders, namespace_terminating: bool = False) -> Step:
     """What to do about one RoleBinding, given what holds the operator's finalizers in its namespace."""
     if binding is None:
         return "wait"  # none (not installed yet, or removed on purpose): nothing to hold
@@ -75,7 +81,7 @@ def next_step(binding: dict[str, Any] | None, held: Holders) -> Step:
     if meta.get("deletionTimestamp"):
         if not ours:
             return "wait"  # too late to add one
-        return "drain" if held.any else "remove"
+        return "drain" if held.any and namespace_terminating else "remove"
     if held.any:
         return "wait" if ours else "add"
     return "remove" if ours else "wait"
@@ -87,10 +93,12 @@ class AccessGuard:
     def __init__(self, kube: Kube, namespaces: tuple[str, ...], binding: str) -> None:
         self.kube, self.binding = kube, binding
         self._wake = {namespace: asyncio.Event() for namespace in namespaces}
+        self._held = dict.fromkeys(namespaces, False)  # the binding held our finalizer when last read
 
     def wake(self, namespace: str) -> None:
+        """A JobBatch event: look now if the binding may need holding (held, the next poll will do)."""
         event = self._wake.get(namespace)
-        if event is not None:
+        if event is not None and not self._held.get(namespace):
             event.set()
 
     async def run(self) -> None:
@@ -105,8 +113,11 @@ class AccessGuard:
             delay = POLL_SECONDS
             try:
                 binding = await self.kube.get_rolebinding(namespace, self.binding)
+                meta = (binding or {}).get("metadata") or {}
+                self._held[namespace] = api.ACCESS_FINALIZER in (meta.get("finalizers") or [])
                 held = holders(*await self.kube.list_held_metadata(namespace)) if binding is not None else Holders()
-                step = next_step(binding, held)
+                terminating = bool(meta.get("deletionTimestamp")) and await self.kube.namespace_terminating(namespace)
+                step = next_step(binding, held, terminating)
                 if step == "drain":
                     delay = DRAIN_POLL_SECONDS
                     await self._release_deleting_batches(namespace, held)
@@ -115,15 +126,26 @@ class AccessGuard:
                                     "its JobBatches and shard Jobs there", namespace, self.binding)  # fmt: skip
                     draining = True
                 elif step in ("add", "remove") and binding is not None:
-                    meta = binding["metadata"]
                     finalizers = [f for f in meta.get("finalizers") or [] if f != api.ACCESS_FINALIZER]
                     if step == "add":
                         finalizers.append(api.ACCESS_FINALIZER)
                     await self.kube.set_rolebinding_finalizers(
                         namespace, self.binding, finalizers, meta["resourceVersion"]
                     )
-                    what = "held" if step == "add" else "released: nothing of the operator's is left there"
-                    logger.info("rolebinding %s/%s %s", namespace, self.binding, what)
+                    self._held[namespace] = step == "add"
+                    if step == "add":
+                        logger.info("rolebinding %s/%s held", namespace, self.binding)
+                    elif meta.get("deletionTimestamp") and held.any:
+                        logger.warning(
+                            "rolebinding %s/%s is being deleted while its namespace is not: let go, and with it "
+                            "the operator's rights there; its %d JobBatches and %d shard Jobs wait for an operator "
+                            "or `jobbatch cleanup`", namespace, self.binding, held.batches, held.jobs,
+                        )  # fmt: skip
+                    else:
+                        logger.info("rolebinding %s/%s released: nothing of the operator's is left there",
+                                    namespace, self.binding)  # fmt: skip
+                        # A batch made between the look and the patch is seen at the next look, soon.
+                        delay = MIN_INTERVAL_SECONDS
             except asyncio.CancelledError:
                 raise
             except Conflict:
@@ -133,6 +155,22 @@ class AccessGuard:
             await asyncio.sleep(min(delay, MIN_INTERVAL_SECONDS))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=max(0.0, delay - MIN_INTERVAL_SECONDS))
+
+    async def let_go_of_deleted(self) -> None:
+        """At shutdown: let go of bindings deleted while their namespaces are not (``helm uninstall``
+        deletes them beside the operator's Deployment), so that no operator needs to be left to do it."""
+        for namespace in self._wake:
+            with contextlib.suppress(Exception):
+                binding = await self.kube.get_rolebinding(namespace, self.binding)
+                meta = (binding or {}).get("metadata") or {}
+                finalizers = list(meta.get("finalizers") or [])
+                if not meta.get("deletionTimestamp") or api.ACCESS_FINALIZER not in finalizers:
+                    continue
+                if await self.kube.namespace_terminating(namespace):
+                    continue  # the next operator drains it
+                rest = [f for f in finalizers if f != api.ACCESS_FINALIZER]
+                await self.kube.set_rolebinding_finalizers(namespace, self.binding, rest, meta["resourceVersion"])
+                logger.info("rolebinding %s/%s let go at shutdown: it is being deleted", namespace, self.binding)
 
     async def _release_deleting_batches(self, namespace: str, held: Holders) -> None:
         """kopf's finalizer off batches being deleted, once no shard Job holds ours (see the module doc)."""

@@ -116,11 +116,12 @@ class Retry(_Model):
     disruption_limit: int = Field(
         default=3,
         ge=0,
-        le=20,
+        le=1000,
         description="Disruptions one attempt survives without using a retry: a pod evicted, preempted or lost "
         "with its node (and any pod failure that is not the worker's exit) is started again by the Job "
         "controller, after its own 10 s doubling delay. One more fails the attempt (reason Disrupted), and "
-        "retries decide what follows. 0: the first disruption fails the attempt.",
+        "retries decide what follows. 0: the first disruption fails the attempt. Preemptions count: raise it "
+        "for batches meant to be preempted.",
     )
 
 

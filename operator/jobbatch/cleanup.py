@@ -54,8 +54,8 @@ async def find_held_bindings(kube: Kube, held: Held, namespaces: tuple[str, ...]
                 held.bindings.append((meta["namespace"], meta["name"], finalizers))
 
 
-# Lease names of operators: `jobbatch run`'s default and the chart's `<release>-jobbatch-operator`.
-LEASE_SUFFIX = "jobbatch-operator"
+# In the Lease names of operators: `jobbatch run`'s default, and the chart's (its fullname).
+LEASE_NAME_PART = "jobbatch-operator"
 
 
 def live_leases(leases: list[dict[str, Any]], now: datetime.datetime) -> list[str]:
@@ -63,7 +63,7 @@ def live_leases(leases: list[dict[str, Any]], now: datetime.datetime) -> list[st
     live = []
     for lease in leases:
         meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
-        if not str(meta.get("name", "")).endswith(LEASE_SUFFIX) or not spec.get("holderIdentity"):
+        if LEASE_NAME_PART not in str(meta.get("name", "")) or not spec.get("holderIdentity"):
             continue
         renewed = spec.get("renewTime")
         if not renewed:

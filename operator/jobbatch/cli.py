@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--yes", action="store_true", help="remove them (default: list what holds one)")
     cleanup.add_argument(
         "--force", action="store_true",
-        help="remove them even though an operator's Lease (*jobbatch-operator) was renewed just now",
+        help="remove them even though an operator's Lease (named *jobbatch-operator*) was renewed just now",
     )  # fmt: skip
     return parser
 
@@ -154,23 +154,37 @@ def build_parser() -> argparse.ArgumentParser:
 async def _cleanup(namespaces: tuple[str, ...], apply: bool, force: bool = False) -> int:
     import datetime
 
+    from kubernetes_asyncio.client.exceptions import ApiException
+
     from jobbatch import cleanup  # deferred: --help must not import the Kubernetes client
-    from jobbatch.kube import Kube, new_api_client
+    from jobbatch.kube import Conflict, Kube, new_api_client
 
     api_client = await new_api_client()
     try:
         kube = Kube(api_client)
-        live = cleanup.live_leases(await kube.list_leases(), datetime.datetime.now(datetime.UTC))
-        for lease in live:
-            print(f"an operator still runs: Lease {lease}", file=sys.stderr)
-        if live and apply and not force:
-            print("not releasing anything while it runs (it releases what it holds itself; --force to "
-                  "release anyway)", file=sys.stderr)  # fmt: skip
-            return 1
+        if apply and not force:
+            try:
+                live = cleanup.live_leases(await kube.list_leases(), datetime.datetime.now(datetime.UTC))
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                live = []
+                print("warning: may not list Leases, so cannot tell whether an operator still runs",
+                      file=sys.stderr)  # fmt: skip
+            for lease in live:
+                print(f"an operator still runs: Lease {lease}", file=sys.stderr)
+            if live:
+                print("not releasing anything while it runs (it releases what it holds itself; --force to "
+                      "release anyway)", file=sys.stderr)  # fmt: skip
+                return 1
         held = await cleanup.find_held(kube, namespaces)
         await cleanup.find_held_bindings(kube, held, namespaces)
         if apply:
-            await cleanup.release(kube, held)
+            try:
+                await cleanup.release(kube, held)
+            except Conflict as exc:
+                print(f"{exc}: something else changed it meanwhile; run again", file=sys.stderr)
+                return 1
         for kind, objects in (("job", held.jobs), ("jobbatch", held.batches), ("rolebinding", held.bindings)):
             for namespace, name, _ in objects:
                 print(f"{'released' if apply else 'holds a finalizer'}: {kind} {namespace}/{name}")

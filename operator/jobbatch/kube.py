@@ -503,6 +503,16 @@ class Kube:
             raise
         return dict(json.loads(body))
 
+    async def namespace_terminating(self, namespace: str) -> bool:
+        """Whether the namespace is being deleted (or is gone). A list by name: the rights the operator
+        has on namespaces are list and watch (kopf observes them)."""
+        body = await self._call(
+            f"list namespace {namespace}",
+            self._raw(self.core.list_namespace, field_selector=f"metadata.name={namespace}"),
+        )
+        found = json.loads(body).get("items") or []
+        return not found or bool(found[0].get("metadata", {}).get("deletionTimestamp"))
+
     async def list_held_metadata(self, namespace: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The metadata of every JobBatch and of every shard Job in ``namespace`` (PartialObjectMetadata:
         no specs, no statuses, however large), for what holds a finalizer."""

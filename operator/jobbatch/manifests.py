@@ -62,6 +62,7 @@ def shard_job(
     count: int,
     attempt: int,
     parallelism: int,
+    payload_digest: str | None = None,
 ) -> dict[str, Any]:
     """The Indexed Job running ``attempt`` of shards ``first_shard .. first_shard + count - 1``.
 
@@ -104,6 +105,9 @@ def shard_job(
     has_file = spec.payloads.count is None
     if has_file:
         env.append({"name": "JOBBATCH_PAYLOAD_FILE", "value": PAYLOAD_FILE})
+        if payload_digest:
+            # The file's SHA-256 as accepted: a worker (the SDK does) refuses a file someone replaced.
+            env.append({"name": "JOBBATCH_PAYLOAD_DIGEST", "value": payload_digest})
         pod["volumes"] = [
             *(pod.get("volumes") or []),
             {

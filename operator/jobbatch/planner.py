@@ -587,9 +587,14 @@ class _Pass:
 
     # 5. dispatch ------------------------------------------------------------------------------------
     def dispatch(
-        self, live: list[ShardJob], seen: Survey, fates: ShardFates, launch_budget: int | None
+        self, live: list[ShardJob], seen: Survey, fates: ShardFates, launch_budget: int | None, hold: bool = False
     ) -> tuple[int, int]:
-        """Stop, shrink or share out slots; returns (slots held after the plan, retries left waiting)."""
+        """Stop, shrink or share out slots; returns (slots held after the plan, retries left waiting).
+
+        ``hold``: the payload snapshot is gone or replaced, so no pod may start (a new one would read
+        someone else's items): the batch's Jobs are suspended, as by ``spec.suspend`` (no retry is
+        used), until the snapshot is right again.
+        """
         spec, status = self.spec, self.status
         total = seen.total
         running = [j for j in live if not j.finished and not j.deleting]
@@ -607,6 +612,9 @@ class _Pass:
             status.phase = "Suspended"
             self.condition("Suspended", "True", "Suspended", "spec.suspend is true")
             self.condition("Running", "False", "Suspended", "spec.suspend is true")
+            return 0, fates.waiting + len(fates.due)
+        if hold:
+            self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
             return 0, fates.waiting + len(fates.due)
         if spec.start_after is not None and self.now < spec.start_after:
             status.phase = "Pending"
@@ -840,7 +848,7 @@ def plan(
     step.record(seen, fates)
     step.decide_batch(total)
     live = step.clean_up(observed, seen)
-    running, retrying = step.dispatch(live, seen, fates, launch_budget)
+    running, retrying = step.dispatch(live, seen, fates, launch_budget, hold=snapshot_lost is not None)
     if step.status.phase not in TERMINAL_PHASES and not batch.spec.suspend:
         step.report_failed_creates()
         if snapshot_lost is not None:

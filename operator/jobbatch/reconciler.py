@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import datetime
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -45,11 +46,10 @@ MAX_BODY_AGE = 10.0  # re-read the batch at least this often, even if no watch e
 RESYNC_INTERVAL = 60.0  # a pass at least this often, even without events
 COALESCE_DELAY = 0.02  # let a burst of watch events land before re-reading
 PRIORITY_CACHE_SECONDS = 30.0
-# Acceptance verdicts on the payloads themselves: for an immutable source they never change.
-FINAL_VERDICTS = frozenset({
-    "InvalidPayload", "InvalidPayloadSchema", "PayloadSchemaViolation", "TooManyItemsToValidate",
-    "PayloadTooLarge", "PayloadValidationTimeout", "PayloadValidationOutOfMemory",
-})  # fmt: skip
+# Acceptance verdicts the payloads alone decide: for an immutable source they never change. Not the
+# sandbox's limits (time, memory: the machine's and the operator's flags decide those too), nor
+# InvalidPayloadSchema, which an operator bug may also give.
+FINAL_VERDICTS = frozenset({"InvalidPayload", "PayloadSchemaViolation", "TooManyItemsToValidate", "PayloadTooLarge"})
 SNAPSHOT_CHECK_SECONDS = 30.0  # how often a running batch checks that its payload snapshot still exists
 TEMPLATE_CHECK_SECONDS = 30.0  # how often an unaccepted batch's pod template is dry-run again
 API_CONCURRENCY = 32  # API calls in flight per batch
@@ -93,7 +93,8 @@ class BatchReconciler:
         self._clock, self._monotonic = clock, monotonic
         self.sandbox = sandbox  # None: validate on this thread (unit tests only)
         self._verdict: tuple[str | None, Acceptance] | None = None  # (inputs, verdict) of the last check
-        self._template_verdict: tuple[float, str | None] | None = None  # (when, why refused) of the last dry run
+        # (when, of which probe Job, why refused) of the last dry run
+        self._template_verdict: tuple[float, str, str | None] | None = None
         # Set while the API server refuses this batch's Job creates; cleared by a create that succeeds
         # (or a pass with nothing to create). While set, a pass sends at most one create.
         self.failed_create: FailedCreate | None = None
@@ -235,9 +236,12 @@ class BatchReconciler:
         The user's schema runs over the user's items in the sandbox (``jobbatch.sandbox``). A verdict
         on inputs that have not changed since (the ConfigMap's resourceVersion) is not recomputed: a
         hostile schema costs its time limit once per operator process, not every recheck. For inline
-        items and ``count`` (immutable, like the schema) the ``recorded`` verdict is final, so not even
-        a new leader pays for it again.
+        items and ``count`` (immutable, like the schema) a ``recorded`` verdict the items alone decide
+        is final, so not even a new leader pays for it again.
         """
+        ref = spec.payloads.config_map
+        if ref is None and recorded is not None and recorded.status == "False" and recorded.reason in FINAL_VERDICTS:
+            return Acceptance(False, recorded.reason, recorded.message)  # nothing can make it acceptable
         if spec.priority_class_name and await self.kube.get_priority_value(spec.priority_class_name) is None:
             return Acceptance(
                 False, "PriorityClassNotFound", f'PriorityClass "{spec.priority_class_name}" does not exist'
@@ -245,9 +249,6 @@ class BatchReconciler:
         refused = await self._refused_template(spec)
         if refused is not None:
             return Acceptance(False, "InvalidPodTemplate", refused)
-        ref = spec.payloads.config_map
-        if ref is None and recorded is not None and recorded.status == "False" and recorded.reason in FINAL_VERDICTS:
-            return Acceptance(False, recorded.reason, recorded.message)
         data = None
         inputs: str | None = None  # what the verdict depends on besides the (immutable) spec
         snapshot = await self._own_snapshot() if ref is not None else None
@@ -382,17 +383,24 @@ class BatchReconciler:
         every TEMPLATE_CHECK_SECONDS however often the batch's events wake an unaccepted batch.
         """
         now = self._monotonic()
-        if self._template_verdict is not None and now - self._template_verdict[0] < TEMPLATE_CHECK_SECONDS:
-            return self._template_verdict[1]
-        refused = await self._dry_run(spec)
-        self._template_verdict = (now, refused)
+        # The probe holds every field the Job depends on (priorityClassName, shardTimeoutSeconds, retry
+        # are mutable): a changed one is asked about at once.
+        key = json.dumps(self._probe(spec), sort_keys=True)
+        if self._template_verdict is not None:
+            at, was, refused = self._template_verdict
+            if was == key and now - at < TEMPLATE_CHECK_SECONDS:
+                return refused
+        refused = await self._dry_run(json.loads(key))
+        self._template_verdict = (now, key, refused)
         return refused
 
-    async def _dry_run(self, spec: JobBatchSpec) -> str | None:
-        probe = manifests.shard_job(
+    def _probe(self, spec: JobBatchSpec) -> dict[str, Any]:
+        return manifests.shard_job(
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=1,
             first_shard=0, count=1, attempt=0, parallelism=1,
         )  # fmt: skip
+
+    async def _dry_run(self, probe: dict[str, Any]) -> str | None:
         try:
             await self.kube.create_job(self.namespace, probe, dry_run=True)
         except ApiException as exc:
@@ -467,11 +475,12 @@ class BatchReconciler:
 
         by_name = {job.name: job for job in observed}
         item_count = decision.status.item_count or 0
+        digest = decision.status.payload_digest
         for create in decision.create:
             created = ShardJob(
                 create.name, create.first, create.count, create.attempt, create.parallelism, confirmed=False
             )
-            self._start(create.name, functools.partial(self._create, create, spec, item_count), created=created)
+            self._start(create.name, functools.partial(self._create, create, spec, item_count, digest), created=created)
         for scale in decision.scale:
             self._start(
                 scale.name, functools.partial(self._scale, scale.name, scale.current, scale.to), parallelism=scale.to
@@ -539,10 +548,11 @@ class BatchReconciler:
 
         self.calls.start(job_name, tracked())
 
-    async def _create(self, create: CreateJob, spec: JobBatchSpec, item_count: int) -> bool:
+    async def _create(self, create: CreateJob, spec: JobBatchSpec, item_count: int, digest: str | None) -> bool:
         manifest = manifests.shard_job(
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
             first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
+            payload_digest=digest,
         )  # fmt: skip
         self._creating += 1
         try:

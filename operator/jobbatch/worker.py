@@ -18,6 +18,8 @@ whichever Job runs it::
 ``JOBBATCH_ITEM_COUNT``     items in the batch
 ``JOBBATCH_PAYLOAD_FILE``   JSON Lines file holding the batch's items (``items`` and
                             ``configMap`` sources only); line i is item i
+``JOBBATCH_PAYLOAD_DIGEST`` that file's SHA-256 as the batch accepted it; ``items``
+                            raises PayloadMismatch on any other file
 ==========================  =====================================================
 
 Typical use::
@@ -38,6 +40,7 @@ A worker signals a failure by exiting non-zero; exit codes listed in the batch's
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -60,6 +63,7 @@ class Shard:
     item_start: int
     item_end: int
     payload_file: str | None
+    payload_digest: str | None = None  # SHA-256 of the payload file as the batch accepted it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
@@ -76,15 +80,33 @@ class Shard:
                 item_start=min(index * size, item_count),
                 item_end=min((index + 1) * size, item_count),
                 payload_file=env.get("JOBBATCH_PAYLOAD_FILE") or None,
+                payload_digest=env.get("JOBBATCH_PAYLOAD_DIGEST") or None,
             )
         except KeyError as exc:
             raise RuntimeError(f"{exc.args[0]} is not set: is this running in a JobBatch shard pod?") from None
+
+
+class PayloadMismatch(RuntimeError):
+    """The payload file does not hold the items the batch accepted (it was replaced): nothing is run."""
+
+
+def _check(shard: Shard) -> None:
+    if shard.payload_file is None or shard.payload_digest is None:
+        return
+    with open(shard.payload_file, "rb") as data:  # at most 1 MiB: a ConfigMap's limit
+        found = hashlib.sha256(data.read()).hexdigest()
+    if found != shard.payload_digest:
+        raise PayloadMismatch(
+            f"{shard.payload_file} has SHA-256 {found}, not {shard.payload_digest} as the batch accepted: "
+            "its ConfigMap was replaced; refusing to process its items"
+        )
 
 
 def _raw_items(shard: Shard) -> Iterator[Any]:
     if shard.payload_file is None:  # a `count` source: the items are their indices
         yield from range(shard.item_start, shard.item_end)
         return
+    _check(shard)
     with open(shard.payload_file, encoding="utf-8") as lines:
         for index, line in enumerate(lines):
             if index >= shard.item_end:

@@ -33,10 +33,16 @@ def test_held_exactly_while_something_holds_a_finalizer() -> None:
     assert next_step(binding(), NOTHING) == "wait"
 
 
-def test_a_binding_being_deleted_drains_first() -> None:
-    assert next_step(binding(api.ACCESS_FINALIZER, deleting=True), A_JOB) == "drain"
-    assert next_step(binding(api.ACCESS_FINALIZER, deleting=True), NOTHING) == "remove"
-    assert next_step(binding(deleting=True), A_JOB) == "wait"  # too late to add one
+def test_a_binding_being_deleted_with_its_namespace_drains_first() -> None:
+    going = binding(api.ACCESS_FINALIZER, deleting=True)
+    assert next_step(going, A_JOB, namespace_terminating=True) == "drain"
+    assert next_step(going, NOTHING, namespace_terminating=True) == "remove"
+    assert next_step(binding(deleting=True), A_JOB, namespace_terminating=True) == "wait"  # too late to add one
+
+
+def test_a_binding_deleted_on_its_own_is_let_go_at_once() -> None:
+    """An uninstall, a namespace dropped from watchNamespaces, rights revoked: never kept against that."""
+    assert next_step(binding(api.ACCESS_FINALIZER, deleting=True), A_JOB, namespace_terminating=False) == "remove"
 
 
 def test_holders_from_metadata() -> None:
@@ -60,6 +66,7 @@ class FakeKube:
         self.jobs: list[dict[str, Any]] = []
         self.writes: list[list[str]] = []
         self.looks = 0
+        self.terminating = True
         self.changed = asyncio.Condition()
 
     async def _note(self) -> None:
@@ -69,11 +76,13 @@ class FakeKube:
     async def get_rolebinding(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.binding
 
-    async def set_rolebinding_finalizers(self, namespace: str, name: str, finalizers: list[str], rv: str) -> None:
+    async def set_rolebinding_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> None:
         assert self.binding is not None
-        assert rv == self.binding["metadata"]["resourceVersion"]
+        assert resource_version == self.binding["metadata"]["resourceVersion"]
         self.binding["metadata"]["finalizers"] = finalizers
-        self.binding["metadata"]["resourceVersion"] = str(int(rv) + 1)
+        self.binding["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
         self.writes.append(finalizers)
         await self._note()
 
@@ -81,6 +90,9 @@ class FakeKube:
         self.looks += 1
         await self._note()
         return [b["metadata"] for b in self.batches], [j["metadata"] for j in self.jobs]
+
+    async def namespace_terminating(self, namespace: str) -> bool:
+        return self.terminating
 
     async def release_batch(self, namespace: str, name: str, finalizers: tuple[str, ...]) -> None:
         for batch in self.batches:
@@ -179,8 +191,41 @@ async def test_a_failing_call_does_not_end_the_guard(fast: None) -> None:
             await task
 
 
+async def test_wake_ups_cost_nothing_while_the_binding_is_held(fast: None) -> None:
+    """Every JobBatch event wakes the guard (the operator's own status writes too): only an unheld binding looks."""
+    kube = FakeKube()
+    kube.binding = binding(api.ACCESS_FINALIZER)
+    kube.batches = [batch("b")]
+    guard = access.AccessGuard(kube, ("ns",), "op-application")  # type: ignore[arg-type]
+    task = asyncio.create_task(guard.run())
+    try:
+        await kube.until(lambda: kube.looks >= 1)
+        assert guard._held["ns"]
+        for _ in range(50):
+            guard.wake("ns")
+        assert not guard._wake["ns"].is_set()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_at_shutdown_a_binding_deleted_on_its_own_is_let_go() -> None:
+    kube = FakeKube()
+    kube.binding = binding("other", api.ACCESS_FINALIZER, deleting=True)
+    kube.batches = [batch("b")]
+    kube.terminating = True  # its namespace goes: the next operator drains it
+    guard = access.AccessGuard(kube, ("ns",), "op-application")  # type: ignore[arg-type]
+    await guard.let_go_of_deleted()
+    assert kube.writes == []
+    kube.terminating = False  # `helm uninstall`: the binding goes beside the operator
+    await guard.let_go_of_deleted()
+    assert kube.writes == [["other"]]
+
+
 def test_the_fake_has_the_signatures_of_the_kube_calls_it_stands_for() -> None:
-    for name in ("get_rolebinding", "set_rolebinding_finalizers", "list_held_metadata", "release_batch"):
+    calls = ("get_rolebinding", "set_rolebinding_finalizers", "list_held_metadata", "release_batch")
+    for name in (*calls, "namespace_terminating"):
         real = inspect.signature(getattr(Kube, name)).parameters
         fake = inspect.signature(getattr(FakeKube, name)).parameters
-        assert len(real) == len(fake), name
+        assert list(real) == list(fake), name

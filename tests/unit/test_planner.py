@@ -344,6 +344,24 @@ def test_an_attempt_disrupted_past_its_limit_is_retried_whatever_its_exit_code()
     assert "Disrupted more often than retry.disruptionLimit allows" in f.message
 
 
+def test_a_lost_snapshot_holds_every_pod_back_and_uses_no_retry() -> None:
+    """No pod may start on a replaced or missing snapshot: the Job controller would refill a chunk's slots."""
+    b = accepted(spec(parallelism=4), items=10)
+    chunk = job(0, 8, parallelism=4, succeeded="0-1", active=4)
+    p = plan(b, [chunk], T0, snapshot_lost="the snapshot holds other items")
+    assert p.suspend == [SuspendJob(chunk.name)]
+    assert (p.create, p.scale) == ([], [])
+    assert cond(p, "Stalled") == ("True", "PayloadSnapshotLost")
+    assert p.status.shards.retrying == 0
+    # Right again: the same Job resumes (the same attempt), and the rest launches.
+    held = dataclasses.replace(chunk, suspended=True, active=0)
+    p2 = plan(persisted(b, p), [held], T0)
+    assert p2.resume
+    stalled = p2.status.condition("Stalled")
+    assert stalled is not None
+    assert stalled.status == "False"
+
+
 def test_a_failure_waits_a_little_for_its_pod_then_counts_without_it() -> None:
     b = accepted(spec(retry={"limit": 0, "nonRetryableExitCodes": [3]}), items=1)
     failed = [job(0, 1, failed="0", at=1)]

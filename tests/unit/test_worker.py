@@ -33,7 +33,7 @@ def shard_env(
     items = prepare(spec)
     job = manifests.shard_job(
         name="b", namespace="ns", uid="u", spec=spec, item_count=items.count, first_shard=first, count=10,
-        attempt=1, parallelism=1,
+        attempt=1, parallelism=1, payload_digest=items.digest,
     )  # fmt: skip
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     env["JOB_COMPLETION_INDEX"] = str(shard - first)  # what the Job controller sets on an Indexed Job's pod
@@ -87,3 +87,13 @@ def test_count_source_yields_indices(tmp_path: Path) -> None:
 def test_outside_a_shard_pod_the_error_says_so() -> None:
     with pytest.raises(RuntimeError, match="is not set: is this running in a JobBatch shard pod"):
         worker.Shard.from_env({})
+
+
+def test_a_replaced_payload_file_is_refused(tmp_path: Path) -> None:
+    """The file's SHA-256 as accepted comes with the pod: a ConfigMap someone swapped in is not read."""
+    env = shard_env(tmp_path, {"items": [{"url": "a"}, {"url": "b"}]}, shard=0, shard_size=1)
+    assert env["JOBBATCH_PAYLOAD_DIGEST"]
+    assert [i.url for i in worker.items(Url, shard=worker.Shard.from_env(env))] == ["a"]
+    Path(env["JOBBATCH_PAYLOAD_FILE"]).write_text('{"url": "evil"}\n{"url": "b"}\n')
+    with pytest.raises(worker.PayloadMismatch, match="as the batch accepted"):
+        list(worker.items(Url, shard=worker.Shard.from_env(env)))
