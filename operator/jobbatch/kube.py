@@ -435,36 +435,32 @@ class Kube:
                 raise
 
     # -- what acceptance reads and writes -----------------------------------------------------
-    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A ConfigMap as a plain dict, or None if there is none."""
+    async def _get(
+        self, what: str, call: Callable[[], Awaitable[bytes]], absent: tuple[int, ...] = (404,)
+    ) -> dict[str, Any] | None:
+        """One object as a plain dict; None if the API server answers with a status in ``absent``."""
         try:
-            body = await self._call(
-                f"get configmap {namespace}/{name}",
-                self._raw(self.core.read_namespaced_config_map, name, namespace),
-            )
+            body = await self._call(what, call)
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status in absent:
                 return None
             raise
         return dict(json.loads(body))
 
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap as a plain dict, or None if there is none."""
+        call = self._raw(self.core.read_namespaced_config_map, name, namespace)
+        return await self._get(f"get configmap {namespace}/{name}", call)
+
     async def get_configmap_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap's metadata alone (as PartialObjectMetadata: its data, up to 1 MiB, stays on the
         server), or None if there is none."""
-        try:
-            body = await self._call(
-                f"get configmap {namespace}/{name} metadata",
-                self._raw(
-                    self.api_client.call_api, "/api/v1/namespaces/{namespace}/configmaps/{name}", "GET",
-                    path_params={"namespace": namespace, "name": name}, query_params=[],
-                    header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
-                ),
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(json.loads(body))
+        call = self._raw(
+            self.api_client.call_api, "/api/v1/namespaces/{namespace}/configmaps/{name}", "GET",
+            path_params={"namespace": namespace, "name": name}, query_params=[],
+            header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
+        )  # fmt: skip
+        return await self._get(f"get configmap {namespace}/{name} metadata", call)
 
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
         """Create a ConfigMap; False if one of that name already existed (whoever made it)."""
@@ -492,16 +488,8 @@ class Kube:
     # -- the RoleBinding of a watched namespace (jobbatch.access) -----------------------------
     async def get_rolebinding(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A RoleBinding as a plain dict, or None if there is none (or it may not be read)."""
-        try:
-            body = await self._call(
-                f"get rolebinding {namespace}/{name}",
-                self._raw(self.rbac.read_namespaced_role_binding, name, namespace),
-            )
-        except ApiException as exc:
-            if exc.status in (403, 404):
-                return None
-            raise
-        return dict(json.loads(body))
+        call = self._raw(self.rbac.read_namespaced_role_binding, name, namespace)
+        return await self._get(f"get rolebinding {namespace}/{name}", call, absent=(403, 404))
 
     async def namespace_terminating(self, namespace: str) -> bool:
         """Whether the namespace is being deleted (or is gone). A list by name: the rights the operator
