@@ -156,22 +156,6 @@ class AccessGuard:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=max(0.0, delay - MIN_INTERVAL_SECONDS))
 
-    async def let_go_of_deleted(self) -> None:
-        """At shutdown: let go of bindings deleted while their namespaces are not (``helm uninstall``
-        deletes them beside the operator's Deployment), so that no operator needs to be left to do it."""
-        for namespace in self._wake:
-            with contextlib.suppress(Exception):
-                binding = await self.kube.get_rolebinding(namespace, self.binding)
-                meta = (binding or {}).get("metadata") or {}
-                finalizers = list(meta.get("finalizers") or [])
-                if not meta.get("deletionTimestamp") or api.ACCESS_FINALIZER not in finalizers:
-                    continue
-                if await self.kube.namespace_terminating(namespace):
-                    continue  # the next operator drains it
-                rest = [f for f in finalizers if f != api.ACCESS_FINALIZER]
-                await self.kube.set_rolebinding_finalizers(namespace, self.binding, rest, meta["resourceVersion"])
-                logger.info("rolebinding %s/%s let go at shutdown: it is being deleted", namespace, self.binding)
-
     async def _release_deleting_batches(self, namespace: str, held: Holders) -> None:
         """kopf's finalizer off batches being deleted, once no shard Job holds ours (see the module doc)."""
         if held.jobs:

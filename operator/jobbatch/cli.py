@@ -183,7 +183,7 @@ async def _cleanup(namespaces: tuple[str, ...], apply: bool, force: bool = False
             try:
                 await cleanup.release(kube, held)
             except Conflict as exc:
-                print(f"{exc}: something else changed it meanwhile; run again", file=sys.stderr)
+                print(f"{exc} (something else changed it meanwhile)", file=sys.stderr)
                 return 1
         for kind, objects in (("job", held.jobs), ("jobbatch", held.batches), ("rolebinding", held.bindings)):
             for namespace, name, _ in objects:

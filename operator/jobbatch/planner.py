@@ -615,6 +615,11 @@ class _Pass:
             return 0, fates.waiting + len(fates.due)
         if hold:
             self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
+            status.phase = "Running" if status.start_time is not None else "Pending"
+            self.condition("Running", "False", "PayloadSnapshotLost", "no shard starts until the payload snapshot "
+                           "holds the accepted items again; running ones were stopped (no retry used)")  # fmt: skip
+            if self.old.condition("Suspended") is not None:
+                self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
             return 0, fates.waiting + len(fates.due)
         if spec.start_after is not None and self.now < spec.start_after:
             status.phase = "Pending"

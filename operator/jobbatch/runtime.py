@@ -79,11 +79,6 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     metrics.leader.set(0)
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
-        if runtime.access is not None:
-            try:
-                await asyncio.wait_for(runtime.access.let_go_of_deleted(), timeout=5)
-            except TimeoutError:
-                logger.warning("could not check the RoleBindings of the watched namespaces in time at shutdown")
         await runtime.close()
 
 

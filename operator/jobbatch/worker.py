@@ -43,6 +43,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, overload
 
@@ -90,23 +92,46 @@ class PayloadMismatch(RuntimeError):
     """The payload file does not hold the items the batch accepted (it was replaced): nothing is run."""
 
 
-def _check(shard: Shard) -> None:
-    if shard.payload_file is None or shard.payload_digest is None:
-        return
-    with open(shard.payload_file, "rb") as data:  # at most 1 MiB: a ConfigMap's limit
-        found = hashlib.sha256(data.read()).hexdigest()
-    if found != shard.payload_digest:
-        raise PayloadMismatch(
-            f"{shard.payload_file} has SHA-256 {found}, not {shard.payload_digest} as the batch accepted: "
-            "its ConfigMap was replaced; refusing to process its items"
+# How long a worker whose payload file was replaced waits to be stopped before it fails. The operator
+# checks the snapshot every 30 s and then suspends the batch, which stops the pod without using a
+# retry; failing at once would spend one per pod started meanwhile.
+MISMATCH_WAIT_SECONDS = 300.0
+MISMATCH_POLL_SECONDS = 5.0
+
+
+def _accepted_bytes(shard: Shard) -> bytes:
+    """The payload file's bytes, once they hash to the digest the batch accepted (read once: what is
+    hashed is what is parsed)."""
+    assert shard.payload_file is not None
+    assert shard.payload_digest is not None
+    deadline = time.monotonic() + MISMATCH_WAIT_SECONDS
+    said = False
+    while True:
+        with open(shard.payload_file, "rb") as file:  # at most 1 MiB: a ConfigMap's limit
+            data = file.read()
+        found = hashlib.sha256(data).hexdigest()
+        if found == shard.payload_digest:
+            return data
+        why = (
+            f"{shard.payload_file} has SHA-256 {found}, not {shard.payload_digest} as the batch accepted: its "
+            "ConfigMap was replaced; refusing to process its items"
         )
+        if time.monotonic() >= deadline:
+            raise PayloadMismatch(why)
+        if not said:
+            print(f"jobbatch: {why}; waiting to be stopped", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(MISMATCH_POLL_SECONDS)
 
 
 def _raw_items(shard: Shard) -> Iterator[Any]:
     if shard.payload_file is None:  # a `count` source: the items are their indices
         yield from range(shard.item_start, shard.item_end)
         return
-    _check(shard)
+    if shard.payload_digest is not None:
+        accepted = _accepted_bytes(shard).decode("utf-8").split("\n")  # lines end at "\n" only, as written
+        yield from (json.loads(line) for line in accepted[shard.item_start : shard.item_end])
+        return
     with open(shard.payload_file, encoding="utf-8") as lines:
         for index, line in enumerate(lines):
             if index >= shard.item_end:

@@ -210,19 +210,6 @@ async def test_wake_ups_cost_nothing_while_the_binding_is_held(fast: None) -> No
             await task
 
 
-async def test_at_shutdown_a_binding_deleted_on_its_own_is_let_go() -> None:
-    kube = FakeKube()
-    kube.binding = binding("other", api.ACCESS_FINALIZER, deleting=True)
-    kube.batches = [batch("b")]
-    kube.terminating = True  # its namespace goes: the next operator drains it
-    guard = access.AccessGuard(kube, ("ns",), "op-application")  # type: ignore[arg-type]
-    await guard.let_go_of_deleted()
-    assert kube.writes == []
-    kube.terminating = False  # `helm uninstall`: the binding goes beside the operator
-    await guard.let_go_of_deleted()
-    assert kube.writes == [["other"]]
-
-
 def test_the_fake_has_the_signatures_of_the_kube_calls_it_stands_for() -> None:
     calls = ("get_rolebinding", "set_rolebinding_finalizers", "list_held_metadata", "release_batch")
     for name in (*calls, "namespace_terminating"):

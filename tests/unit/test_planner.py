@@ -352,7 +352,8 @@ def test_a_lost_snapshot_holds_every_pod_back_and_uses_no_retry() -> None:
     assert p.suspend == [SuspendJob(chunk.name)]
     assert (p.create, p.scale) == ([], [])
     assert cond(p, "Stalled") == ("True", "PayloadSnapshotLost")
-    assert p.status.shards.retrying == 0
+    assert cond(p, "Running") == ("False", "PayloadSnapshotLost")
+    assert (p.status.phase, p.status.shards.running, p.status.shards.retrying) == ("Pending", 0, 0)  # never started
     # Right again: the same Job resumes (the same attempt), and the rest launches.
     held = dataclasses.replace(chunk, suspended=True, active=0)
     p2 = plan(persisted(b, p), [held], T0)

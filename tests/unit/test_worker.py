@@ -89,11 +89,23 @@ def test_outside_a_shard_pod_the_error_says_so() -> None:
         worker.Shard.from_env({})
 
 
-def test_a_replaced_payload_file_is_refused(tmp_path: Path) -> None:
-    """The file's SHA-256 as accepted comes with the pod: a ConfigMap someone swapped in is not read."""
-    env = shard_env(tmp_path, {"items": [{"url": "a"}, {"url": "b"}]}, shard=0, shard_size=1)
+def test_a_replaced_payload_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's SHA-256 as accepted comes with the pod: a ConfigMap someone swapped in is not read.
+
+    The worker waits to be stopped (the operator suspends the batch, using no retry), then fails."""
+    env = shard_env(tmp_path, {"items": [{"url": "a"}, {"url": "b"}]}, shard=1, shard_size=1)
     assert env["JOBBATCH_PAYLOAD_DIGEST"]
-    assert [i.url for i in worker.items(Url, shard=worker.Shard.from_env(env))] == ["a"]
-    Path(env["JOBBATCH_PAYLOAD_FILE"]).write_text('{"url": "evil"}\n{"url": "b"}\n')
+    assert [i.url for i in worker.items(Url, shard=worker.Shard.from_env(env))] == ["b"]
+    path = Path(env["JOBBATCH_PAYLOAD_FILE"])
+    accepted = path.read_text()
+    path.write_text('{"url": "evil"}\n{"url": "evil"}\n')
+    waits: list[float] = []
+    monkeypatch.setattr(worker, "MISMATCH_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr("jobbatch.worker.time.sleep", waits.append)
     with pytest.raises(worker.PayloadMismatch, match="as the batch accepted"):
         list(worker.items(Url, shard=worker.Shard.from_env(env)))
+    assert waits == []  # no time left to wait
+    # Put back while it waits: it goes on with the accepted items.
+    monkeypatch.setattr(worker, "MISMATCH_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr("jobbatch.worker.time.sleep", lambda seconds: path.write_text(accepted))
+    assert [i.url for i in worker.items(Url, shard=worker.Shard.from_env(env))] == ["b"]
