@@ -95,10 +95,12 @@ class AccessGuard:
         self._wake = {namespace: asyncio.Event() for namespace in namespaces}
         self._held = dict.fromkeys(namespaces, False)  # the binding held our finalizer when last read
 
-    def wake(self, namespace: str) -> None:
-        """A JobBatch event: look now if the binding may need holding (held, the next poll will do)."""
+    def wake(self, namespace: str, gone: bool = False) -> None:
+        """A JobBatch event: look now if the binding may need holding, or (``gone``: a batch was deleted)
+        may be let go. Other events of a held binding's batches wait for the next poll: they come many a
+        second (every status write)."""
         event = self._wake.get(namespace)
-        if event is not None and not self._held.get(namespace):
+        if event is not None and (gone or not self._held.get(namespace)):
             event.set()
 
     async def run(self) -> None:

@@ -49,13 +49,14 @@ def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]],
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def batch_changed(uid: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def batch_changed(uid: str, namespace: str | None, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     reconciler = runtime.reconcilers.get(uid)
     if reconciler is not None:
         reconciler.batch_changed()
     if runtime.access is not None and namespace:
-        runtime.access.wake(namespace)  # a new batch: kopf's finalizer is on, so the RoleBinding is held
+        # A new batch holds kopf's finalizer: hold the RoleBinding; the last one gone: let it go.
+        runtime.access.wake(namespace, gone=type == "DELETED")
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)

@@ -204,6 +204,8 @@ async def test_wake_ups_cost_nothing_while_the_binding_is_held(fast: None) -> No
         for _ in range(50):
             guard.wake("ns")
         assert not guard._wake["ns"].is_set()
+        guard.wake("ns", gone=True)  # a batch deleted: maybe the last one
+        assert guard._wake["ns"].is_set()
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
