@@ -399,6 +399,51 @@ async def test_a_payload_snapshot_deleted_by_hand_comes_back(
     assert "PayloadSnapshotRecreated" in reasons
 
 
+async def test_a_replaced_payload_snapshot_holds_the_batch_until_it_is_right_again(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """Someone swaps the snapshot for a ConfigMap of their own (the batch's owner reference copied): no
+    pod starts on it, no retry is used, and the batch goes on once the swap is undone."""
+    await operator()
+    core = client.CoreV1Api(api)
+    items = [{"n": i} for i in range(4)]
+    spec = {"template": template(duration="1h"), "payloads": {"items": items}, "parallelism": 2}
+    async with PodRecorder(api, namespace) as pods:
+        created = await batches.create("swapped", spec)
+        await batches.wait_status("swapped", lambda s: s.get("shards", {}).get("running") == 2, "2 running")
+        name = naming.payload_configmap_name("swapped", created["metadata"]["uid"])
+        own = await core.read_namespaced_config_map(name, namespace)
+        await core.delete_namespaced_config_map(name, namespace)
+        forged = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name, owner_references=own.metadata.owner_references),
+            data={"payloads.jsonl": '{"n": 666}\n' * 4}, immutable=True,
+        )  # fmt: skip
+        await core.create_namespaced_config_map(namespace, forged)
+
+        async def held() -> bool:
+            body = await batches.get("swapped")
+            conds = {c["type"]: c for c in body["status"].get("conditions") or []}
+            jobs = await batches.jobs()
+            return (
+                conds["Stalled"]["reason"] == "PayloadSnapshotLost"
+                and conds["Running"]["status"] == "False"
+                and all(j.spec.suspend for j in jobs)
+                and pods.total_running() == 0
+            )
+
+        await eventually(held, what="the batch held: Stalled, its Jobs suspended, no pod running")
+        started = sum(pods.creations.values())
+        await core.delete_namespaced_config_map(name, namespace)  # undone: the operator makes its own again
+        await batches.wait_status("swapped", lambda s: s.get("shards", {}).get("running") == 2, "running again")
+        again = await core.read_namespaced_config_map(name, namespace)
+        assert again.data == own.data
+        assert sum(pods.creations.values()) > started
+    body = await batches.get("swapped")
+    assert body["status"]["shards"]["retrying"] == 0
+    assert body["status"].get("failures", []) == []
+    assert all(set(a) == {0} for a in pods.attempts("swapped").values())  # the hold used no retry
+
+
 def _fuzzed_specs(count: int) -> list[dict[str, Any]]:
     """``count`` specs from the strategy, the same on every run."""
     found: list[dict[str, Any]] = []
