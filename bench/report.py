@@ -432,11 +432,13 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     for data in reports:
         for plane in data["planes"]:
             planes.setdefault(plane["name"], plane)
+    cpus = list(dict.fromkeys(str(d["machine"].get("cpu")) for d in reports))  # each once, in order
     return {
         "started": min(d["started"] for d in reports),
         "finished": max(d["finished"] for d in reports),
         "command": "; ".join(d["command"] for d in reports),
-        "machine": reports[0]["machine"],
+        # Runs from machines of the same size but other CPUs say so (their commands say which is which).
+        "machine": {**reports[0]["machine"], "cpu": " and ".join(cpus)},
         "versions": reports[0]["versions"],
         "runs": "/".join(sorted({str(d["runs"]) for d in reports})),
         "planes": list(planes.values()),

@@ -292,7 +292,9 @@ def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
 def test_reports_of_several_harness_runs_merge_into_one() -> None:
     small = _data([_result("A", 1, 10.0, shards=1000), _result("B", 1, 5.0, shards=1000)], runs=3)
     big = _data([_result("A", 1, 120.0), _result("B", 1, 100.0)], runs=1)
+    big["machine"] = {**big["machine"], "cpu": "other"}
     merged = report.merge([small, big])
+    assert merged["machine"]["cpu"] == "test and other"  # never one machine's name for another's runs
     assert len(merged["results"]) == 4
     assert [p["name"] for p in merged["planes"]] == ["raised"]
     assert merged["runs"] == "1/3"
