@@ -440,7 +440,8 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
         # Runs from machines of the same size but other CPUs say so (their commands say which is which).
         "machine": {**reports[0]["machine"], "cpu": " and ".join(cpus)},
         "versions": reports[0]["versions"],
-        "runs": "/".join(sorted({str(d["runs"]) for d in reports})),
+        # A merged report merged again keeps one "1/2", not "1/1/2".
+        "runs": "/".join(sorted({n for d in reports for n in str(d["runs"]).split("/")}, key=int)),
         "planes": list(planes.values()),
         "results": [r for d in reports for r in d["results"]],
     }
