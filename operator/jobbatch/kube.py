@@ -211,19 +211,23 @@ class Kube:
         if api.KOPF_FINALIZER not in finalizers:
             return
         ops = _remove_finalizer(finalizers, api.KOPF_FINALIZER)
+        call = self._raw(
+            self.custom.patch_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+            ops, _content_type="application/json-patch+json",
+        )  # fmt: skip
+        what = f"release jobbatch {namespace}/{name}"
+        await self._guarded(what, call, 422, f"finalizers of jobbatch {namespace}/{name} changed; run again")
+
+    async def _guarded(self, what: str, call: Callable[[], Awaitable[bytes]], lost: int, conflict: str) -> None:
+        """A write guarded by what it read: Conflict(``conflict``) on status ``lost`` (a 409 for a stale
+        resourceVersion, a 422 for a failed JSON-patch test); nothing if the object is gone."""
         try:
-            await self._call(
-                f"release jobbatch {namespace}/{name}",
-                self._raw(
-                    self.custom.patch_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                    ops, _content_type="application/json-patch+json",
-                ),
-            )  # fmt: skip
+            await self._call(what, call)
         except ApiException as exc:
             if exc.status == 404:
                 return
-            if exc.status == 422:
-                raise Conflict(f"finalizers of jobbatch {namespace}/{name} changed; run again") from None
+            if exc.status == lost:
+                raise Conflict(conflict) from None
             raise
 
     async def delete_batch(self, namespace: str, name: str, uid: str) -> None:
@@ -544,17 +548,9 @@ class Kube:
         Only finalizers change, so the API server skips its RBAC escalation check (IsOnlyMutatingGCFields).
         """
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
-        try:
-            await self._call(
-                f"patch rolebinding {namespace}/{name} finalizers",
-                self._raw(self.rbac.patch_namespaced_role_binding, name, namespace, body, **_MERGE_PATCH),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            if exc.status == 409:
-                raise Conflict(f"rolebinding {namespace}/{name} changed since it was read") from None
-            raise
+        call = self._raw(self.rbac.patch_namespaced_role_binding, name, namespace, body, **_MERGE_PATCH)
+        what = f"patch rolebinding {namespace}/{name} finalizers"
+        await self._guarded(what, call, 409, f"rolebinding {namespace}/{name} changed since it was read")
 
     # -- Events -------------------------------------------------------------------------------
     async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
