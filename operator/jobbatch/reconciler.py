@@ -378,9 +378,9 @@ class BatchReconciler:
         """Why the API server would refuse this batch's shard Jobs (a dry-run create of one), or None.
 
         Only refusals of the object itself count (400, 422, an admission webhook's denial): a quota
-        or a terminating namespace refuses every object alike, and the create path reports those. The
-        template is immutable; only the cluster (a webhook) can change the answer, so it is asked at most
-        every TEMPLATE_CHECK_SECONDS however often the batch's events wake an unaccepted batch.
+        or a terminating namespace refuses every object alike, and the create path reports those. Only
+        the cluster (a webhook) or a changed field of the probe Job can change the answer, so the same
+        probe is asked at most every TEMPLATE_CHECK_SECONDS however often events wake an unaccepted batch.
         """
         now = self._monotonic()
         # The probe holds every field the Job depends on (priorityClassName, shardTimeoutSeconds, retry

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -118,11 +120,22 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(access, name, 0.01)
 
 
-async def test_the_binding_follows_what_the_namespace_holds(fast: None) -> None:
-    kube = FakeKube()
+@contextlib.asynccontextmanager
+async def guarding(kube: FakeKube) -> AsyncIterator[access.AccessGuard]:
+    """The guard of namespace "ns", running until the block ends."""
     guard = access.AccessGuard(kube, ("ns",), "op-application")  # type: ignore[arg-type]
     task = asyncio.create_task(guard.run())
     try:
+        yield guard
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_the_binding_follows_what_the_namespace_holds(fast: None) -> None:
+    kube = FakeKube()
+    async with guarding(kube) as guard:
         await kube.until(lambda: kube.looks >= 3)
         assert kube.writes == []  # nothing of ours there: nothing to hold
         kube.batches = [batch("b")]
@@ -143,27 +156,18 @@ async def test_the_binding_follows_what_the_namespace_holds(fast: None) -> None:
         await kube.until(lambda: len(kube.writes) == 2)
         assert kube.batches[0]["metadata"]["finalizers"] == []
         assert kube.writes[-1] == ["other"]  # only ours goes
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_the_binding_is_let_go_once_the_namespace_holds_nothing(fast: None) -> None:
     kube = FakeKube()
     kube.binding = binding(api.ACCESS_FINALIZER)
     kube.batches = [batch("b")]
-    task = asyncio.create_task(access.AccessGuard(kube, ("ns",), "op-application").run())  # type: ignore[arg-type]
-    try:
+    async with guarding(kube):
         await kube.until(lambda: kube.looks >= 3)
         assert kube.writes == []
         kube.batches = []  # deleted while the operator ran: an uninstall now leaves no binding behind
         await kube.until(lambda: kube.writes)
         assert kube.writes == [[]]
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_a_failing_call_does_not_end_the_guard(fast: None) -> None:
@@ -180,15 +184,10 @@ async def test_a_failing_call_does_not_end_the_guard(fast: None) -> None:
         return await real_get(namespace, name)
 
     kube.get_rolebinding = flaky  # type: ignore[method-assign]
-    task = asyncio.create_task(access.AccessGuard(kube, ("ns",), "op-application").run())  # type: ignore[arg-type]
-    try:
+    async with guarding(kube):
         await kube.until(lambda: kube.writes)
         assert kube.writes[-1] == ["other", api.ACCESS_FINALIZER]
         assert calls == 3
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_wake_ups_cost_nothing_while_the_binding_is_held(fast: None) -> None:
@@ -196,9 +195,7 @@ async def test_wake_ups_cost_nothing_while_the_binding_is_held(fast: None) -> No
     kube = FakeKube()
     kube.binding = binding(api.ACCESS_FINALIZER)
     kube.batches = [batch("b")]
-    guard = access.AccessGuard(kube, ("ns",), "op-application")  # type: ignore[arg-type]
-    task = asyncio.create_task(guard.run())
-    try:
+    async with guarding(kube) as guard:
         await kube.until(lambda: kube.looks >= 1)
         assert guard._held["ns"]
         for _ in range(50):
@@ -206,10 +203,6 @@ async def test_wake_ups_cost_nothing_while_the_binding_is_held(fast: None) -> No
         assert not guard._wake["ns"].is_set()
         guard.wake("ns", gone=True)  # a batch deleted: maybe the last one
         assert guard._wake["ns"].is_set()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 def test_the_fake_has_the_signatures_of_the_kube_calls_it_stands_for() -> None:

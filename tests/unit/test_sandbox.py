@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from jobbatch import payloads
 from jobbatch.api import JobBatchSpec
 from jobbatch.sandbox import Sandbox, SandboxError
+from tests.waiting import eventually
 
 # A pattern that backtracks exponentially on a near-miss: this would hold the GIL for hours.
 EVIL = {"type": "string", "pattern": "^(a+)+$"}
@@ -86,12 +86,12 @@ async def test_a_dying_child_is_reported() -> None:
     assert "exit code 3" in exc.value.message
 
 
-def _wait_for_file(path: str) -> int:
-    """Stand-in for a slow schema: runs until ``path`` exists; returns its pid."""
+def _wait_for_release(path: str) -> int:
+    """Stand-in for a slow schema: blocks until a byte comes through the FIFO ``path``; returns its pid."""
     with open(path + ".pids", "a", encoding="ascii") as pids:
         pids.write(f"{os.getpid()}\n")
-    while not os.path.exists(path):
-        time.sleep(0.02)
+    with open(path, "rb", buffering=0) as fifo:  # unbuffered: it takes one byte, and leaves the rest
+        fifo.read(1)
     return os.getpid()
 
 
@@ -112,18 +112,16 @@ def _alive(pid: int) -> bool:
         return stat.read().split()[2] != "Z"  # a zombie is gone, only not yet reaped
 
 
-async def _until(check: Any, what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+async def _started(path: str) -> list[int]:
+    return _pids(path)
 
 
 async def test_a_caller_that_gives_up_kills_its_child_and_holds_its_slot_until_then(tmp_path: Any) -> None:
     sandbox = Sandbox(timeout=60, concurrency=1)
     never = str(tmp_path / "never")
-    gave_up = asyncio.create_task(sandbox.run(_wait_for_file, never))
-    await _until(lambda: _pids(never), "the child to start")
+    os.mkfifo(never)  # nobody ever writes: the child blocks until it is killed
+    gave_up = asyncio.create_task(sandbox.run(_wait_for_release, never))
+    await eventually(lambda: _started(never), what="the child to start", timeout=10)
     (child,) = _pids(never)
     gave_up.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -136,11 +134,16 @@ async def test_a_caller_that_gives_up_kills_its_child_and_holds_its_slot_until_t
 async def test_one_tenant_cannot_take_every_slot(tmp_path: Any) -> None:
     sandbox = Sandbox(timeout=60, concurrency=2)
     release = str(tmp_path / "release")
-    slow = [asyncio.create_task(sandbox.run(_wait_for_file, release, tenant="a")) for _ in range(3)]
-    await _until(lambda: _pids(release), "tenant a's first child")
-    # Tenant b is not queued behind tenant a's other two: they wait for a's own turn.
-    assert (await asyncio.wait_for(sandbox.run(payloads.prepare, spec([1]), tenant="b"), 30)).count == 1
-    assert len(_pids(release)) == 1
-    await asyncio.to_thread(Path(release).touch)
-    assert len(set(await asyncio.gather(*slow))) == 3  # each in its own child, one after the other
+    os.mkfifo(release)
+    writer = os.open(release, os.O_RDWR)  # a writer that never blocks: children open it at once
+    try:
+        slow = [asyncio.create_task(sandbox.run(_wait_for_release, release, tenant="a")) for _ in range(3)]
+        await eventually(lambda: _started(release), what="tenant a's first child", timeout=10)
+        # Tenant b is not queued behind tenant a's other two: they wait for a's own turn.
+        assert (await asyncio.wait_for(sandbox.run(payloads.prepare, spec([1]), tenant="b"), 30)).count == 1
+        assert len(_pids(release)) == 1
+        os.write(writer, b"abc")  # one byte for each of a's three, one after the other
+        assert len(set(await asyncio.gather(*slow))) == 3  # each in its own child
+    finally:
+        os.close(writer)
     assert sandbox._tenants == {}  # nothing kept for tenants with nothing waiting
