@@ -46,9 +46,10 @@ crds: $(STAMP)
 	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
 	cp crds/jobbatch.io_jobbatches.yaml charts/jobbatch-operator/crds/
 
-# Operator and example-worker images from a Debian base made here (no registry needed); see images/build.sh.
+# Operator, example-worker and pause images as docker-archive tars in ~/.cache/jobbatch/images, from a
+# Debian base made here (no registry, no Docker; e2e/images.py). images/build.sh builds them with Docker.
 images: $(STAMP)
-	BASE=local bash images/build.sh
+	$(BIN)/python -m e2e.images build
 
 tools: $(STAMP) deps
 	$(BIN)/python -m e2e.tools ensure

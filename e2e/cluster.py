@@ -4,11 +4,12 @@ etcd, kube-apiserver, kube-controller-manager (the real Job controller and
 garbage collector), kube-scheduler and kwok run as plain processes on loopback
 with free ports. Nothing is mocked: only the kubelet is replaced by kwok, which
 moves pods through their lifecycle as ``e2e/kwok/stages.yaml`` says
-(conventions in ``docs/testing.md``).
+(conventions in ``docs/testing.md``). With ``--real-nodes 1`` a real kubelet with
+containerd joins as well (``e2e/realnode.py``) for pods that must run as real containers.
 
 Usage::
 
-    python -m e2e.cluster up [--name local] [--nodes 3] [--pods-per-node 500]
+    python -m e2e.cluster up [--name local] [--nodes 3] [--pods-per-node 500] [--real-nodes 1]
     python -m e2e.cluster env     # print `export KUBECONFIG=...; export PATH=...`
     python -m e2e.cluster logs    # tail every component's log
     python -m e2e.cluster down    # stop the processes, delete the state (logs are kept)
@@ -34,10 +35,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e2e import tools
+from e2e import realnode, tools
 
 STAGES_FILE = Path(__file__).parent / "kwok" / "stages.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+REAL_NODE_COMPONENTS = ("containerd", "kubelet")
 
 
 @dataclasses.dataclass
@@ -54,6 +56,8 @@ class Settings:
     kcm_api_qps: int = 20
     kcm_api_burst: int = 30
     concurrent_job_syncs: int = 5
+    # A kubelet with containerd beside the kwok nodes (0 or 1; needs root).
+    real_nodes: int = 0
 
 
 def state_dir(name: str) -> Path:
@@ -249,9 +253,11 @@ class LocalCluster:
             return {}
 
     # -- faults, for the chaos tier (e2e/chaos.py) -----------------------------
-    def restart(self, name: str, *, timeout: float = 120) -> None:
-        """Stop one component (TERM, then KILL) and start it again with the same command line."""
-        pid = self.pids()[name]
+    def stop(self, name: str) -> None:
+        """Stop one component (TERM, then KILL after 15 s); a component never started is a no-op."""
+        pid = self.pids().get(name)
+        if pid is None:
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
@@ -261,6 +267,10 @@ class LocalCluster:
             os.killpg(pid, signal.SIGKILL)
         if name in self._procs:
             self._procs.pop(name).wait()
+
+    def restart(self, name: str, *, timeout: float = 120) -> None:
+        """Stop one component (TERM, then KILL) and start it again with the same command line."""
+        self.stop(name)
         self._start(name, self._commands()[name])
         if name == "kube-apiserver":
             wait_until(self._api_ready, timeout=timeout, what="kube-apiserver /readyz after a restart")
@@ -284,7 +294,8 @@ class LocalCluster:
 
     def is_up(self) -> bool:
         states = self.running()
-        return bool(states) and all(states.get(c) for c in COMPONENTS) and self._api_ready()
+        wanted = COMPONENTS + (REAL_NODE_COMPONENTS if self.settings.real_nodes else ())
+        return bool(states) and all(states.get(c) for c in wanted) and self._api_ready()
 
     def recorded_settings(self) -> Settings | None:
         """The settings the running cluster was started with (None if it never started)."""
@@ -303,8 +314,10 @@ class LocalCluster:
         if self.is_up() and self.recorded_settings() == self.settings:
             return self.kubeconfig
         self.down()
-        tools.ensure()
         s = self.settings
+        if s.real_nodes not in (0, 1):
+            raise ValueError(f"real_nodes is 0 or 1, not {s.real_nodes}")
+        tools.ensure()
         self.state.mkdir(parents=True)
         if self.logs.exists():
             shutil.rmtree(self.logs)
@@ -352,6 +365,8 @@ class LocalCluster:
                 "--allow-privileged=true",
                 # The loopback advertise address cannot back the `kubernetes` Service.
                 "--endpoint-reconciler-type=none",
+                # logs/exec reach a kubelet by its address: no DNS has the node names.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
             ],
         )
@@ -394,7 +409,9 @@ class LocalCluster:
         )
         nodes = {"apiVersion": "v1", "kind": "List", "items": [_node_manifest(i, s) for i in range(s.nodes)]}
         self.kubectl("apply", "-f", "-", input=json.dumps(nodes))
-        wait_until(self._nodes_ready, timeout=timeout, what=f"{s.nodes} kwok nodes Ready")
+        if s.real_nodes:
+            realnode.RealNode(self.state, self.logs, self.kubeconfig).start(self._start)
+        wait_until(self._nodes_ready, timeout=timeout, what=f"{s.nodes} kwok and {s.real_nodes} real nodes Ready")
         # The controller-manager is working once it has made the default ServiceAccount,
         # which every pod needs before it can be created.
         wait_until(
@@ -406,6 +423,8 @@ class LocalCluster:
 
     def down(self) -> None:
         """Stop every component (TERM, then KILL) and delete the state folder."""
+        if "containerd" in self.pids():  # the real node first: its pods hold mounts under the state
+            realnode.RealNode(self.state, self.logs, self.kubeconfig).clear(self.stop)
         pids = self.pids()
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
@@ -471,12 +490,12 @@ class LocalCluster:
             for n in json.loads(out)["items"]
             if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
         ]
-        return len(ready) >= self.settings.nodes
+        return len(ready) >= self.settings.nodes + self.settings.real_nodes
 
     def log_tails(self, lines: int = 40) -> str:
         """The last lines of every component's log, for failure reports."""
         parts = []
-        for comp in COMPONENTS:
+        for comp in COMPONENTS + REAL_NODE_COMPONENTS:
             path = self.logs / f"{comp}.log"
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]

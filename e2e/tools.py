@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 KUBERNETES_VERSION = "v1.35.4"
 # Staging modules of k8s.io/kubernetes are published as k8s.io/<name> v0.X.Y.
@@ -51,32 +52,54 @@ class GoTool:
     # Linker -X flags (version stamping); bump `revision` when the recipe changes so caches rebuild.
     ldflags_x: dict[str, str] = dataclasses.field(default_factory=dict)
     revision: int = 1
+    # A main package kept in this repository (its own go.mod, no dependencies), built from there.
+    source: Path | None = None
 
+
+# Built like the Kubernetes binaries: a wrapper module that pins every staging module, version-stamped.
+_KUBERNETES_BUILD: dict[str, Any] = {
+    "module": "k8s.io/kubernetes",
+    "version": KUBERNETES_VERSION,
+    "wrapper": True,
+    "wrapper_replaces": {f"k8s.io/{m}": f"k8s.io/{m} {_STAGING_VERSION}" for m in _STAGING_MODULES},
+    # Without these the binaries report v0.0.0-master, and version checks (helm's kubeVersion,
+    # `kubectl version`, the kubelet's node status) see a wrong server.
+    "ldflags_x": {
+        f"{pkg}.{var}": value
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for var, value in {
+            "gitVersion": KUBERNETES_VERSION,
+            "gitMajor": KUBERNETES_VERSION.split(".")[0].removeprefix("v"),
+            "gitMinor": KUBERNETES_VERSION.split(".")[1],
+            "gitTreeState": "clean",
+        }.items()
+    },
+}
 
 TOOLS: tuple[GoTool, ...] = (
     GoTool(
         key="kubernetes",
-        module="k8s.io/kubernetes",
-        version=KUBERNETES_VERSION,
         packages={
             name: f"k8s.io/kubernetes/cmd/{name}"
             for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
         },
-        wrapper=True,
-        wrapper_replaces={f"k8s.io/{m}": f"k8s.io/{m} {_STAGING_VERSION}" for m in _STAGING_MODULES},
-        # Without these the binaries report v0.0.0-master, and version checks (helm's kubeVersion,
-        # `kubectl version`) see a wrong server.
-        ldflags_x={
-            f"{pkg}.{var}": value
-            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-            for var, value in {
-                "gitVersion": KUBERNETES_VERSION,
-                "gitMajor": KUBERNETES_VERSION.split(".")[0].removeprefix("v"),
-                "gitMinor": KUBERNETES_VERSION.split(".")[1],
-                "gitTreeState": "clean",
-            }.items()
-        },
         revision=2,
+        **_KUBERNETES_BUILD,
+    ),
+    # The real node (e2e/realnode.py): kubelet, crictl to clear its pods, and the pause image's program.
+    GoTool(key="kubelet", packages={"kubelet": "k8s.io/kubernetes/cmd/kubelet"}, **_KUBERNETES_BUILD),
+    GoTool(
+        key="cri-tools",
+        module="sigs.k8s.io/cri-tools",
+        version="v1.34.0",  # v1.35.0 is not on the module proxy; CRI v1 is the same
+        packages={"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"},
+    ),
+    GoTool(
+        key="pause",
+        module="jobbatch.local/pause",
+        version="v1",  # bump with e2e/pause/main.go
+        packages={"pause": "."},
+        source=Path(__file__).parent / "pause",
     ),
     GoTool(
         key="etcd",
@@ -144,7 +167,10 @@ def _build(tool: GoTool) -> None:
     env = _go_env()
     ldflags = ["-ldflags", " ".join(["-s", "-w", *(f"-X {k}={v}" for k, v in tool.ldflags_x.items())])]
     try:
-        if tool.wrapper:
+        if tool.source is not None:
+            for name, pkg in tool.packages.items():
+                _run(["go", "build", *ldflags, "-o", str(staging / name), pkg], tool.source, env)
+        elif tool.wrapper:
             lines = ["module jobbatch.local/build", "", "go 1.25.0", ""]
             lines += [f"require {tool.module} {tool.version}", ""]
             if tool.wrapper_replaces:

@@ -25,7 +25,7 @@ kubectl -n jobbatch-system rollout status deployment/jobbatch-jobbatch-operator 
 helm test jobbatch --namespace jobbatch-system
 
 # The example runs the real worker image here (the sim.* annotations only matter on kwok nodes).
-sed "s/jobbatch-example-worker:latest/jobbatch-example-worker:$TAG/" examples/01-minimal/jobbatch.yaml | kubectl apply -f -
+sed "s/jobbatch-example-worker:0.1.0/jobbatch-example-worker:$TAG/" examples/01-minimal/jobbatch.yaml | kubectl apply -f -
 kubectl wait --for=condition=Complete jobbatch/minimal --timeout=300s
 kubectl get jobbatch minimal
 kubectl describe jobbatch minimal | sed -n '/Events:/,$p'

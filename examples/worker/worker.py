@@ -10,11 +10,16 @@ Try it outside Kubernetes by faking the environment the operator provides:
     JOBBATCH_NAME=demo JOBBATCH_NAMESPACE=default JOBBATCH_FIRST_SHARD=0 JOB_COMPLETION_INDEX=0 \
     JOBBATCH_ATTEMPT=0 JOBBATCH_SHARD_COUNT=1 JOBBATCH_SHARD_SIZE=2 JOBBATCH_ITEM_COUNT=2 \
     JOBBATCH_PAYLOAD_FILE=/tmp/items.jsonl python examples/worker/worker.py
+
+With WORKER_OUTPUT_DIR set, it also writes the URLs it processed to one file per shard attempt
+there (<batch>-<shard>-<attempt>.txt), which is how the real-node tests check its work.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,12 +35,20 @@ class Page(BaseModel):
 def main() -> int:
     shard = worker.Shard.from_env()
     print(f"{shard.batch} shard {shard.index + 1}/{shard.count}, attempt {shard.attempt}", flush=True)
+    done = []
     try:
         for page in worker.items(Page, shard=shard):
             print(f"processing {page.url}", flush=True)  # real work goes here
+            done.append(page.url)
     except ValidationError as exc:
         print(f"bad item: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    output_dir = os.environ.get("WORKER_OUTPUT_DIR")
+    if output_dir:
+        out = Path(output_dir) / f"{shard.batch}-{shard.index}-{shard.attempt}.txt"
+        partial = out.with_suffix(".partial")
+        partial.write_text("".join(f"{url}\n" for url in done))
+        partial.replace(out)  # a reader never sees half a file
     return 0
 
 

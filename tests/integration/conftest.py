@@ -22,8 +22,9 @@ _CLUSTER: LocalCluster | None = None
 _OPERATOR_LOGS: list[Path] = []
 
 # The test plane lifts the controller-manager's client limits (Kubernetes defaults: 20 qps,
-# burst 30, 5 Job workers) so the 2,000-shard test measures the operator, not throttling.
-TEST_CLUSTER = Settings(name="pytest", kcm_api_qps=200, kcm_api_burst=400, concurrent_job_syncs=50)
+# burst 30, 5 Job workers) so the 2,000-shard test measures the operator, not throttling, and
+# has one real node (containerd + kubelet) for test_real_pods.py beside the kwok nodes.
+TEST_CLUSTER = Settings(name="pytest", kcm_api_qps=200, kcm_api_burst=400, concurrent_job_syncs=50, real_nodes=1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -148,3 +149,16 @@ async def operator(
 
 async def _all_gone(batches: Batches) -> bool:
     return not await batches.all() and not await batches.jobs()
+
+
+@pytest.fixture
+async def real_node(api: client.ApiClient) -> str:
+    """The name of the cluster's real node; fails (never skips) when the cluster has none Ready."""
+    nodes = await client.CoreV1Api(api).list_node(label_selector="jobbatch.io/node=real")
+    ready = [
+        n.metadata.name
+        for n in nodes.items
+        if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+    ]
+    assert ready, "the cluster has no Ready real node: start it with `python -m e2e.cluster up --real-nodes 1`"
+    return str(ready[0])

@@ -13,6 +13,7 @@ from typing import Any, Self
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from e2e import images, realnode
 from jobbatch import api
 from tests.waiting import TIMEOUT, eventually
 
@@ -26,6 +27,44 @@ def template(**annotations: str) -> dict[str, Any]:
         "metadata": {"annotations": {f"sim.jobbatch.io/{k.replace('_', '-')}": v for k, v in annotations.items()}},
         "spec": {"containers": [{"name": "worker", "image": "example.invalid/worker:1"}]},
     }
+
+
+# What a production cluster's "restricted" Pod Security level asks of a worker.
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def host_dir(path: Path) -> Path:
+    """A host folder the pods' non-root user (65532) may write to, for a hostPath volume."""
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+def real_template(
+    *, command: list[str] | None = None, env: dict[str, str] | None = None, mounts: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """A worker pod of the example-worker image on the real node, with host folders mounted."""
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": images.EXAMPLE_WORKER.ref,
+        "imagePullPolicy": "Never",  # loaded into the node's containerd; there is no registry
+        "securityContext": RESTRICTED,
+        "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+        "volumeMounts": [{"name": f"host-{i}", "mountPath": p} for i, p in enumerate(mounts or {})],
+    }
+    if command:
+        container["command"] = command
+    volumes = [
+        {"name": f"host-{i}", "hostPath": {"path": str(path), "type": "Directory"}}
+        for i, path in enumerate((mounts or {}).values())
+    ]
+    return {"spec": {**realnode.POD_PLACEMENT, "containers": [container], "volumes": volumes}}
 
 
 class Batches:
@@ -162,6 +201,7 @@ class PodRecorder(NamespaceWatch):
         self.running: dict[str, tuple[str, int, int]] = {}  # pod uid -> key
         self.max_running: dict[str, int] = collections.defaultdict(int)
         self.running_series: list[tuple[float, str, int]] = []
+        self.nodes: dict[str, str] = {}  # pod uid -> the node it was bound to
         self._seen: set[str] = set()
         self._ended: set[str] = set()
 
@@ -183,6 +223,8 @@ class PodRecorder(NamespaceWatch):
             self._seen.add(meta["uid"])
             self.creations[key] += 1
             self.created_at.setdefault(key, now)
+        if node := (pod.get("spec") or {}).get("nodeName"):
+            self.nodes[meta["uid"]] = node
         phase = (pod.get("status") or {}).get("phase")
         if kind != "DELETED" and phase not in ("Succeeded", "Failed"):
             self.running[meta["uid"]] = key

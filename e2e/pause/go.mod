@@ -1,0 +1,3 @@
+module jobbatch.local/pause
+
+go 1.25.0

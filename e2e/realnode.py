@@ -1,0 +1,290 @@
+"""A real node for the local control plane: a kubelet with containerd, runc and CNI.
+
+Beside the kwok nodes, whose pods are simulated, this node runs pods as real containers:
+real processes that read their mounted payloads, exit with real codes and get SIGTERM when
+deleted. It is what ``python -m e2e.cluster up --real-nodes 1`` adds (docs/testing.md).
+
+Everything it needs is built or installed here (../shared/PLATFORM.md says why each
+setting is what it is on these VMs):
+
+- the kubelet and crictl from the Go module proxy (``e2e/tools.py``);
+- containerd 1.6, runc and the CNI plugins from Debian, started per cluster with their
+  own root, state and socket under the cluster's state folder;
+- the images from ``e2e/images.py`` (pause, operator, example worker), imported into
+  containerd at start, so pods use them without a registry.
+
+The node is tainted ``jobbatch.io/real-node=true:NoSchedule`` and labelled
+``jobbatch.io/node=real``, so only pods that ask for it land there; simulated-pod tests
+keep to the kwok nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from e2e import images, tools
+
+NODE_NAME = "real-node-0"
+TAINT_KEY = "jobbatch.io/real-node"
+NODE_LABEL = {"jobbatch.io/node": "real"}
+# Pods on the real node get addresses here (a bridge inside this VM, per the network rule).
+POD_SUBNET = "10.88.0.0/16"
+BRIDGE = "jbr0"
+DEBIAN_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# What a pod needs to run there: the node's taint tolerated and the node selected.
+POD_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": NODE_LABEL,
+    "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def node_ip() -> str:
+    """The VM's own address (the first global IPv4 one), which pods and the API server reach."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            return fields[fields.index("inet") + 1].split("/")[0]
+    raise RuntimeError("this machine has no global IPv4 address for the real node")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_packages() -> None:
+    """containerd, runc and the CNI plugins from Debian, installed when missing (needs root)."""
+    missing = sorted({pkg for cmd, pkg in DEBIAN_PACKAGES.items() if shutil.which(cmd) is None})
+    if not (CNI_BIN_DIR / "bridge").exists():
+        missing.append("containernetworking-plugins")
+    if missing:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+class RealNode:
+    """The files, processes and settings of one real node of a named local cluster."""
+
+    def __init__(self, state: Path, logs: Path, kubeconfig: Path) -> None:
+        self.dir = state / "realnode"
+        self.logs = logs
+        self.kubeconfig = kubeconfig
+        self.bin = tools.bin_dir()
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "containerd.sock"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.dir / "kubelet"
+
+    @property
+    def cgroup_root(self) -> str:
+        """The kubelet's cgroup root: its own per cluster, so two clusters never share pods' cgroups."""
+        return f"/jobbatch-{self.dir.parent.name}"
+
+    # -- configuration files ------------------------------------------------------------
+    def _containerd_config(self) -> str:
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        return "\n".join(
+            [
+                "version = 2",
+                f'root = "{self.dir / "containerd-root"}"',
+                f'state = "{self.dir / "containerd-state"}"',
+                "[grpc]",
+                f'  address = "{self.socket}"',
+                f"[{cri}]",
+                f'  sandbox_image = "{images.PAUSE_IMAGE}"',
+                # The VM lacks CAP_SYS_RESOURCE: a negative OOM score would fail every container.
+                "  restrict_oom_score_adj = true",
+                '  stream_server_address = "127.0.0.1"',
+                f"[{cri}.cni]",
+                f'  bin_dir = "{CNI_BIN_DIR}"',
+                f'  conf_dir = "{self.dir / "cni"}"',
+                f"[{cri}.containerd]",
+                '  snapshotter = "overlayfs"',
+                '  default_runtime_name = "runc"',
+                f"[{cri}.containerd.runtimes.runc]",
+                '  runtime_type = "io.containerd.runc.v2"',
+                f"[{cri}.containerd.runtimes.runc.options]",
+                "  SystemdCgroup = false",
+                "",
+            ]
+        )
+
+    def _cni_config(self) -> dict[str, Any]:
+        return {
+            "cniVersion": "1.0.0",
+            "name": "jobbatch",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": True,
+                    "ipMasq": False,  # pods talk to this VM only (the network rule)
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": POD_SUBNET}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(self.dir / "cni-ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
+
+    def _kubelet_config(self, port: int, healthz_port: int, address: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # cgroup v1 without systemd, and no CAP_SYS_RESOURCE (../shared/PLATFORM.md).
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": self.cgroup_root,
+            "failCgroupV1": False,
+            "oomScoreAdj": 0,
+            "failSwapOn": False,
+            "enforceNodeAllocatable": [],
+            # A test node: no evictions and no image garbage collection (no registry to pull back from).
+            "evictionHard": {},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            # The API server reaches the kubelet (logs, exec) without client certificates: test plane only.
+            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "address": address,
+            "port": port,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": healthz_port,
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
+            "maxPods": 50,
+            "serializeImagePulls": False,
+            "clusterDomain": "cluster.local",
+            "resolvConf": "/etc/resolv.conf",
+            "nodeStatusReportFrequency": "10s",
+            "fileCheckFrequency": "0s",
+            "syncFrequency": "10s",
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, start: Callable[[str, list[str]], None], *, timeout: float = 120) -> None:
+        """Start containerd, load the images, start the kubelet; ``start`` runs a named process."""
+        ensure_packages()
+        archives = images.build_all()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "cni").mkdir(exist_ok=True)
+        (self.dir / "cni" / "10-jobbatch.conflist").write_text(json.dumps(self._cni_config(), indent=2))
+        (self.dir / "containerd.toml").write_text(self._containerd_config())
+        for controller in self._cgroup_controllers():
+            (controller / self.cgroup_root.lstrip("/")).mkdir(exist_ok=True)
+        start("containerd", [shutil.which("containerd") or "containerd", f"--config={self.dir / 'containerd.toml'}"])
+        _wait(lambda: self.crictl("info").returncode == 0, timeout=timeout, what="containerd's CRI to answer")
+        for archive in archives:
+            self.ctr("images", "import", str(archive), check=True)
+
+        address = node_ip()
+        config = self._kubelet_config(_free_port(), _free_port(), address)
+        (self.dir / "kubelet.json").write_text(json.dumps(config, indent=2))
+        labels = ",".join(f"{k}={v}" for k, v in NODE_LABEL.items())
+        start(
+            "kubelet",
+            [
+                str(self.bin / "kubelet"),
+                f"--config={self.dir / 'kubelet.json'}",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.dir / 'kubelet-pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={address}",
+                f"--node-labels={labels}",
+            ],
+        )
+
+    def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        command = ["ctr", f"--address={self.socket}", "--namespace=k8s.io", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=check)
+
+    def crictl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        endpoint = f"unix://{self.socket}"
+        return subprocess.run(
+            [str(self.bin / "crictl"), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def clear(self, stop: Callable[[str], None]) -> None:
+        """Stop the node and leave nothing of it behind: containers, mounts, network, cgroups.
+
+        The kubelet goes first, so it starts nothing new; then every pod sandbox is stopped and
+        removed through the CRI (containers killed, CNI torn down, network namespaces released);
+        then containerd; then whatever a crash may have left: shims, mounts, cgroups.
+        """
+        stop("kubelet")
+        if self.socket.exists():
+            self.crictl("rmp", "--all", "--force")
+        stop("containerd")
+        self._kill_leftover_shims()
+        self._unmount_under(self.dir)
+        self._remove_cgroups()
+
+    def _kill_leftover_shims(self) -> None:
+        needle = str(self.socket).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes()
+                if b"containerd-shim" in cmdline and needle in cmdline:
+                    os.kill(int(proc.name), signal.SIGKILL)
+
+    @staticmethod
+    def _unmount_under(root: Path) -> None:
+        prefix = str(root.resolve()) + "/"
+        with open("/proc/self/mounts") as mounts:
+            points = [line.split()[1].replace("\\040", " ") for line in mounts]
+        for point in reversed(points):  # innermost first
+            if point.startswith(prefix):
+                subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def _cgroup_controllers(self) -> list[Path]:
+        return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and (p / "cgroup.procs").exists()]
+
+    def _remove_cgroups(self) -> None:
+        """Remove the (by now empty) cgroup tree under the node's cgroup root, deepest first."""
+        for controller in self._cgroup_controllers():
+            top = controller / self.cgroup_root.lstrip("/")
+            if not top.exists():
+                continue
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+
+def _wait(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)

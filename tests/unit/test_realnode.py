@@ -1,0 +1,107 @@
+"""The real node's generated configuration keeps to what these VMs need (no node is started here)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tomllib
+from pathlib import Path
+
+from e2e import images, realnode, tools
+
+
+def node(tmp_path: Path) -> realnode.RealNode:
+    return realnode.RealNode(tmp_path / "clusters" / "unit", tmp_path / "logs", tmp_path / "kubeconfig")
+
+
+def test_the_kubelet_runs_on_cgroup_v1_without_privileges_it_lacks(tmp_path: Path) -> None:
+    config = node(tmp_path)._kubelet_config(port=10250, healthz_port=10248, address="192.0.2.2")
+    assert config["cgroupDriver"] == "cgroupfs"
+    assert config["failCgroupV1"] is False
+    assert config["oomScoreAdj"] == 0  # no CAP_SYS_RESOURCE
+    assert config["enforceNodeAllocatable"] == []
+    assert config["evictionHard"] == {}  # a test node never evicts
+    assert config["imageGCHighThresholdPercent"] == 100  # images cannot be pulled back
+    assert config["cgroupRoot"] == "/jobbatch-unit"  # one per cluster
+    assert config["containerRuntimeEndpoint"] == f"unix://{tmp_path}/clusters/unit/realnode/containerd.sock"
+
+
+def test_only_pods_that_ask_for_the_real_node_land_there(tmp_path: Path) -> None:
+    config = node(tmp_path)._kubelet_config(port=1, healthz_port=2, address="192.0.2.2")
+    (taint,) = config["registerWithTaints"]
+    (toleration,) = realnode.POD_PLACEMENT["tolerations"]
+    assert (toleration["key"], toleration["effect"]) == (taint["key"], taint["effect"])
+    assert toleration["operator"] == "Exists"
+    assert realnode.POD_PLACEMENT["nodeSelector"] == realnode.NODE_LABEL
+
+
+def test_containerd_uses_the_local_pause_image_and_cannot_lower_oom_scores(tmp_path: Path) -> None:
+    rn = node(tmp_path)
+    config = tomllib.loads(rn._containerd_config())
+    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["sandbox_image"] == images.PAUSE_IMAGE
+    assert cri["restrict_oom_score_adj"] is True
+    assert cri["cni"]["bin_dir"] == str(realnode.CNI_BIN_DIR)
+    assert cri["cni"]["conf_dir"] == str(rn.dir / "cni")
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
+    # Its own root, state and socket, under the cluster's state folder (removed by `down`).
+    assert (config["root"], config["state"], config["grpc"]["address"]) == (
+        str(rn.dir / "containerd-root"),
+        str(rn.dir / "containerd-state"),
+        str(rn.socket),
+    )
+
+
+def test_pods_get_addresses_on_a_bridge_inside_the_vm(tmp_path: Path) -> None:
+    conf = node(tmp_path)._cni_config()
+    bridge = conf["plugins"][0]
+    assert bridge["type"] == "bridge"
+    assert bridge["ipMasq"] is False  # pods reach this VM only
+    assert bridge["ipam"]["ranges"] == [[{"subnet": realnode.POD_SUBNET}]]
+    assert realnode.POD_SUBNET.startswith("10.")
+
+
+def test_the_real_node_tools_are_pinned_like_the_control_plane() -> None:
+    by_key = {t.key: t for t in tools.TOOLS}
+    kubelet, kubernetes = by_key["kubelet"], by_key["kubernetes"]
+    assert kubelet.version == kubernetes.version
+    assert kubelet.wrapper_replaces == kubernetes.wrapper_replaces
+    assert kubelet.ldflags_x == kubernetes.ldflags_x
+    pause = by_key["pause"]
+    assert pause.source is not None
+    assert (pause.source / "main.go").is_file()
+    assert "module jobbatch.local/pause" in (pause.source / "go.mod").read_text()
+    assert "crictl" in by_key["cri-tools"].packages
+
+
+def test_an_image_archive_names_its_layers_by_digest(tmp_path: Path) -> None:
+    layers = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / f"{name}.txt").write_text(name)
+        layer = tmp_path / f"{name}.tar"
+        with tarfile.open(layer, "w") as t:
+            t.add(root / f"{name}.txt", arcname=f"{name}.txt")
+        layers.append(layer)
+    out = tmp_path / "image.tar"
+    images.write_archive(out, "example:1", layers, {"Entrypoint": ["/bin/true"]})
+
+    with tarfile.open(out) as archive:
+        (manifest,) = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config = json.load(archive.extractfile(manifest["Config"]))  # type: ignore[arg-type]
+        stored = [archive.extractfile(path).read() for path in manifest["Layers"]]  # type: ignore[union-attr]
+    assert manifest["RepoTags"] == ["example:1"]
+    assert stored == [layer.read_bytes() for layer in layers]
+    digests = [f"sha256:{images._sha256_file(layer)}" for layer in layers]
+    assert config["rootfs"] == {"type": "layers", "diff_ids": digests}
+    assert [f"{d.removeprefix('sha256:')}/layer.tar" for d in digests] == manifest["Layers"]
+    assert (config["os"], config["architecture"], config["config"]) == ("linux", "amd64", {"Entrypoint": ["/bin/true"]})
+
+
+def test_an_app_image_rebuilds_when_its_sources_change(tmp_path: Path) -> None:
+    base = tmp_path / "base-bookworm-x.tar"
+    key = images._source_key(images.EXAMPLE_WORKER, base)
+    assert key == images._source_key(images.EXAMPLE_WORKER, base)
+    assert key != images._source_key(images.OPERATOR, base)
+    assert key != images._source_key(images.EXAMPLE_WORKER, tmp_path / "base-bookworm-y.tar")
