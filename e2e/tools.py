@@ -94,6 +94,13 @@ TOOLS: tuple[GoTool, ...] = (
         version="v1.34.0",  # v1.35.0 is not on the module proxy; CRI v1 is the same
         packages={"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"},
     ),
+    # An S3 server over a local folder, for object-storage payloads (e2e/objectstore.py).
+    GoTool(
+        key="versitygw",
+        module="github.com/versity/versitygw",
+        version="v1.8.0",
+        packages={"versitygw": "github.com/versity/versitygw/cmd/versitygw"},
+    ),
     GoTool(
         key="pause",
         module="jobbatch.local/pause",

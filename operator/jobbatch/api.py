@@ -60,12 +60,56 @@ class ConfigMapSource(_Model):
     key: str = Field(min_length=1, max_length=253, description="Key whose value holds the JSON Lines.")
 
 
+class SecretReference(_Model):
+    """A Secret in the JobBatch's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+
+
+class ObjectStoreSource(_Model):
+    """One object in S3-compatible storage holding the items as JSON Lines or CSV, of any size.
+
+    The operator reads it once, in 1 MiB ranges, to count its records and note where each shard's
+    first record starts (never holding more than a range and a record); each worker then reads only
+    its own shard's bytes, of that same object version (its ETag).
+    """
+
+    endpoint: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?$",
+        description="The S3 endpoint URL (path-style requests), e.g. https://s3.eu-west-1.amazonaws.com or "
+        "http://minio.storage.svc:9000. Both the operator and the worker pods must reach it.",
+    )
+    bucket: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket name (S3's naming rules)."
+    )
+    key: str = Field(min_length=1, max_length=1024, description="Object key.")
+    region: str = Field(default="us-east-1", min_length=1, max_length=64, description="Region requests are signed for.")
+    format: Literal["JSONLines", "CSV"] = Field(
+        default="JSONLines",
+        description="JSONLines: one JSON value per line (blank lines skipped). CSV: RFC 4180 with a header record; "
+        "each record becomes an object of the header's names to string values.",
+    )
+    credentials_secret: SecretReference = Field(
+        description="Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN optional). "
+        "The operator reads it to index the object; workers get it as environment variables "
+        "(JOBBATCH_OBJECT_STORE_*). It never appears in status, Events or logs."
+    )
+
+
 class Payloads(_Model):
     """Where the items come from. Exactly one source must be set."""
 
     # "Exactly one source" as oneOf-of-required: CEL cannot see `items` (an untyped list).
     model_config = ConfigDict(
-        json_schema_extra=_extra(oneOf=[{"required": ["items"]}, {"required": ["configMap"]}, {"required": ["count"]}])
+        json_schema_extra=_extra(
+            oneOf=[
+                {"required": ["items"]},
+                {"required": ["configMap"]},
+                {"required": ["count"]},
+                {"required": ["objectStore"]},
+            ]
+        )
     )
 
     items: list[Any] | None = Field(
@@ -83,12 +127,19 @@ class Payloads(_Model):
         le=10_000_000,
         description="No data: the items are the indices 0..count-1 and workers fetch their own data.",
     )
+    object_store: ObjectStoreSource | None = Field(
+        default=None,
+        description="Items as JSON Lines or CSV records of an object in S3-compatible storage, for inputs too big "
+        "for a ConfigMap; sharded by records.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Payloads:
-        chosen = [n for n in ("items", "config_map", "count") if getattr(self, n) is not None]
+        chosen = [n for n in ("items", "config_map", "count", "object_store") if getattr(self, n) is not None]
         if len(chosen) != 1:
-            raise ValueError("exactly one of payloads.items, payloads.configMap, payloads.count must be set")
+            raise ValueError(
+                "exactly one of payloads.items, payloads.configMap, payloads.count, payloads.objectStore must be set"
+            )
         return self
 
 

@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "past it the batch is not accepted (env JOBBATCH_PAYLOAD_VALIDATION_TIMEOUT)",
     )
     run.add_argument(
+        "--payload-indexing-timeout",
+        type=float,
+        default=float(os.environ.get("JOBBATCH_PAYLOAD_INDEXING_TIMEOUT") or defaults.payload_indexing_timeout),
+        help="seconds acceptance may spend reading one objectStore payload source to index it; past it the "
+        "batch is not accepted (env JOBBATCH_PAYLOAD_INDEXING_TIMEOUT)",
+    )
+    run.add_argument(
         "--access-binding",
         default=os.environ.get("JOBBATCH_ACCESS_BINDING", defaults.access_binding),
         metavar="NAME",
@@ -211,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         leader_election_lease=args.leader_election_lease,
         lease_duration_seconds=args.lease_duration_seconds,
         payload_validation_timeout=args.payload_validation_timeout,
+        payload_indexing_timeout=args.payload_indexing_timeout,
         access_binding=args.access_binding,
     )
 

@@ -39,6 +39,9 @@ class OperatorConfig:
     # Seconds acceptance may spend checking one batch's payloads against its payloadSchema (in a
     # child process, killed at this deadline; the batch is then not accepted).
     payload_validation_timeout: float = 20.0
+    # Seconds acceptance may spend reading one object-storage source to index it (and check its
+    # records against payloadSchema), in a child process of a sandbox of its own.
+    payload_indexing_timeout: float = 300.0
     # With namespaces: the RoleBinding granting the operator its rights in each of them, held by a
     # finalizer until nothing of the operator's is left there (jobbatch.access). Empty: none is held.
     access_binding: str = ""
@@ -50,8 +53,8 @@ class OperatorConfig:
             raise ValueError("metrics_port must be a TCP port (0 disables metrics)")
         if self.lease_duration_seconds < 3:
             raise ValueError("lease_duration_seconds must be >= 3")
-        if self.payload_validation_timeout <= 0:
-            raise ValueError("payload_validation_timeout must be > 0")
+        if self.payload_validation_timeout <= 0 or self.payload_indexing_timeout <= 0:
+            raise ValueError("payload_validation_timeout and payload_indexing_timeout must be > 0")
         if self.api_qps <= 0 or self.api_burst < 1:
             raise ValueError("api_qps must be > 0 and api_burst >= 1")
         if self.access_binding and not self.namespaces:

@@ -84,6 +84,7 @@ async def run_batch(
         failures=runtime.watch.failed_pods.failures,
         all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
         sandbox=runtime.sandbox,
+        indexer=runtime.indexer,
     )
     runtime.reconcilers[uid] = reconciler
     try:

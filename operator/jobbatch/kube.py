@@ -456,6 +456,11 @@ class Kube:
         call = self._raw(self.core.read_namespaced_config_map, name, namespace)
         return await self._get(f"get configmap {namespace}/{name}", call)
 
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as a plain dict (data base64-encoded, as the API gives it), or None if there is none."""
+        call = self._raw(self.core.read_namespaced_secret, name, namespace)
+        return await self._get(f"get secret {namespace}/{name}", call)
+
     async def get_configmap_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap's metadata alone (as PartialObjectMetadata: its data, up to 1 MiB, stays on the
         server), or None if there is none."""

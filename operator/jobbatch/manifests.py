@@ -13,8 +13,16 @@ from jobbatch import api, naming
 from jobbatch.planner import shard_count
 
 PAYLOAD_KEY = "payloads.jsonl"
+INDEX_KEY = "object-index.json"  # an objectStore source's snapshot: the object's index, not its items
 PAYLOAD_DIR = "/var/run/jobbatch"
 PAYLOAD_FILE = f"{PAYLOAD_DIR}/{PAYLOAD_KEY}"
+INDEX_FILE = f"{PAYLOAD_DIR}/{INDEX_KEY}"
+# Environment variables of an objectStore source's credentials in worker pods (from its Secret's keys).
+OBJECT_STORE_ENV = {
+    "JOBBATCH_OBJECT_STORE_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "JOBBATCH_OBJECT_STORE_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    "JOBBATCH_OBJECT_STORE_SESSION_TOKEN": "AWS_SESSION_TOKEN",
+}
 PAYLOAD_VOLUME = "jobbatch-payloads"
 # A ConfigMap holds at most 1 MiB; keep room for metadata.
 MAX_PAYLOAD_BYTES = 1_000_000
@@ -35,8 +43,13 @@ def batch_labels(name: str, uid: str) -> dict[str, str]:
     return {api.LABEL_BATCH: naming.label_value(name), api.LABEL_BATCH_UID: uid}
 
 
-def payload_configmap(name: str, namespace: str, uid: str, jsonl: str) -> dict[str, Any]:
-    """An immutable snapshot of the batch's items, mounted into every shard pod."""
+def snapshot_key(payloads: api.Payloads) -> str:
+    """The payload snapshot's key: the items as JSON Lines, or an object-storage source's index."""
+    return INDEX_KEY if payloads.object_store is not None else PAYLOAD_KEY
+
+
+def payload_configmap(name: str, namespace: str, uid: str, snapshot: str, key: str = PAYLOAD_KEY) -> dict[str, Any]:
+    """An immutable snapshot of the batch's items (or object index), mounted into every shard pod."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -47,7 +60,7 @@ def payload_configmap(name: str, namespace: str, uid: str, jsonl: str) -> dict[s
             "ownerReferences": [owner_reference(name, uid)],
         },
         "immutable": True,
-        "data": {PAYLOAD_KEY: jsonl},
+        "data": {key: snapshot},
     }
 
 
@@ -93,7 +106,7 @@ def shard_job(
         # Per pod, so it bounds each attempt of a shard, not the whole Job.
         own = pod.get("activeDeadlineSeconds")
         pod["activeDeadlineSeconds"] = min(spec.shard_timeout_seconds, own) if own else spec.shard_timeout_seconds
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "JOBBATCH_NAME", "value": name},
         {"name": "JOBBATCH_NAMESPACE", "value": namespace},
         {"name": "JOBBATCH_FIRST_SHARD", "value": str(first_shard)},
@@ -103,8 +116,17 @@ def shard_job(
         {"name": "JOBBATCH_ITEM_COUNT", "value": str(item_count)},
     ]
     has_file = spec.payloads.count is None
-    if has_file:
+    key = snapshot_key(spec.payloads)
+    if spec.payloads.object_store is not None:
+        env.append({"name": "JOBBATCH_PAYLOAD_INDEX", "value": INDEX_FILE})
+        secret = spec.payloads.object_store.credentials_secret.name
+        for var, secret_key in OBJECT_STORE_ENV.items():
+            optional = secret_key == "AWS_SESSION_TOKEN"
+            ref = {"name": secret, "key": secret_key, **({"optional": True} if optional else {})}
+            env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
+    elif has_file:
         env.append({"name": "JOBBATCH_PAYLOAD_FILE", "value": PAYLOAD_FILE})
+    if has_file:
         if payload_digest:
             # The file's SHA-256 as accepted: a worker (the SDK does) refuses a file someone replaced.
             env.append({"name": "JOBBATCH_PAYLOAD_DIGEST", "value": payload_digest})
@@ -114,7 +136,7 @@ def shard_job(
                 "name": PAYLOAD_VOLUME,
                 "configMap": {
                     "name": naming.payload_configmap_name(name, uid),
-                    "items": [{"key": PAYLOAD_KEY, "path": PAYLOAD_KEY}],
+                    "items": [{"key": key, "path": key}],
                 },
             },
         ]

@@ -17,6 +17,8 @@ API calls. A failed call wakes the loop, whose next pass backs off.
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
 import dataclasses
 import datetime
 import functools
@@ -29,7 +31,7 @@ from typing import Any, Literal
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from jobbatch import manifests, metrics, naming, payloads
+from jobbatch import manifests, metrics, naming, objectstore, payloads
 from jobbatch.api import KIND, SHARD_FINALIZER, TERMINAL_PHASES, Backoff, Condition, JobBatchSpec, JobBatchStatus
 from jobbatch.backoff import retry_delay
 from jobbatch.dispatch import Dispatcher
@@ -67,6 +69,18 @@ class ActionsFailed(Exception):
     """Some of a pass's API calls failed (the others took effect); retried with backoff."""
 
 
+# HEADs of object-storage sources, which a tenant's endpoint may answer slowly: a pool of their own,
+# so they never take the threads the rest of the operator (the sandboxes) uses.
+_HEADS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="objectstore-head")
+
+
+def _indexing_failed(exc: SandboxError) -> str:
+    return (
+        f"indexing the object {exc.message}; with payloadSchema, simplify it or drop it and let workers check "
+        "their own records; without, the object has too many records for --payload-indexing-timeout"
+    )
+
+
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -84,6 +98,7 @@ class BatchReconciler:
         failures: Callable[[Iterable[str]], Mapping[tuple[int, int], PodFailure]] = lambda uids: {},
         all_jobs: Callable[[], Mapping[tuple[str, str], Iterable[ShardJob]]] | None = None,
         sandbox: Sandbox | None = None,
+        indexer: Sandbox | None = None,
         clock: Callable[[], datetime.datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -92,6 +107,11 @@ class BatchReconciler:
         self._jobs, self._failures, self._all_jobs = jobs, failures, all_jobs
         self._clock, self._monotonic = clock, monotonic
         self.sandbox = sandbox  # None: validate on this thread (unit tests only)
+        self.indexer = indexer  # for object-storage sources; None: index on a thread (unit tests only)
+        # (inputs, schema checked, index) of the last object indexed, and (inputs, schema checked, why)
+        # of the last refusal, keyed by the Secret's and the object's versions (_indexed_object).
+        self._indexed: tuple[str, bool, payloads.Items] | None = None
+        self._index_refused: tuple[str, bool, payloads.PayloadError | SandboxError] | None = None
         self._verdict: tuple[str | None, Acceptance] | None = None  # (inputs, verdict) of the last check
         # (when, of which probe Job, why refused) of the last dry run
         self._template_verdict: tuple[float, str, str | None] | None = None
@@ -240,7 +260,14 @@ class BatchReconciler:
         is final, so not even a new leader pays for it again.
         """
         ref = spec.payloads.config_map
-        if ref is None and recorded is not None and recorded.status == "False" and recorded.reason in FINAL_VERDICTS:
+        # Only inline items and `count` are decided by the spec alone; a ConfigMap or an object can be fixed.
+        immutable_input = ref is None and spec.payloads.object_store is None
+        if (
+            immutable_input
+            and recorded is not None
+            and recorded.status == "False"
+            and recorded.reason in FINAL_VERDICTS
+        ):
             return Acceptance(False, recorded.reason, recorded.message)  # nothing can make it acceptable
         if spec.priority_class_name and await self.kube.get_priority_value(spec.priority_class_name) is None:
             return Acceptance(
@@ -249,6 +276,8 @@ class BatchReconciler:
         refused = await self._refused_template(spec)
         if refused is not None:
             return Acceptance(False, "InvalidPodTemplate", refused)
+        if spec.payloads.object_store is not None:
+            return await self._accept_object(spec)
         data = None
         inputs: str | None = None  # what the verdict depends on besides the (immutable) spec
         snapshot = await self._own_snapshot() if ref is not None else None
@@ -287,11 +316,103 @@ class BatchReconciler:
             why = f"checking the payloads against payloadSchema failed ({type(exc).__name__})"
             self._verdict = (inputs, Acceptance(False, "InvalidPayloadSchema", why))
             return self._verdict[1]
-        if items.jsonl is not None and snapshot is None:
-            taken = await self._create_snapshot(items.jsonl)
+        if items.snapshot is not None and snapshot is None:
+            taken = await self._create_snapshot(items.snapshot)
             if taken is not None:
                 return Acceptance(False, "PayloadSnapshotConflict", taken)
         return Acceptance(True, "Accepted", "", item_count=items.count, payload_digest=items.digest)
+
+    async def _accept_object(self, spec: JobBatchSpec) -> Acceptance:
+        """Index an object-storage source (in the indexing sandbox) and snapshot the index."""
+        try:
+            items = await self._indexed_object(spec, check_schema=True)
+        except payloads.PayloadError as exc:
+            return Acceptance(False, exc.reason, exc.message)
+        except SandboxError as exc:
+            return Acceptance(False, f"PayloadIndexing{exc.reason}", _indexing_failed(exc))
+        assert items.snapshot is not None
+        taken = await self._create_snapshot(items.snapshot, manifests.INDEX_KEY)
+        if taken is not None:
+            return Acceptance(False, "PayloadSnapshotConflict", taken)
+        return Acceptance(True, "Accepted", "", item_count=items.count, payload_digest=items.digest)
+
+    async def _indexed_object(self, spec: JobBatchSpec, *, check_schema: bool) -> payloads.Items:
+        """The index of the object's current version; PayloadError or SandboxError if there is none.
+
+        What it depends on is the Secret (its resourceVersion) and the object's version (ETag and
+        size, from a HEAD): with both unchanged neither a success nor a verdict on the data is
+        recomputed, so a bad object costs one full read, not one per pass (a success found without the
+        schema serves only passes that need none). Unreachable storage, a replaced object mid-read and
+        a crashed child are not verdicts: the next pass tries again.
+        """
+        src = spec.payloads.object_store
+        assert src is not None
+        credentials, secret_version = await self._object_credentials(src.credentials_secret.name)
+        store = objectstore.ObjectStore(src.endpoint, credentials, src.region, refuse_local=True)
+        try:
+            loop = asyncio.get_running_loop()
+            info = await loop.run_in_executor(_HEADS, store.head, src.bucket, src.key)
+        except objectstore.ObjectStoreError as exc:
+            raise payloads.object_error(exc, src.credentials_secret.name) from None
+        inputs = f"secret {secret_version} object {info.etag} {info.size}"
+        if self._indexed is not None and self._indexed[0] == inputs and (self._indexed[1] or not check_schema):
+            return self._indexed[2]
+        if self._index_refused is not None and self._index_refused[:2] == (inputs, check_schema):
+            raise self._index_refused[2]
+        try:
+            items = await self._index_object(
+                spec if check_schema else spec.model_copy(update={"payload_schema": None}), credentials
+            )
+        except (payloads.PayloadError, SandboxError) as exc:
+            transient = exc.reason in payloads.TRANSIENT_REASONS or exc.reason == "Crashed"
+            if not transient:
+                self._index_refused = (inputs, check_schema, exc)
+            raise
+        except Exception as exc:  # a bug the input found: refused, never retried in a loop
+            logger.exception("%s/%s: indexing the object failed", self.namespace, self.name)
+            error = payloads.PayloadError("InvalidPayload", f"indexing the object failed ({type(exc).__name__})")
+            self._index_refused = (inputs, check_schema, error)
+            raise error from None
+        self._indexed = (inputs, check_schema, items)
+        return items
+
+    async def _object_credentials(self, secret: str) -> tuple[objectstore.Credentials, str]:
+        """The credentials in ``secret`` and its resourceVersion; PayloadError if there are none."""
+        body = await self.kube.get_secret(self.namespace, secret)
+        if body is None:
+            raise payloads.PayloadError(
+                "SecretNotFound", f'Secret "{secret}" not found in namespace "{self.namespace}"'
+            )
+        data = body.get("data") or {}
+        values: dict[str, str] = {}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            try:
+                # `echo ... | base64` leaves a line break: not part of any credential.
+                value = base64.b64decode(data[key]).decode().strip() if key in data else ""
+            except (ValueError, UnicodeDecodeError):
+                value = "\n"  # refused below
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise payloads.PayloadError(
+                    "InvalidCredentialsSecret", f'Secret "{secret}" key {key} is not base64 of printable text'
+                )
+            values[key] = value
+        missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not values[k]]
+        if missing:
+            raise payloads.PayloadError(
+                "InvalidCredentialsSecret", f'Secret "{secret}" has no key {" or ".join(missing)}'
+            )
+        credentials = objectstore.Credentials(
+            values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"], values["AWS_SESSION_TOKEN"] or None
+        )
+        return credentials, str(body.get("metadata", {}).get("resourceVersion"))
+
+    async def _index_object(self, spec: JobBatchSpec, credentials: objectstore.Credentials) -> payloads.Items:
+        # In a sandbox of its own: the bytes are the user's, their size is unknown, and reading them takes
+        # network time a killable child spends instead of the event loop, without holding the slots
+        # that schema checks of ConfigMap and inline payloads use.
+        if self.indexer is None:
+            return await asyncio.to_thread(payloads.index_object, spec, credentials)
+        return await self.indexer.run(payloads.index_object, spec, credentials, tenant=self.namespace)
 
     async def _prepare(self, spec: JobBatchSpec, data: dict[str, str] | None) -> payloads.Items:
         # Without a schema nothing the user wrote is evaluated (parsing JSON is bounded by the 1 MiB
@@ -317,7 +438,8 @@ class BatchReconciler:
         if self._snapshot_verified and meta.get("uid") == self._snapshot_verified:
             self._snapshot_lost = None
             return
-        if await self._own_snapshot(status.payload_digest) is not None:
+        key = manifests.snapshot_key(spec.payloads)
+        if await self._own_snapshot(status.payload_digest, key) is not None:
             self._snapshot_lost = None
             return
         data = None
@@ -328,9 +450,18 @@ class BatchReconciler:
         items: payloads.Items | None = None
         try:
             # Only re-encoded, not validated: a source holding exactly the accepted items passed the
-            # schema once already (and this takes no sandbox slot).
-            items = payloads.prepare(spec.model_copy(update={"payload_schema": None}), data)
+            # schema once already (and this takes no sandbox slot, but an object's index does).
+            if spec.payloads.object_store is not None:
+                items = await self._indexed_object(spec, check_schema=False)
+            else:
+                items = payloads.prepare(spec.model_copy(update={"payload_schema": None}), data)
+        except SandboxError as exc:
+            if exc.reason == "Crashed":
+                return  # not the input's doing: the next check tries again
+            why = f"its object could not be indexed again: {_indexing_failed(exc)}"
         except payloads.PayloadError as exc:
+            if exc.reason in payloads.TRANSIENT_REASONS:
+                return  # storage unreachable for now: the next check tries again
             why = exc.message
         except Exception as exc:  # noqa: BLE001 -- e.g. JSON nested too deeply: never a pass failing in a loop
             why = f"its source cannot be read again ({type(exc).__name__})"
@@ -347,8 +478,8 @@ class BatchReconciler:
                 "its shards cannot start (delete and re-create the batch)"
             )
             return
-        assert items.jsonl is not None
-        taken = await self._create_snapshot(items.jsonl)
+        assert items.snapshot is not None
+        taken = await self._create_snapshot(items.snapshot, key)
         if taken is not None:
             self._snapshot_lost = f"{taken}; its shards cannot start as they should"
             return
@@ -357,16 +488,16 @@ class BatchReconciler:
         message = f'the payload snapshot ConfigMap "{name}" was deleted; re-created it from the source'
         await self.kube.post_event(body, "Warning", "PayloadSnapshotRecreated", message)
 
-    async def _create_snapshot(self, jsonl: str) -> str | None:
-        """Create the payload snapshot; None once it holds ``jsonl``, else why the name is taken.
+    async def _create_snapshot(self, snapshot: str, key: str = manifests.PAYLOAD_KEY) -> str | None:
+        """Create the payload snapshot; None once it holds ``snapshot``, else why the name is taken.
 
         A ConfigMap of that name may already exist: this batch's own from an earlier pass (fine), or
         one someone made to have the batch's pods read other items (refused, never swallowed).
         """
-        cm = manifests.payload_configmap(self.name, self.namespace, self.uid, jsonl)
+        cm = manifests.payload_configmap(self.name, self.namespace, self.uid, snapshot, key)
         if await self.kube.create_configmap(self.namespace, cm):
             return None
-        if await self._own_snapshot(payloads.digest(jsonl)) is not None:
+        if await self._own_snapshot(payloads.digest(snapshot), key) is not None:
             return None
         name = cm["metadata"]["name"]
         return (
@@ -409,7 +540,7 @@ class BatchReconciler:
                 return f"the API server refuses the shard Jobs this template makes: {message}"
         return None
 
-    async def _own_snapshot(self, digest: str | None = None) -> str | None:
+    async def _own_snapshot(self, digest: str | None = None, key: str = manifests.PAYLOAD_KEY) -> str | None:
         """The payload snapshot of this batch, if there is one: immutable, controlled by the batch, and
         (given ``digest``) holding exactly the items accepted."""
         body = await self.kube.get_configmap(self.namespace, naming.payload_configmap_name(self.name, self.uid))
@@ -418,7 +549,7 @@ class BatchReconciler:
         owner = controller_of(body, KIND)
         if owner is None or owner[1] != self.uid:
             return None
-        snapshot = str((body.get("data") or {}).get(manifests.PAYLOAD_KEY, ""))
+        snapshot = str((body.get("data") or {}).get(key, ""))
         if digest is not None:
             if payloads.digest(snapshot) != digest:
                 return None

@@ -62,6 +62,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         dispatcher=Dispatcher(config.max_running_shards),
         watch=watch,
         sandbox=Sandbox(timeout=config.payload_validation_timeout),
+        indexer=Sandbox(timeout=config.payload_indexing_timeout),
     )
     # Daemons start after this: every Job and failed pod is known.
     await watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime))

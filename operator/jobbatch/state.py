@@ -26,6 +26,7 @@ class Runtime:
     dispatcher: Dispatcher
     watch: ShardWatch
     sandbox: Sandbox
+    indexer: Sandbox  # object-storage sources are indexed in a sandbox of their own
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)
     access: AccessGuard | None = None  # holds the operator's RoleBindings (a namespace-scoped install)
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)

@@ -18,9 +18,16 @@ whichever Job runs it::
 ``JOBBATCH_ITEM_COUNT``     items in the batch
 ``JOBBATCH_PAYLOAD_FILE``   JSON Lines file holding the batch's items (``items`` and
                             ``configMap`` sources only); line i is item i
+``JOBBATCH_PAYLOAD_INDEX``  (``objectStore`` source) JSON index of the object: where
+                            each shard's records start, of which object version
 ``JOBBATCH_PAYLOAD_DIGEST`` that file's SHA-256 as the batch accepted it; ``items``
                             raises PayloadMismatch on any other file
+``JOBBATCH_OBJECT_STORE_*`` (``objectStore`` source) the credentials from its Secret
 ==========================  =====================================================
+
+With an ``objectStore`` source, ``items`` reads only this shard's bytes of the object (one ranged
+GET, of the version the batch indexed: a replaced object raises PayloadMismatch), and parses its
+JSON Lines or CSV records (CSV records are dicts of the header's names to strings).
 
 Typical use::
 
@@ -50,6 +57,8 @@ from typing import Any, TypeVar, overload
 
 from pydantic import TypeAdapter
 
+from jobbatch import objectstore, records
+
 T = TypeVar("T")
 
 
@@ -66,6 +75,8 @@ class Shard:
     item_end: int
     payload_file: str | None
     payload_digest: str | None = None  # SHA-256 of the payload file as the batch accepted it
+    payload_index: str | None = None  # an objectStore source's index file
+    object_credentials: objectstore.Credentials | None = None  # and its credentials (repr hides the secret)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
@@ -83,9 +94,21 @@ class Shard:
                 item_end=min((index + 1) * size, item_count),
                 payload_file=env.get("JOBBATCH_PAYLOAD_FILE") or None,
                 payload_digest=env.get("JOBBATCH_PAYLOAD_DIGEST") or None,
+                payload_index=env.get("JOBBATCH_PAYLOAD_INDEX") or None,
+                object_credentials=_object_credentials(env),
             )
         except KeyError as exc:
             raise RuntimeError(f"{exc.args[0]} is not set: is this running in a JobBatch shard pod?") from None
+
+
+def _object_credentials(env: Mapping[str, str]) -> objectstore.Credentials | None:
+    # Stripped as the operator strips them: a Secret made with `echo ... | base64` ends in a line break.
+    key_id = (env.get("JOBBATCH_OBJECT_STORE_ACCESS_KEY_ID") or "").strip()
+    secret = (env.get("JOBBATCH_OBJECT_STORE_SECRET_ACCESS_KEY") or "").strip()
+    if not key_id or not secret:
+        return None
+    token = (env.get("JOBBATCH_OBJECT_STORE_SESSION_TOKEN") or "").strip()
+    return objectstore.Credentials(key_id, secret, token or None)
 
 
 class PayloadMismatch(RuntimeError):
@@ -99,21 +122,20 @@ MISMATCH_WAIT_SECONDS = 300.0
 MISMATCH_POLL_SECONDS = 5.0
 
 
-def _accepted_bytes(shard: Shard) -> bytes:
+def _accepted_bytes(shard: Shard, path: str) -> bytes:
     """The payload file's bytes, once they hash to the digest the batch accepted (read once: what is
     hashed is what is parsed)."""
-    assert shard.payload_file is not None
     assert shard.payload_digest is not None
     deadline = time.monotonic() + MISMATCH_WAIT_SECONDS
     said = False
     while True:
-        with open(shard.payload_file, "rb") as file:  # at most 1 MiB: a ConfigMap's limit
+        with open(path, "rb") as file:  # at most 1 MiB: a ConfigMap's limit
             data = file.read()
         found = hashlib.sha256(data).hexdigest()
         if found == shard.payload_digest:
             return data
         why = (
-            f"{shard.payload_file} has SHA-256 {found}, not {shard.payload_digest} as the batch accepted: its "
+            f"{path} has SHA-256 {found}, not {shard.payload_digest} as the batch accepted: its "
             "ConfigMap was replaced; refusing to process its items"
         )
         if time.monotonic() >= deadline:
@@ -124,12 +146,52 @@ def _accepted_bytes(shard: Shard) -> bytes:
         time.sleep(MISMATCH_POLL_SECONDS)
 
 
+def _object_items(shard: Shard) -> Iterator[Any]:
+    """This shard's records of an objectStore source: one ranged read of the indexed object version."""
+    assert shard.payload_index is not None
+    if shard.payload_digest is not None:
+        raw = _accepted_bytes(shard, shard.payload_index)
+    else:
+        with open(shard.payload_index, "rb") as file:
+            raw = file.read()
+    index = json.loads(raw)
+    if index.get("version") != 1 or not index.get("etag"):
+        raise PayloadMismatch(f"{shard.payload_index} is not an object index this SDK reads (version 1, with an ETag)")
+    count = shard.item_end - shard.item_start
+    if count == 0:
+        return
+    offsets = index["offsets"]
+    start, end = offsets[shard.index], offsets[shard.index + 1]
+    if shard.object_credentials is None:
+        raise RuntimeError(
+            "JOBBATCH_OBJECT_STORE_ACCESS_KEY_ID or ..._SECRET_ACCESS_KEY is not set (from the source's Secret)"
+        )
+    store = objectstore.ObjectStore(index["endpoint"], shard.object_credentials, index["region"])
+    try:
+        data = store.get_range(index["bucket"], index["key"], start, end, if_match=index["etag"])
+    except objectstore.ObjectChanged:
+        raise PayloadMismatch(
+            f"object {index['bucket']}/{index['key']} was replaced since the batch indexed it; refusing to "
+            "process records of another version"
+        ) from None
+    header = index["header"].encode() if index.get("header") is not None else None
+    found = list(records.parse(index["format"], data, header))
+    if len(found) != count:
+        raise PayloadMismatch(f"bytes {start}-{end} of the object hold {len(found)} records, not {count}")
+    yield from found
+
+
 def _raw_items(shard: Shard) -> Iterator[Any]:
+    if shard.payload_index is not None:
+        yield from _object_items(shard)
+        return
     if shard.payload_file is None:  # a `count` source: the items are their indices
         yield from range(shard.item_start, shard.item_end)
         return
     if shard.payload_digest is not None:
-        accepted = _accepted_bytes(shard).decode("utf-8").split("\n")  # lines end at "\n" only, as written
+        accepted = (
+            _accepted_bytes(shard, shard.payload_file).decode("utf-8").split("\n")
+        )  # lines end at "\n" only, as written
         yield from (json.loads(line) for line in accepted[shard.item_start : shard.item_end])
         return
     with open(shard.payload_file, encoding="utf-8") as lines:

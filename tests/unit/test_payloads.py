@@ -19,18 +19,18 @@ def spec(payloads: dict[str, Any], **kw: Any) -> JobBatchSpec:
 def test_inline_items_become_json_lines() -> None:
     items = prepare(spec({"items": [{"url": "a"}, 2, "x"]}))
     assert items.count == 3
-    assert items.jsonl == '{"url":"a"}\n2\n"x"\n'
+    assert items.snapshot == '{"url":"a"}\n2\n"x"\n'
 
 
 def test_count_source_has_no_file() -> None:
-    assert prepare(spec({"count": 100_000})).jsonl is None
+    assert prepare(spec({"count": 100_000})).snapshot is None
 
 
 def test_configmap_lines_are_parsed_and_blank_lines_skipped() -> None:
     s = spec({"configMap": {"name": "cm", "key": "data"}})
     items = prepare(s, {"data": '{"url": "a"}\n\n{"url": "b"}\n'})
     assert items.count == 2
-    assert parse_jsonl(items.jsonl or "", "x") == [{"url": "a"}, {"url": "b"}]
+    assert parse_jsonl(items.snapshot or "", "x") == [{"url": "a"}, {"url": "b"}]
 
 
 def test_missing_configmap_key_is_named() -> None:

@@ -7,6 +7,7 @@ the test says, so a test can hold it back and show what a lagging watch does.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 from typing import Any
@@ -14,13 +15,14 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from jobbatch import api, manifests, naming
+from jobbatch import api, manifests, naming, objectstore
 from jobbatch import reconciler as reconciler_module
 from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Conflict
 from jobbatch.observed import ShardJob, summarize
 from jobbatch.payloads import digest
 from jobbatch.reconciler import BatchReconciler
+from tests.unit.test_object_payloads import CREDENTIALS, MemoryStore
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -53,6 +55,7 @@ class FakeKube:
         self.fail_creates = False
         self.fail_reads = False
         self.configmaps: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
 
     def _bump(self) -> None:
         meta = self.batch["metadata"]
@@ -118,6 +121,10 @@ class FakeKube:
 
     async def get_priority_value(self, name: str) -> int | None:
         return 0
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get-secret", name))
+        return copy.deepcopy(self.secrets.get(name))
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("get-configmap", name))
@@ -559,3 +566,40 @@ async def test_refusals_of_several_jobs_share_one_backoff_in_the_real_loop() -> 
     assert sum(1 for c in kube.calls if c[0] == "create") <= 3
     assert r.failed_create is not None
     assert r.failed_create.failures == 2
+
+
+async def test_an_object_refused_for_its_data_is_read_once_per_version_and_a_fix_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal on an object's data is kept while the object is unchanged (one read per version), and
+    is never final: a recorded verdict does not stop the fixed object from being indexed again."""
+    monkeypatch.setattr(objectstore, "ObjectStore", MemoryStore)
+    MemoryStore.objects, MemoryStore.reads, MemoryStore.fail = {("bkt", "k"): b'{"url": 1}\n'}, [], None
+    source = {"endpoint": "http://s3.local:7070", "bucket": "bkt", "key": "k", "credentialsSecret": {"name": "s3"}}
+    kube = FakeKube({"payloads": {"objectStore": source}, "payloadSchema": {"properties": {"url": {"type": "string"}}}})
+    secret = {
+        "AWS_ACCESS_KEY_ID": CREDENTIALS.access_key_id + "\n",
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS.secret_access_key,
+    }
+    kube.secrets["s3"] = {
+        "metadata": {"name": "s3", "resourceVersion": "5"},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+    }
+    refused_before(kube, "PayloadSchemaViolation")  # e.g. by the previous leader
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    await r.reconcile_once()
+    assert condition_of(kube, "Accepted")["reason"] == "PayloadSchemaViolation"
+    reads = len(MemoryStore.reads)
+    assert reads == 1
+    await r.reconcile_once()
+    assert len(MemoryStore.reads) == reads  # same object version: the verdict stands, nothing is read
+    MemoryStore.objects[("bkt", "k")] = b'{"url": "https://example.com"}\n'
+    await r.reconcile_once()
+    clock.now += 2  # status writes are throttled: the acceptance is written by a pass a little later
+    await r.reconcile_once()
+    accepted = condition_of(kube, "Accepted")
+    assert accepted["status"] == "True", accepted
+    assert kube.batch["status"]["itemCount"] == 1
+    (snapshot,) = kube.configmaps.values()
+    assert manifests.INDEX_KEY in snapshot["data"]

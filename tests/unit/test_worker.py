@@ -37,9 +37,9 @@ def shard_env(
     )  # fmt: skip
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     env["JOB_COMPLETION_INDEX"] = str(shard - first)  # what the Job controller sets on an Indexed Job's pod
-    if items.jsonl is not None:
+    if items.snapshot is not None:
         path = tmp_path / "payloads.jsonl"
-        path.write_text(items.jsonl)
+        path.write_text(items.snapshot)
         env["JOBBATCH_PAYLOAD_FILE"] = str(path)
     return env
 
