@@ -80,9 +80,7 @@ class ObjectStoreSource(_Model):
         description="The S3 endpoint URL (path-style requests), e.g. https://s3.eu-west-1.amazonaws.com or "
         "http://minio.storage.svc:9000. Both the operator and the worker pods must reach it.",
     )
-    bucket: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket name (S3's naming rules)."
-    )
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket name (S3's naming rules).")
     key: str = Field(min_length=1, max_length=1024, description="Object key.")
     region: str = Field(default="us-east-1", min_length=1, max_length=64, description="Region requests are signed for.")
     format: Literal["JSONLines", "CSV"] = Field(
