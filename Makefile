@@ -11,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench chaos lint typecheck unit integration tools deps crds images clean
+.PHONY: demo test bench chaos e2e lint typecheck unit integration tools deps crds images clean
 
 demo: $(STAMP) tools
 	$(BIN)/python -m e2e.demo
@@ -41,12 +41,17 @@ integration: $(STAMP) tools
 chaos: $(STAMP) tools
 	$(BIN)/python -m e2e.chaos $(CHAOS_ARGS)
 
+# The import pipeline at full size on a real node: 100,000 records from S3 into PostgreSQL through chaos
+# (examples/06-import/README.md). About 4.5 minutes on 2 cores; not part of `test` (which runs it at 3,000 records).
+e2e: $(STAMP) tools
+	$(BIN)/python -m e2e.pipeline $(E2E_ARGS)
+
 # Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart (a unit test fails on drift).
 crds: $(STAMP)
 	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
 	cp crds/jobbatch.io_jobbatches.yaml charts/jobbatch-operator/crds/
 
-# Operator, example-worker and pause images as docker-archive tars in ~/.cache/jobbatch/images, from a
+# Operator, example-worker, import-worker and pause images as docker-archive tars in ~/.cache/jobbatch/images, from a
 # Debian base made here (no registry, no Docker; e2e/images.py). images/build.sh builds them with Docker.
 images: $(STAMP)
 	$(BIN)/python -m e2e.images build

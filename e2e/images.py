@@ -10,6 +10,7 @@ nothing else does.
 
 - ``jobbatch-operator:0.1.0`` and ``jobbatch-example-worker:0.1.0``: the same two layers as
   ``images/*.Dockerfile`` (a Debian base with python3, then a venv with the package);
+- ``jobbatch-import-worker:0.1.0``: the import pipeline's worker (examples/06-import), with pg8000;
 - ``jobbatch.local/pause:1``: containerd's ``sandbox_image`` on the real node.
 
 Usage::
@@ -39,7 +40,10 @@ from e2e import tools
 REPO = Path(__file__).resolve().parents[1]
 TAG = "0.1.0"  # the package's version; images/build.sh and every example use it
 DEBIAN_SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# tini is every image's PID 1: a process that is PID 1 ignores a SIGTERM it has no handler for, so a
+# worker stopped while Python starts (before the SDK's handler exists) would run on to its end.
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tini")
+INIT = ("/usr/bin/tini", "--")
 # Bump when a recipe below changes, so cached archives are rebuilt.
 RECIPE_REVISION = 1
 PAUSE_IMAGE = "jobbatch.local/pause:1"
@@ -55,19 +59,26 @@ class AppImage:
     cmd: tuple[str, ...] = ()
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # path in image -> path in repo
     ports: tuple[int, ...] = ()
+    requirements: tuple[str, ...] = ()  # more PyPI packages in the venv (pinned)
 
     @property
     def ref(self) -> str:
         return f"{self.repository}:{TAG}"
 
 
-OPERATOR = AppImage("jobbatch-operator", entrypoint=("jobbatch",), cmd=("run",), ports=(8080, 8081))
+OPERATOR = AppImage("jobbatch-operator", entrypoint=(*INIT, "jobbatch"), cmd=("run",), ports=(8080, 8081))
 EXAMPLE_WORKER = AppImage(
     "jobbatch-example-worker",
-    entrypoint=("python", "/app/worker.py"),
+    entrypoint=(*INIT, "python", "/app/worker.py"),
     files={"/app/worker.py": "examples/worker/worker.py"},
 )
-APP_IMAGES = (OPERATOR, EXAMPLE_WORKER)
+IMPORT_WORKER = AppImage(
+    "jobbatch-import-worker",
+    entrypoint=(*INIT, "python", "/app/worker.py"),
+    files={"/app/worker.py": "examples/06-import/worker.py"},
+    requirements=("pg8000==1.31.6",),  # pure Python: no compiler, no libpq in the image
+)
+APP_IMAGES = (OPERATOR, EXAMPLE_WORKER, IMPORT_WORKER)
 
 
 def images_dir() -> Path:
@@ -205,6 +216,7 @@ def app_image(image: AppImage, wheels: Path | None = None) -> Path:
                 "--find-links",
                 "/wheels",
                 "jobbatch-operator",
+                *image.requirements,
             ],
             env=_CHROOT_ENV,
         )
@@ -232,9 +244,11 @@ def app_image(image: AppImage, wheels: Path | None = None) -> Path:
 
 
 def build_wheels(into: Path) -> Path:
-    """Wheels of the package and its dependencies, made on the host (same CPython minor as the base)."""
+    """Wheels of the package, every image's extra requirements and their dependencies, made on the host
+    (the same CPython minor as the base)."""
     into.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(into), str(REPO)])
+    extra = sorted({r for image in APP_IMAGES for r in image.requirements})
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(into), str(REPO), *extra])
     return into
 
 

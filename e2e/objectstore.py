@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p_put.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     if args.command == "serve":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill %1` stops the server too
         with serving(args.dir, args.dir.with_suffix(".log")) as endpoint:
             print(f"serving {args.dir} at {endpoint} (access key {ACCESS_KEY}, secret key {SECRET_KEY})", flush=True)
             with contextlib.suppress(KeyboardInterrupt):

@@ -42,6 +42,13 @@ Typical use::
 
 A worker signals a failure by exiting non-zero; exit codes listed in the batch's
 ``retry.nonRetryableExitCodes`` fail the shard without retries.
+
+Stopping: a pod is stopped with SIGTERM (suspend, lower parallelism, an eviction, a deleted pod), and
+a container's first process is PID 1, which the kernel spares from signals it has no handler for: a
+Python worker run as ``python worker.py`` would ignore SIGTERM and run on until SIGKILL, 30 s later,
+finishing work its shard no longer owns. ``Shard.from_env`` (which ``items`` calls) therefore installs,
+unless the worker has its own, a SIGTERM handler that exits with 143 (128 + SIGTERM) at once, running
+``finally`` blocks and ``with`` exits on the way (``SystemExit``), as a shell-started process would.
 """
 
 from __future__ import annotations
@@ -50,7 +57,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, overload
@@ -80,6 +89,7 @@ class Shard:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
+        stop_on_sigterm()
         env = os.environ if env is None else env
         try:
             index = int(env["JOBBATCH_FIRST_SHARD"]) + int(env["JOB_COMPLETION_INDEX"])
@@ -99,6 +109,22 @@ class Shard:
             )
         except KeyError as exc:
             raise RuntimeError(f"{exc.args[0]} is not set: is this running in a JobBatch shard pod?") from None
+
+
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(SIGTERM_EXIT_CODE)
+
+
+def stop_on_sigterm() -> None:
+    """Exit with 143 on SIGTERM (see the module doc), unless a handler is set already; a no-op off the main
+    thread, where handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def _object_credentials(env: Mapping[str, str]) -> objectstore.Credentials | None:

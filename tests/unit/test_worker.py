@@ -109,3 +109,42 @@ def test_a_replaced_payload_file_is_refused(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(worker, "MISMATCH_WAIT_SECONDS", 60.0)
     monkeypatch.setattr("jobbatch.worker.time.sleep", lambda seconds: path.write_text(accepted))
     assert [i.url for i in worker.items(Url, shard=worker.Shard.from_env(env))] == ["b"]
+
+
+STOPPABLE = """
+import sys, time
+from jobbatch import worker
+try:
+    worker.stop_on_sigterm()
+    print("ready", flush=True)
+    time.sleep(60)
+finally:
+    print("cleaned up", flush=True)
+"""
+
+
+def test_a_worker_stops_at_once_on_sigterm_and_runs_its_cleanup() -> None:
+    """Even as PID 1 of a container, which ignores a SIGTERM it has no handler for, the SDK's worker ends."""
+    import signal
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", STOPPABLE], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        assert proc.stdout.read() == "cleaned up\n"
+
+
+def test_a_workers_own_sigterm_handler_is_kept() -> None:
+    import signal
+
+    def mine(signum: int, frame: object) -> None: ...
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        worker.stop_on_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
