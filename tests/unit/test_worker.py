@@ -112,12 +112,12 @@ def test_a_replaced_payload_file_is_refused(tmp_path: Path, monkeypatch: pytest.
 
 
 STOPPABLE = """
-import sys, time
+import signal
 from jobbatch import worker
 try:
     worker.stop_on_sigterm()
     print("ready", flush=True)
-    time.sleep(60)
+    signal.pause()  # until a signal: the SIGTERM the test sends
 finally:
     print("cleaned up", flush=True)
 """
