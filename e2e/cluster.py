@@ -39,7 +39,15 @@ from e2e import realnode, tools
 
 STAGES_FILE = Path(__file__).parent / "kwok" / "stages.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-REAL_NODE_COMPONENTS = ("containerd", "kubelet")
+REAL_NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+# Beside a real node, the kwok nodes carry kwok's own taint, so a pod that asks for nothing (every
+# example as written, the operator's chart) lands on the real node and simulated pods ask for kwok.
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+# What a pod needs to be simulated: a kwok node selected and, beside a real node, its taint tolerated.
+SIMULATED_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": KWOK_TAINT["key"], "operator": "Exists", "effect": KWOK_TAINT["effect"]}],
+}
 
 
 @dataclasses.dataclass
@@ -100,11 +108,12 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _make_pki(pki: Path) -> None:
+def _make_pki(pki: Path, *, extra_ips: tuple[str, ...] = ()) -> None:
     """A CA, one serving/admin certificate, and the service-account key pair.
 
     One ``system:masters`` client certificate serves every component, as kwokctl
     does: the test plane has no node or component identities to keep apart.
+    ``extra_ips`` are further addresses the API server is reached at (the VM's, from pods).
     """
     pki.mkdir(parents=True, exist_ok=True)
     _openssl(
@@ -123,11 +132,9 @@ def _make_pki(pki: Path) -> None:
         "/CN=jobbatch-local-ca",
         cwd=pki,
     )
-    (pki / "admin.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-    )
+    names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+    sans = [f"IP:{ip}" for ip in ("127.0.0.1", "10.0.0.1", *extra_ips)] + [f"DNS:{n}" for n in ("localhost", *names)]
+    (pki / "admin.ext").write_text(f"subjectAltName={','.join(sans)}\nextendedKeyUsage=serverAuth,clientAuth\n")
     _openssl(
         "req",
         "-newkey",
@@ -188,7 +195,7 @@ def _write_kubeconfig(path: Path, pki: Path, port: int) -> None:
 
 def _node_manifest(index: int, s: Settings) -> dict[str, Any]:
     resources = {"cpu": s.node_cpu, "memory": s.node_memory, "pods": str(s.pods_per_node)}
-    return {
+    node: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -203,6 +210,9 @@ def _node_manifest(index: int, s: Settings) -> dict[str, Any]:
         },
         "status": {"allocatable": resources, "capacity": resources},
     }
+    if s.real_nodes:
+        node["spec"] = {"taints": [KWOK_TAINT]}
+    return node
 
 
 class LocalCluster:
@@ -323,7 +333,9 @@ class LocalCluster:
             shutil.rmtree(self.logs)
         self.logs.mkdir(parents=True)
         pki = self.state / "pki"
-        _make_pki(pki)
+        # With a real node, pods reach the API server at the VM's address, through the `kubernetes` Service.
+        vm_ip = realnode.node_ip() if s.real_nodes else ""
+        _make_pki(pki, extra_ips=(vm_ip,) if vm_ip else ())
         etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         (self.state / "ports.json").write_text(json.dumps({"etcd": etcd_port, "apiserver": api_port}))
         (self.state / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
@@ -350,9 +362,8 @@ class LocalCluster:
             [
                 "kube-apiserver",
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
                 f"--secure-port={api_port}",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_address_flags(vm_ip),
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'admin.crt'}",
                 f"--tls-private-key-file={pki / 'admin.key'}",
@@ -363,8 +374,6 @@ class LocalCluster:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
-                # The loopback advertise address cannot back the `kubernetes` Service.
-                "--endpoint-reconciler-type=none",
                 # logs/exec reach a kubelet by its address: no DNS has the node names.
                 "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
@@ -420,6 +429,15 @@ class LocalCluster:
             what="the default ServiceAccount (controller-manager running)",
         )
         return self.kubeconfig
+
+    @staticmethod
+    def _apiserver_address_flags(vm_ip: str) -> list[str]:
+        """Loopback only, unless pods must reach the API server: then the VM's address backs the
+        `kubernetes` Service (its endpoint reconciler publishes it; kube-proxy routes to it)."""
+        if not vm_ip:
+            # A loopback advertise address cannot back the `kubernetes` Service: publish none.
+            return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        return ["--bind-address=0.0.0.0", f"--advertise-address={vm_ip}"]
 
     def down(self) -> None:
         """Stop every component (TERM, then KILL) and delete the state folder."""

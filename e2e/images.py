@@ -289,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="build missing images, print their archives")
     p_build.add_argument("--load", action="store_true", help="docker load the archives too")
+    p_req = sub.add_parser("requirements", help="print an image's extra PyPI pins (images/build.sh reads them)")
+    p_req.add_argument("repository", choices=[i.repository for i in APP_IMAGES])
     args = parser.parse_args(argv)
+    if args.command == "requirements":
+        print(" ".join(next(i for i in APP_IMAGES if i.repository == args.repository).requirements))
+        return 0
     if os.geteuid() != 0:
         print("building images needs root (debootstrap, chroot)", file=sys.stderr)
         return 1

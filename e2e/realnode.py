@@ -7,15 +7,18 @@ deleted. It is what ``python -m e2e.cluster up --real-nodes 1`` adds (docs/testi
 Everything it needs is built or installed here (../shared/PLATFORM.md says why each
 setting is what it is on these VMs):
 
-- the kubelet and crictl from the Go module proxy (``e2e/tools.py``);
+- the kubelet, kube-proxy and crictl from the Go module proxy (``e2e/tools.py``);
 - containerd 1.6, runc and the CNI plugins from Debian, started per cluster with their
   own root, state and socket under the cluster's state folder;
-- the images from ``e2e/images.py`` (pause, operator, example worker), imported into
+- the images from ``e2e/images.py`` (pause, operator, workers), imported into
   containerd at start, so pods use them without a registry.
 
-The node is tainted ``jobbatch.io/real-node=true:NoSchedule`` and labelled
-``jobbatch.io/node=real``, so only pods that ask for it land there; simulated-pod tests
-keep to the kwok nodes.
+Pods reach the API server as on any cluster: through the ``kubernetes`` Service, which
+kube-proxy (iptables mode) routes to the API server on the VM's address.
+
+The node is labelled ``jobbatch.io/node=real`` and not tainted; the kwok nodes beside it
+are (``e2e.cluster.KWOK_TAINT``), so pods that ask for nothing, the examples as written and
+the operator's chart, run here, and simulated-pod tests ask for kwok nodes.
 """
 
 from __future__ import annotations
@@ -35,20 +38,22 @@ from typing import Any
 from e2e import images, tools
 
 NODE_NAME = "real-node-0"
-TAINT_KEY = "jobbatch.io/real-node"
 NODE_LABEL = {"jobbatch.io/node": "real"}
 # Pods on the real node get addresses here (a bridge inside this VM, per the network rule).
 POD_SUBNET = "10.88.0.0/16"
 BRIDGE = "jbr0"
-DEBIAN_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
+DEBIAN_PACKAGES = {
+    "containerd": "containerd",
+    "runc": "runc",
+    "ctr": "containerd",
+    "iptables-restore": "iptables",  # kube-proxy's rules
+    "conntrack": "conntrack",  # kube-proxy clears stale UDP flows with it
+}
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-# What a pod needs to run there: the node's taint tolerated and the node selected.
-POD_PLACEMENT: dict[str, Any] = {
-    "nodeSelector": NODE_LABEL,
-    "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
-}
+# What a pod needs to run there for sure (not on a kwok node of another cluster's setup).
+POD_PLACEMENT: dict[str, Any] = {"nodeSelector": NODE_LABEL}
 
 
 def node_ip() -> str:
@@ -175,7 +180,6 @@ class RealNode:
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": healthz_port,
             "containerRuntimeEndpoint": f"unix://{self.socket}",
-            "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
             "maxPods": 50,
             "serializeImagePulls": False,
             "clusterDomain": "cluster.local",
@@ -183,6 +187,23 @@ class RealNode:
             "nodeStatusReportFrequency": "10s",
             "fileCheckFrequency": "0s",
             "syncFrequency": "10s",
+        }
+
+    def _kube_proxy_config(self, metrics_port: int, healthz_port: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "mode": "iptables",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "hostnameOverride": NODE_NAME,
+            "clusterCIDR": POD_SUBNET,
+            # Every Service connection leaves with the bridge's address, so replies come back through
+            # this host's conntrack whether or not bridged traffic passes iptables (br_netfilter).
+            "iptables": {"masqueradeAll": True, "localhostNodePorts": False},
+            # Leave the host's conntrack table sizes and timeouts as they are.
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            "metricsBindAddress": f"127.0.0.1:{metrics_port}",
+            "healthzBindAddress": f"127.0.0.1:{healthz_port}",
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -218,6 +239,9 @@ class RealNode:
                 f"--node-labels={labels}",
             ],
         )
+        proxy = self._kube_proxy_config(_free_port(), _free_port())
+        (self.dir / "kube-proxy.json").write_text(json.dumps(proxy, indent=2))
+        start("kube-proxy", [str(self.bin / "kube-proxy"), f"--config={self.dir / 'kube-proxy.json'}"])
 
     def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         command = ["ctr", f"--address={self.socket}", "--namespace=k8s.io", *args]
@@ -237,9 +261,14 @@ class RealNode:
 
         The kubelet goes first, so it starts nothing new; then every pod sandbox is stopped and
         removed through the CRI (containers killed, CNI torn down, network namespaces released);
-        then containerd; then whatever a crash may have left: shims, mounts, cgroups.
+        then containerd; then whatever a crash may have left: shims, mounts, cgroups; and
+        kube-proxy's rules (``--cleanup`` removes every chain it made).
         """
         stop("kubelet")
+        stop("kube-proxy")
+        subprocess.run([str(self.bin / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60)
+        for table in ("mangle", "nat", "filter"):  # the kubelet's own canary chains
+            subprocess.run(["iptables", "-t", table, "-X", "KUBE-KUBELET-CANARY"], capture_output=True)
         if self.socket.exists():
             self.crictl("rmp", "--all", "--force")
         stop("containerd")

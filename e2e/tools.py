@@ -86,8 +86,10 @@ TOOLS: tuple[GoTool, ...] = (
         revision=2,
         **_KUBERNETES_BUILD,
     ),
-    # The real node (e2e/realnode.py): kubelet, crictl to clear its pods, and the pause image's program.
+    # The real node (e2e/realnode.py): kubelet, kube-proxy, crictl to clear its pods, the pause image's program.
     GoTool(key="kubelet", packages={"kubelet": "k8s.io/kubernetes/cmd/kubelet"}, **_KUBERNETES_BUILD),
+    # Serves Services (the `kubernetes` one above all) to the real node's pods, in iptables mode.
+    GoTool(key="kube-proxy", packages={"kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy"}, **_KUBERNETES_BUILD),
     GoTool(
         key="cri-tools",
         module="sigs.k8s.io/cri-tools",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the operator and example-worker images.
+# Build the operator, example-worker and import-worker images (the ones `make images` builds
+# without Docker, as docker-archive tars; this script is for machines with Docker and a registry).
 #
 #   bash images/build.sh [TAG]                 # base image python:3.11-slim (needs a registry)
 #   BASE=local bash images/build.sh [TAG]      # base made here with debootstrap (no registry needed)
@@ -26,7 +27,7 @@ if [ "$BASE" = local ]; then
     need debootstrap debootstrap
     rootfs=$(mktemp -d)
     echo "building $LOCAL_BASE with debootstrap"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" >/dev/null
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tini bookworm "$rootfs" >/dev/null
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import - "$LOCAL_BASE" >/dev/null
     rm -rf "$rootfs"
@@ -34,11 +35,16 @@ if [ "$BASE" = local ]; then
   BASE=$LOCAL_BASE
 fi
 
+IMPORT_REQUIREMENTS=$(python3 -m e2e.images requirements jobbatch-import-worker)  # pinned in e2e/images.py
 rm -rf images/wheels && mkdir -p images/wheels
-python3 -m pip wheel --quiet --wheel-dir images/wheels .
-for image in operator worker; do
-  name=jobbatch-$image
-  [ $image = worker ] && name=jobbatch-example-worker
-  docker build --quiet --build-arg "BASE=$BASE" -f "images/$image.Dockerfile" -t "$name:$TAG" . >/dev/null
+# shellcheck disable=SC2086  # the pins are words
+python3 -m pip wheel --quiet --wheel-dir images/wheels . $IMPORT_REQUIREMENTS
+build() {  # NAME DOCKERFILE [BUILD-ARG...]
+  local name=$1 file=$2; shift 2
+  docker build --quiet --build-arg "BASE=$BASE" "$@" -f "$file" -t "$name:$TAG" . >/dev/null
   echo "built $name:$TAG (base $BASE)"
-done
+}
+build jobbatch-operator images/operator.Dockerfile
+build jobbatch-example-worker images/worker.Dockerfile --build-arg WORKER=examples/worker/worker.py
+build jobbatch-import-worker images/worker.Dockerfile --build-arg WORKER=examples/06-import/worker.py \
+  --build-arg "REQUIREMENTS=$IMPORT_REQUIREMENTS"

@@ -11,8 +11,11 @@ Try it outside Kubernetes by faking the environment the operator provides:
     JOBBATCH_ATTEMPT=0 JOBBATCH_SHARD_COUNT=1 JOBBATCH_SHARD_SIZE=2 JOBBATCH_ITEM_COUNT=2 \
     JOBBATCH_PAYLOAD_FILE=/tmp/items.jsonl python examples/worker/worker.py
 
-With WORKER_OUTPUT_DIR set, it also writes the URLs it processed to one file per shard attempt
-there (<batch>-<shard>-<attempt>.txt), which is how the real-node tests check its work.
+One image runs every example (examples/01 to 05): an item is a page (01, 02), a thumbnail
+to make (04), or a record number from a `count` source (03, 05); anything else is bad input.
+
+With WORKER_OUTPUT_DIR set, it also writes what it processed, one line per item, to one file per
+shard attempt there (<batch>-<shard>-<attempt>.txt), which is how the real-node tests check its work.
 """
 
 from __future__ import annotations
@@ -29,7 +32,32 @@ EXIT_BAD_INPUT = 2  # list it in retry.nonRetryableExitCodes: retrying cannot fi
 
 
 class Page(BaseModel):
+    """A page to fetch (examples 01 and 02)."""
+
     url: str
+
+
+class Thumbnail(BaseModel):
+    """An image to resize (example 04)."""
+
+    image: str
+    width: int
+
+
+# A `count` source's items are record numbers: the worker finds record N itself (examples 03, 05).
+Item = Page | Thumbnail | int
+
+
+def process(item: Item) -> str:
+    """The real work goes here; returns what was done, for the output file."""
+    if isinstance(item, Page):
+        done = item.url
+    elif isinstance(item, Thumbnail):
+        done = f"{item.image} at {item.width}px"
+    else:
+        done = f"record {item}"
+    print(f"processing {done}", flush=True)
+    return done
 
 
 def main() -> int:
@@ -37,9 +65,8 @@ def main() -> int:
     print(f"{shard.batch} shard {shard.index + 1}/{shard.count}, attempt {shard.attempt}", flush=True)
     done = []
     try:
-        for page in worker.items(Page, shard=shard):
-            print(f"processing {page.url}", flush=True)  # real work goes here
-            done.append(page.url)
+        for item in worker.items(Item, shard=shard):
+            done.append(process(item))
     except ValidationError as exc:
         print(f"bad item: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -47,7 +74,7 @@ def main() -> int:
     if output_dir:
         out = Path(output_dir) / f"{shard.batch}-{shard.index}-{shard.attempt}.txt"
         partial = out.with_suffix(".partial")
-        partial.write_text("".join(f"{url}\n" for url in done))
+        partial.write_text("".join(f"{line}\n" for line in done))
         partial.replace(out)  # a reader never sees half a file
     return 0
 

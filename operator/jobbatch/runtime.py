@@ -83,8 +83,18 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         await runtime.close()
 
 
-async def _operator(config: OperatorConfig, *, liveness: bool = True) -> None:
+def _identity() -> str:
+    """Who this process is, for the Lease and kopf.
+
+    Given to kopf too: left alone, kopf asks ``getpass.getuser()``, which fails in a container whose
+    user (65532 in the chart) has no passwd entry.
+    """
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def _operator(config: OperatorConfig, *, identity: str, liveness: bool = True) -> None:
     await kopf.operator(
+        identity=identity,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str that kopf does not export
         clusterwide=config.clusterwide,
         namespaces=config.namespaces,
         liveness_endpoint=(config.liveness_endpoint or None) if liveness else None,
@@ -112,11 +122,12 @@ async def _health_server(endpoint: str) -> web.AppRunner | None:
 
 async def _lead(config: OperatorConfig) -> None:
     """Run kopf only while holding the Lease; exit when it is lost, so the pod restarts as a standby."""
-    identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    identity = _identity()
     api_client = await new_api_client()
     lock = LeaseLock(config.leader_election_lease, config.leader_election_namespace, identity, api_client)
     lost = asyncio.Event()
     stopped = asyncio.Event()  # kopf ended on its own (SIGTERM/SIGINT): the process ends too
+    failures: list[BaseException] = []  # kopf failed: the process fails with it, and lets the Lease go
 
     async def on_lost() -> None:
         logger.error("lost the leader Lease %s/%s; exiting", config.leader_election_namespace, lock.name)
@@ -125,7 +136,9 @@ async def _lead(config: OperatorConfig) -> None:
     async def on_lead() -> None:
         logger.info("%s leads (Lease %s/%s)", identity, config.leader_election_namespace, lock.name)
         try:
-            await _operator(config, liveness=False)
+            await _operator(config, identity=identity, liveness=False)
+        except Exception as exc:  # noqa: BLE001 - the election library drops its callbacks' failures unseen
+            failures.append(exc)
         finally:
             stopped.set()
 
@@ -158,6 +171,8 @@ async def _lead(config: OperatorConfig) -> None:
         await api_client.close()
     if electing.done() and not electing.cancelled() and (failure := electing.exception()) is not None:
         raise failure
+    if failures:
+        raise failures[0]
     if lost.is_set():
         raise SystemExit(1)
 
@@ -173,4 +188,4 @@ def run(config: OperatorConfig) -> None:
         for noisy in ("aiohttp.access", "kopf.objects"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     metrics.serve(config.metrics_port, config.metrics_bind_address)
-    asyncio.run(_lead(config) if config.leader_election else _operator(config))
+    asyncio.run(_lead(config) if config.leader_election else _operator(config, identity=_identity()))

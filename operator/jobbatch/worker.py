@@ -232,12 +232,14 @@ def _raw_items(shard: Shard) -> Iterator[Any]:
 def items(model: None = None, *, shard: Shard | None = None) -> Iterator[Any]: ...
 @overload
 def items(model: type[T], *, shard: Shard | None = None) -> Iterator[T]: ...
-def items(model: type[T] | None = None, *, shard: Shard | None = None) -> Iterator[Any]:
+@overload
+def items(model: object, *, shard: Shard | None = None) -> Iterator[Any]: ...  # a union, Annotated[...]
+def items(model: Any = None, *, shard: Shard | None = None) -> Iterator[Any]:
     """This shard's items in order; validated as ``model`` (any pydantic-compatible type) if given."""
     shard = shard or Shard.from_env()
     if model is None:
         yield from _raw_items(shard)
         return
-    adapter = TypeAdapter(model)
+    adapter: TypeAdapter[Any] = TypeAdapter(model)
     for item in _raw_items(shard):
         yield adapter.validate_python(item)

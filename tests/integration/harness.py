@@ -14,6 +14,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from e2e import images, realnode
+from e2e.cluster import SIMULATED_PLACEMENT
 from jobbatch import api
 from tests.waiting import TIMEOUT, eventually
 
@@ -22,10 +23,10 @@ CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "jobbatch.io_jobbatche
 
 
 def template(**annotations: str) -> dict[str, Any]:
-    """A worker pod template; annotations steer the simulated pods (docs/testing.md)."""
+    """A worker pod template on kwok nodes; annotations steer the simulated pods (docs/testing.md)."""
     return {
         "metadata": {"annotations": {f"sim.jobbatch.io/{k.replace('_', '-')}": v for k, v in annotations.items()}},
-        "spec": {"containers": [{"name": "worker", "image": "example.invalid/worker:1"}]},
+        "spec": {**SIMULATED_PLACEMENT, "containers": [{"name": "worker", "image": "example.invalid/worker:1"}]},
     }
 
 

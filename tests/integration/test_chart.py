@@ -1,22 +1,18 @@
-"""The Helm chart: lint, server-side schema validation, install, and the operator running on its RBAC."""
+"""The Helm chart: lint, server-side schema validation, and `helm install` running the operator as real pods."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes_asyncio import client
 
 from e2e import tools
-from e2e.operator_process import OperatorProcess
-from tests.integration.harness import Batches, template
+from tests.integration.harness import Batches, host_dir, real_template
 from tests.waiting import eventually
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "jobbatch-operator"
@@ -55,91 +51,123 @@ def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None) -> N
         run("kubectl", "apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=rendered)
 
 
-async def test_chart_installs_and_its_rbac_runs_a_batch(
-    api: client.ApiClient, kubeconfig: Path, namespace: str, release_namespace: str, batches: Batches, tmp_path: Path
+async def test_the_chart_runs_the_operator_as_real_pods(
+    api: client.ApiClient,
+    kubeconfig: Path,
+    namespace: str,
+    release_namespace: str,
+    batches: Batches,
+    real_node: str,
+    tmp_path: Path,
 ) -> None:
+    """`helm install` as a user does it: two replicas of the image built here, on the real node, reaching
+    the API server through the `kubernetes` Service with the chart's ServiceAccount. A rule missing from
+    the chart's RBAC fails the batches; a replica that cannot lead, probe or serve metrics fails the rest."""
     release = "jb"
     fullname = f"{release}-jobbatch-operator"
+    core = client.CoreV1Api(api)
     run(
         "helm", "install", release, str(CHART), "--namespace", release_namespace,
-        "--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "replicaCount=1", "--wait", "--timeout", "90s",
-        kubeconfig=kubeconfig,
+        "--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "operator.leaseDurationSeconds=5",
+        "--wait", "--timeout", "120s", kubeconfig=kubeconfig,
     )  # fmt: skip
     try:
-        # The Deployment's pod was admitted under `restricted` (kwok runs it as a simulated pod).
         deployment = await client.AppsV1Api(api).read_namespaced_deployment(fullname, release_namespace)
-        assert deployment.status.available_replicas == 1
+        assert deployment.status.ready_replicas == 2  # both passed their readiness probes
         container = deployment.spec.template.spec.containers[0]
-        assert container.security_context.read_only_root_filesystem
-        assert "--leader-elect" in container.args
-        assert "--payload-validation-timeout=20" in container.args
+        assert container.security_context.read_only_root_filesystem  # admitted under `restricted`
         assert f"--namespace={namespace}" in container.args
         assert f"--access-binding={fullname}-application" in container.args
+        pods = await _operator_pods(core, release_namespace, release)
+        assert {p.spec.node_name for p in pods} == {real_node}
         rbac = client.RbacAuthorizationV1Api(api)
         bindings = await rbac.list_namespaced_role_binding(namespace)
         assert [b.metadata.name for b in bindings.items] == [f"{fullname}-application"]
         await _namespace_users_get_the_rights_they_expect(rbac, kubeconfig, namespace)
 
-        # Run the operator beside it with the chart's ServiceAccount token: a rule missing from the
-        # chart's RBAC makes this batch fail.
-        token = run(
-            "kubectl", "create", "token", fullname, "-n", release_namespace, "--duration=1h", kubeconfig=kubeconfig
-        )
-        admin = yaml.safe_load(await asyncio.to_thread(kubeconfig.read_text))
-        cluster = admin["clusters"][0]["cluster"]
-        sa_config = tmp_path / "sa-kubeconfig"
-        sa_config_text = json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-            "clusters": [{"name": "c", "cluster": cluster}],
-            "users": [{"name": "sa", "user": {"token": token.strip()}}],
-            "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
-        })  # fmt: skip
-        await asyncio.to_thread(sa_config.write_text, sa_config_text)
-        operator = OperatorProcess(
-            args=[
-                "--namespace", namespace, "--leader-elect", "--leader-election-namespace", release_namespace,
-                "--leader-election-lease", fullname, "--lease-duration", "5",
-                "--access-binding", f"{fullname}-application",
-            ],
-            env={**os.environ, "KUBECONFIG": str(sa_config)},
-            log=tmp_path / "operator-sa.log",
+        leases = client.CoordinationV1Api(api)
+        leader = await eventually(lambda: _leader(leases, core, release_namespace, fullname), what="a leader pod")
+        # Every replica serves metrics; exec into the leader to read its own.
+        metrics = run(
+            "kubectl", "exec", "-n", release_namespace, leader, "--", "python", "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())",
+            kubeconfig=kubeconfig,
         )  # fmt: skip
-        await operator.start()
-        scheduling = client.SchedulingV1Api(api)
+        assert "jobbatch_leader 1.0" in metrics
+        # The metrics Service answers from a pod (kube-proxy routes it): the chart's own test.
+        out = run("helm", "test", release, "--namespace", release_namespace, "--timeout", "90s", kubeconfig=kubeconfig)
+        assert "Phase:          Succeeded" in out, out
+
         pc = f"{namespace}-queue"
+        scheduling = client.SchedulingV1Api(api)
         await scheduling.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name=pc), value=5))
         try:
-            await client.CoreV1Api(api).create_namespaced_config_map(
-                namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="in"), data={"k": "1\n2\n3\n"})
+            out_dir = host_dir(tmp_path / "out")
+            spec = {
+                "template": real_template(env={"WORKER_OUTPUT_DIR": "/out"}, mounts={"/out": out_dir}),
+                "payloads": {"configMap": {"name": "in", "key": "k"}},
+                "shardSize": 2, "priorityClassName": pc, "ttlSecondsAfterFinished": 1,
+                "retry": {"limit": 1, "backoff": {"initialSeconds": 0}},
+            }  # fmt: skip
+            data = {"k": "".join(f'{{"url": "https://example.com/{i}"}}\n' for i in range(4))}
+            await core.create_namespaced_config_map(
+                namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="in"), data=data)
             )
-            await batches.create(
-                "rbac",
-                {
-                    "template": template(duration="1s"), "payloads": {"configMap": {"name": "in", "key": "k"}},
-                    "priorityClassName": pc, "ttlSecondsAfterFinished": 1,
-                    "retry": {"limit": 1, "backoff": {"initialSeconds": 0}},
-                },
-            )  # fmt: skip
-            await batches.wait_for("rbac", "Complete")
-            reasons = [e["reason"] for e in await batches.events("rbac")]
-            assert "Completed" in reasons
+            await batches.create("first", spec)
+            await batches.wait_for("first", "Complete")
+            assert "Completed" in [e["reason"] for e in await batches.events("first")]
             await eventually(lambda: _gone(batches), what="the batch deleted after its TTL, by the chart's RBAC")
-            # Held while the batch was there, let go once nothing is: `helm uninstall` leaves nothing behind.
-            await eventually(
-                lambda: _binding_free(rbac, namespace, f"{fullname}-application"), what="the RoleBinding let go"
+
+            _no_denials(run("kubectl", "logs", "-n", release_namespace, leader, kubeconfig=kubeconfig))
+
+            # The leader's pod goes; the standby takes the Lease and runs the next batch.
+            await core.delete_namespaced_pod(leader, release_namespace)
+            successor = await eventually(
+                lambda: _leader(leases, core, release_namespace, fullname, not_=leader), what="a new leader pod"
             )
-            lease = await client.CoordinationV1Api(api).read_namespaced_lease(fullname, release_namespace)
-            assert lease.spec.holder_identity
-            log = await asyncio.to_thread(operator.log.read_text)
-            assert "Forbidden" not in log, log[-3000:]
-            assert "403" not in log, log[-3000:]
+            await batches.create("second", spec)
+            await batches.wait_for("second", "Complete")
+            written = sorted(p.name for p in out_dir.iterdir())
+            assert written == [f"{b}-{s}-0.txt" for b in ("first", "second") for s in (0, 1)]
+
+            for pod in await _operator_pods(core, release_namespace, release):  # no crash, no failed liveness probe
+                assert [c.restart_count for c in pod.status.container_statuses] == [0], pod.metadata.name
+            log = run("kubectl", "logs", "-n", release_namespace, successor, kubeconfig=kubeconfig)
+            assert "leads (Lease" in log
+            _no_denials(log)
         finally:
-            await operator.stop()
             await scheduling.delete_priority_class(pc)
+        # Held while the batches were there, let go once nothing is: `helm uninstall` leaves nothing behind.
+        await eventually(lambda: _gone(batches), what="the second batch deleted after its TTL")
+        await eventually(
+            lambda: _binding_free(rbac, namespace, f"{fullname}-application"), what="the RoleBinding let go"
+        )
     finally:
         await asyncio.to_thread(
             run, "helm", "uninstall", release, "--namespace", release_namespace, "--wait", kubeconfig=kubeconfig
         )
+
+
+def _no_denials(log: str) -> None:
+    assert "Forbidden" not in log, log[-3000:]
+    assert " 403" not in log, log[-3000:]
+
+
+async def _operator_pods(core: client.CoreV1Api, namespace: str, release: str) -> list[client.V1Pod]:
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/name=jobbatch-operator"
+    pods = await core.list_namespaced_pod(namespace, label_selector=selector)
+    return [p for p in pods.items if not p.metadata.deletion_timestamp]
+
+
+async def _leader(
+    leases: client.CoordinationV1Api, core: client.CoreV1Api, namespace: str, lease: str, not_: str = ""
+) -> str | None:
+    """The running pod whose process holds the Lease (identities start with the pod's name)."""
+    holder = (await leases.read_namespaced_lease(lease, namespace)).spec.holder_identity or ""
+    for pod in await _operator_pods(core, namespace, lease.removesuffix("-jobbatch-operator")):
+        if pod.metadata.name != not_ and holder.startswith(f"{pod.metadata.name}-"):
+            return str(pod.metadata.name)
+    return None
 
 
 async def _binding_free(rbac: client.RbacAuthorizationV1Api, namespace: str, name: str) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from e2e import tools
+from e2e.cluster import SIMULATED_PLACEMENT
 from tests.waiting import eventually
 
 
@@ -24,6 +25,7 @@ def _job(name: str, *, completions: int, parallelism: int, annotations: dict[str
             "template": {
                 "metadata": {"annotations": annotations},
                 "spec": {
+                    **SIMULATED_PLACEMENT,
                     "restartPolicy": "Never",
                     "containers": [{"name": "worker", "image": "busybox"}],
                 },

@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from e2e.cluster import SIMULATED_PLACEMENT
 from tests.integration.harness import NamespaceWatch
 from tests.waiting import eventually
 
@@ -18,7 +19,11 @@ from tests.waiting import eventually
 def _pod(
     name: str, *, annotations: dict[str, str], labels: dict[str, str] | None = None, deadline: int | None = None
 ) -> Any:
-    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [{"name": "worker", "image": "busybox"}]}
+    spec: dict[str, Any] = {
+        **SIMULATED_PLACEMENT,
+        "restartPolicy": "Never",
+        "containers": [{"name": "worker", "image": "busybox"}],
+    }
     if deadline is not None:
         spec["activeDeadlineSeconds"] = deadline
     return {
@@ -288,7 +293,11 @@ IGNORE_DISRUPTION = {"action": "Ignore", "onPodConditions": [{"type": "Disruptio
 def _job(name: str, spec: dict[str, Any]) -> Any:
     template = {
         "metadata": {"annotations": {"sim.jobbatch.io/duration": "1h"}},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "worker", "image": "busybox"}]},
+        "spec": {
+            **SIMULATED_PLACEMENT,
+            "restartPolicy": "Never",
+            "containers": [{"name": "worker", "image": "busybox"}],
+        },
     }
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {**spec, "template": template}}
 

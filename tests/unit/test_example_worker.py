@@ -49,3 +49,19 @@ def test_worker_writes_what_it_processed_when_asked(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert [p.name for p in out.iterdir()] == ["demo-1-0.txt"]
     assert (out / "demo-1-0.txt").read_text() == "https://example.com/2\nhttps://example.com/3\n"
+
+
+def test_every_example_payload_is_an_item(tmp_path: Path) -> None:
+    """examples/04's thumbnails and the `count` sources of 03 and 05 run as written on the real node."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = '{"image": "s3://bucket/1.png", "width": 128}\n{"image": "s3://bucket/2.png", "width": 256}\n'
+    result = run_worker(tmp_path, lines, 0, 2, WORKER_OUTPUT_DIR=str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "demo-0-0.txt").read_text() == "s3://bucket/1.png at 128px\ns3://bucket/2.png at 256px\n"
+    # A `count` source has no payload file: shard 1 of 1,000-record shards holds records 1000-1999.
+    env = {"JOBBATCH_PAYLOAD_FILE": "", "JOBBATCH_ITEM_COUNT": "100000", "JOBBATCH_SHARD_SIZE": "1000"}
+    result = run_worker(tmp_path, "", 1, 1000, WORKER_OUTPUT_DIR=str(out), **env)
+    assert result.returncode == 0, result.stderr
+    records = (out / "demo-1-0.txt").read_text().splitlines()
+    assert records == [f"record {i}" for i in range(1000, 2000)]

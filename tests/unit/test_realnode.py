@@ -7,7 +7,7 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from e2e import images, realnode, tools
+from e2e import cluster, images, realnode, tools
 
 
 def node(tmp_path: Path) -> realnode.RealNode:
@@ -26,13 +26,42 @@ def test_the_kubelet_runs_on_cgroup_v1_without_privileges_it_lacks(tmp_path: Pat
     assert config["containerRuntimeEndpoint"] == f"unix://{tmp_path}/clusters/unit/realnode/containerd.sock"
 
 
-def test_only_pods_that_ask_for_the_real_node_land_there(tmp_path: Path) -> None:
+def test_pods_that_ask_for_nothing_land_on_the_real_node(tmp_path: Path) -> None:
+    """The examples as written and the chart run on the real node; simulated pods ask for kwok."""
     config = node(tmp_path)._kubelet_config(port=1, healthz_port=2, address="192.0.2.2")
-    (taint,) = config["registerWithTaints"]
-    (toleration,) = realnode.POD_PLACEMENT["tolerations"]
-    assert (toleration["key"], toleration["effect"]) == (taint["key"], taint["effect"])
-    assert toleration["operator"] == "Exists"
-    assert realnode.POD_PLACEMENT["nodeSelector"] == realnode.NODE_LABEL
+    assert "registerWithTaints" not in config
+    assert realnode.POD_PLACEMENT == {"nodeSelector": realnode.NODE_LABEL}
+    kwok = cluster._node_manifest(0, cluster.Settings(real_nodes=1))
+    assert kwok["spec"]["taints"] == [cluster.KWOK_TAINT]
+    assert "spec" not in cluster._node_manifest(0, cluster.Settings(real_nodes=0))  # nothing to keep apart
+    (toleration,) = cluster.SIMULATED_PLACEMENT["tolerations"]
+    assert (toleration["key"], toleration["effect"]) == (cluster.KWOK_TAINT["key"], cluster.KWOK_TAINT["effect"])
+    assert cluster.SIMULATED_PLACEMENT["nodeSelector"].items() <= kwok["metadata"]["labels"].items()
+
+
+def test_kube_proxy_routes_services_without_retuning_the_host(tmp_path: Path) -> None:
+    rn = node(tmp_path)
+    config = rn._kube_proxy_config(metrics_port=1, healthz_port=2)
+    assert config["mode"] == "iptables"
+    assert config["hostnameOverride"] == realnode.NODE_NAME
+    assert config["clusterCIDR"] == realnode.POD_SUBNET
+    assert config["clientConnection"]["kubeconfig"] == str(rn.kubeconfig)
+    assert config["iptables"]["masqueradeAll"] is True  # replies return through this host's conntrack
+    assert config["iptables"]["localhostNodePorts"] is False  # no route_localnet sysctl
+    assert config["conntrack"]["maxPerCore"] == 0  # the host's conntrack table is left as it is
+    assert config["metricsBindAddress"].startswith("127.0.0.1:")
+    assert config["healthzBindAddress"].startswith("127.0.0.1:")
+
+
+def test_pods_reach_the_api_server_at_the_vms_address_only_with_a_real_node() -> None:
+    assert cluster.LocalCluster._apiserver_address_flags("") == [
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        "--endpoint-reconciler-type=none",
+    ]
+    flags = cluster.LocalCluster._apiserver_address_flags("192.0.2.2")
+    assert "--advertise-address=192.0.2.2" in flags  # the `kubernetes` Service's endpoint
+    assert not any(f.startswith("--endpoint-reconciler-type") for f in flags)
 
 
 def test_containerd_uses_the_local_pause_image_and_cannot_lower_oom_scores(tmp_path: Path) -> None:
@@ -67,6 +96,12 @@ def test_the_real_node_tools_are_pinned_like_the_control_plane() -> None:
     assert kubelet.version == kubernetes.version
     assert kubelet.wrapper_replaces == kubernetes.wrapper_replaces
     assert kubelet.ldflags_x == kubernetes.ldflags_x
+    proxy = by_key["kube-proxy"]
+    assert (proxy.version, proxy.wrapper_replaces, proxy.ldflags_x) == (
+        kubernetes.version,
+        kubernetes.wrapper_replaces,
+        kubernetes.ldflags_x,
+    )
     pause = by_key["pause"]
     assert pause.source is not None
     assert (pause.source / "main.go").is_file()
