@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 from bench import measure, report
 from bench.kubeapi import ApiError, LocalApi
 from e2e import tools
-from e2e.cluster import LocalCluster, Settings, free_port
+from e2e.cluster import SIMULATED_PLACEMENT, LocalCluster, Settings, free_port
 from e2e.operator_process import OperatorProcess
 from jobbatch import __version__, api
 
@@ -65,10 +65,11 @@ class Case:
 
 
 def pod_template(case: Case) -> dict[str, Any]:
-    """The same simulated worker for A and B (kwok runs it; see docs/testing.md)."""
+    """The same simulated worker for A and B (kwok runs it, even beside a real node; see docs/testing.md)."""
     return {
         "metadata": {"annotations": {"sim.jobbatch.io/duration": f"{case.duration:g}s"}},
         "spec": {
+            **SIMULATED_PLACEMENT,
             "restartPolicy": "Never",
             "containers": [{"name": "worker", "image": "example.invalid/worker:1"}],
         },

@@ -37,7 +37,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config, watch
 
-from e2e.cluster import LocalCluster, Settings
+from e2e.cluster import SIMULATED_PLACEMENT, LocalCluster, Settings
 from e2e.operator_process import OperatorProcess
 from jobbatch import api
 from jobbatch.ranges import IndexRanges
@@ -197,7 +197,7 @@ def batch_spec(shards: int, parallelism: int, seed: int, duration: str = "1s") -
     spec = {
         "template": {
             "metadata": {"annotations": annotations},
-            "spec": {"containers": [{"name": "worker", "image": "example.invalid/worker:1"}]},
+            "spec": {**SIMULATED_PLACEMENT, "containers": [{"name": "worker", "image": "example.invalid/worker:1"}]},
         },
         "payloads": {"count": shards},
         "parallelism": parallelism,

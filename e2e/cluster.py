@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver, kube-controller-manager (the real Job controller and
 garbage collector), kube-scheduler and kwok run as plain processes on loopback
-with free ports. Nothing is mocked: only the kubelet is replaced by kwok, which
+with free ports (with a real node, the API server on every address, guarded so that only
+loopback and the node's pods reach it). Nothing is mocked: only the kubelet is replaced by kwok, which
 moves pods through their lifecycle as ``e2e/kwok/stages.yaml`` says
 (conventions in ``docs/testing.md``). With ``--real-nodes 1`` a real kubelet with
 containerd joins as well (``e2e/realnode.py``) for pods that must run as real containers.
@@ -193,6 +194,16 @@ def _write_kubeconfig(path: Path, pki: Path, port: int) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _node_manifest(index: int, s: Settings) -> dict[str, Any]:
     resources = {"cpu": s.node_cpu, "memory": s.node_memory, "pods": str(s.pods_per_node)}
     node: dict[str, Any] = {
@@ -327,6 +338,11 @@ class LocalCluster:
         s = self.settings
         if s.real_nodes not in (0, 1):
             raise ValueError(f"real_nodes is 0 or 1, not {s.real_nodes}")
+        if s.real_nodes and (other := self._other_real_node_cluster()):
+            raise RuntimeError(
+                f"cluster {other!r} runs a real node: one at a time (they share the bridge and the host's "
+                f"iptables); stop it first: python -m e2e.cluster down --name {other}"
+            )
         tools.ensure()
         self.state.mkdir(parents=True)
         if self.logs.exists():
@@ -341,6 +357,8 @@ class LocalCluster:
         (self.state / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
         _write_kubeconfig(self.kubeconfig, pki, api_port)
         kc = str(self.kubeconfig)
+        if vm_ip:
+            realnode.guard_api_server(api_port)  # it listens on every address: only lo and the pods get in
 
         self._start(
             "etcd",
@@ -374,8 +392,11 @@ class LocalCluster:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
-                # logs/exec reach a kubelet by its address: no DNS has the node names.
+                # logs/exec reach a kubelet by its address: no DNS has the node names; with the
+                # certificate the real node's kubelet asks for (it refuses anonymous clients).
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                f"--kubelet-client-key={pki / 'admin.key'}",
                 "--profiling=false",
             ],
         )
@@ -439,8 +460,21 @@ class LocalCluster:
             return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
         return ["--bind-address=0.0.0.0", f"--advertise-address={vm_ip}"]
 
+    def _other_real_node_cluster(self) -> str | None:
+        """Another local cluster whose real node still runs, if any."""
+        for other in sorted(self.state.parent.glob("*/pids.json")):
+            if other.parent == self.state:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                pids = json.loads(other.read_text())
+                for name in REAL_NODE_COMPONENTS:
+                    if name in pids and _process_alive(int(pids[name])):
+                        return other.parent.name
+        return None
+
     def down(self) -> None:
         """Stop every component (TERM, then KILL) and delete the state folder."""
+        real_node = bool((settings := self.recorded_settings()) and settings.real_nodes)
         if "containerd" in self.pids():  # the real node first: its pods hold mounts under the state
             realnode.RealNode(self.state, self.logs, self.kubeconfig).clear(self.stop)
         pids = self.pids()
@@ -456,6 +490,9 @@ class LocalCluster:
         for proc in self._procs.values():
             proc.wait()
         self._procs.clear()
+        if real_node:  # kube-proxy's and the kubelet's chains, and the API server's guard
+            for failure in realnode.sweep_host_rules():
+                print(f"could not remove an iptables rule: {failure}", file=sys.stderr)
         if self.state.exists():
             shutil.rmtree(self.state)
 

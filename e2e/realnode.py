@@ -26,11 +26,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,13 @@ DEBIAN_PACKAGES = {
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
+# Chains the node's components (kubelet, kube-proxy: KUBE-*) and this module (JOBBATCH-*) add to the
+# host's iptables; `down` removes them and every jump into them, for IPv4 and IPv6.
+OWNED_CHAIN_PREFIXES = ("KUBE-", "JOBBATCH-")
+IPTABLES = ("iptables", "ip6tables")
+TABLES = ("filter", "nat", "mangle", "raw")
+API_GUARD_CHAIN = "JOBBATCH-APISERVER"
+
 # What a pod needs to run there for sure (not on a kwok node of another cluster's setup).
 POD_PLACEMENT: dict[str, Any] = {"nodeSelector": NODE_LABEL}
 
@@ -64,6 +74,75 @@ def node_ip() -> str:
         if "inet" in fields:
             return fields[fields.index("inet") + 1].split("/")[0]
     raise RuntimeError("this machine has no global IPv4 address for the real node")
+
+
+def api_server_guard(port: int) -> dict[str, list[list[str]]]:
+    """iptables commands (per binary) letting only loopback and the pods reach the API server's port.
+
+    With a real node the API server listens on every address, so its pods can reach it at the VM's;
+    this keeps everything else off it (IPv6 has no pods here: loopback only).
+    """
+    commands: dict[str, list[list[str]]] = {}
+    for binary in IPTABLES:
+        allowed = [["-i", "lo"]] + ([["-s", POD_SUBNET]] if binary == "iptables" else [])
+        commands[binary] = [
+            ["-N", API_GUARD_CHAIN],
+            *(["-A", API_GUARD_CHAIN, *match, "-j", "RETURN"] for match in allowed),
+            ["-A", API_GUARD_CHAIN, "-j", "DROP"],
+            ["-I", "INPUT", "-p", "tcp", "--dport", str(port), "-j", API_GUARD_CHAIN],
+        ]
+    return commands
+
+
+def rule_cleanup(rules: str) -> list[list[str]]:
+    """The commands that remove the owned chains of one table, given its ``iptables -S`` output.
+
+    Jumps into an owned chain from any other chain go first, then the owned chains are flushed
+    (their own jumps between each other with them) and deleted.
+    """
+    owned, jumps = [], []
+    for line in rules.splitlines():
+        parts = shlex.split(line)
+        if len(parts) < 2:
+            continue
+        if parts[0] == "-N" and parts[1].startswith(OWNED_CHAIN_PREFIXES):
+            owned.append(parts[1])
+        elif parts[0] == "-A" and not parts[1].startswith(OWNED_CHAIN_PREFIXES):
+            targets = [parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("-j", "-g", "--jump", "--goto")]
+            if any(t.startswith(OWNED_CHAIN_PREFIXES) for t in targets):
+                jumps.append(["-D", *parts[1:]])
+    return [*jumps, *(["-F", c] for c in owned), *(["-X", c] for c in owned)]
+
+
+def _iptables(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([binary, "-w", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess([binary, *args], 1, "", str(exc))
+
+
+def guard_api_server(port: int) -> None:
+    sweep_host_rules()  # a guard left by a crashed cluster would keep its old port
+    for binary, commands in api_server_guard(port).items():
+        for command in commands:
+            result = _iptables(binary, *command)
+            if result.returncode != 0:
+                raise RuntimeError(f"{binary} {shlex.join(command)} failed: {result.stderr.strip()}")
+
+
+def sweep_host_rules() -> list[str]:
+    """Remove every owned chain and jump from the host's tables; returns what failed (for the log)."""
+    failures = []
+    for binary in IPTABLES:
+        for table in TABLES:
+            listing = _iptables(binary, "-t", table, "-S")
+            if listing.returncode != 0:
+                continue  # no such table here
+            for command in rule_cleanup(listing.stdout):
+                result = _iptables(binary, "-t", table, *command)
+                if result.returncode != 0:
+                    failures.append(f"{binary} -t {table} {shlex.join(command)}: {result.stderr.strip()}")
+    return failures
 
 
 def _free_port() -> int:
@@ -88,6 +167,7 @@ class RealNode:
 
     def __init__(self, state: Path, logs: Path, kubeconfig: Path) -> None:
         self.dir = state / "realnode"
+        self.client_ca = state / "pki" / "ca.crt"
         self.logs = logs
         self.kubeconfig = kubeconfig
         self.bin = tools.bin_dir()
@@ -171,8 +251,13 @@ class RealNode:
             "evictionHard": {},
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
-            # The API server reaches the kubelet (logs, exec) without client certificates: test plane only.
-            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+            # Only clients with a certificate of the cluster's CA (the API server, for logs and exec) may
+            # talk to the kubelet, which listens on the VM's address; any of them may do anything.
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": False},
+                "x509": {"clientCAFile": str(self.client_ca)},
+            },
             "authorization": {"mode": "AlwaysAllow"},
             "address": address,
             "port": port,
@@ -200,6 +285,7 @@ class RealNode:
             # Every Service connection leaves with the bridge's address, so replies come back through
             # this host's conntrack whether or not bridged traffic passes iptables (br_netfilter).
             "iptables": {"masqueradeAll": True, "localhostNodePorts": False},
+            "nodePortAddresses": [POD_SUBNET],  # NodePorts on the bridge's address only, not the VM's
             # Leave the host's conntrack table sizes and timeouts as they are.
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
             "metricsBindAddress": f"127.0.0.1:{metrics_port}",
@@ -239,9 +325,12 @@ class RealNode:
                 f"--node-labels={labels}",
             ],
         )
-        proxy = self._kube_proxy_config(_free_port(), _free_port())
+        healthz = _free_port()
+        proxy = self._kube_proxy_config(_free_port(), healthz)
         (self.dir / "kube-proxy.json").write_text(json.dumps(proxy, indent=2))
         start("kube-proxy", [str(self.bin / "kube-proxy"), f"--config={self.dir / 'kube-proxy.json'}"])
+        # Healthy once it has written the Service rules: a pod started before would find no `kubernetes` Service.
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{healthz}/healthz"), timeout=timeout, what="kube-proxy's rules")
 
     def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         command = ["ctr", f"--address={self.socket}", "--namespace=k8s.io", *args]
@@ -261,16 +350,14 @@ class RealNode:
 
         The kubelet goes first, so it starts nothing new; then every pod sandbox is stopped and
         removed through the CRI (containers killed, CNI torn down, network namespaces released);
-        then containerd; then whatever a crash may have left: shims, mounts, cgroups; and
-        kube-proxy's rules (``--cleanup`` removes every chain it made).
+        then containerd; then whatever a crash may have left: shims, mounts, cgroups. The host's
+        iptables chains go last, with the API server (``sweep_host_rules``, called by ``down``).
         """
         stop("kubelet")
         stop("kube-proxy")
-        subprocess.run([str(self.bin / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60)
-        for table in ("mangle", "nat", "filter"):  # the kubelet's own canary chains
-            subprocess.run(["iptables", "-t", table, "-X", "KUBE-KUBELET-CANARY"], capture_output=True)
         if self.socket.exists():
-            self.crictl("rmp", "--all", "--force")
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # crictl not built yet, or hung
+                self.crictl("rmp", "--all", "--force")
         stop("containerd")
         self._kill_leftover_shims()
         self._unmount_under(self.dir)
@@ -309,6 +396,14 @@ class RealNode:
                     path.rmdir()
             with contextlib.suppress(OSError):
                 top.rmdir()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _wait(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:

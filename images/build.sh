@@ -5,8 +5,8 @@
 #   bash images/build.sh [TAG]                 # base image python:3.11-slim (needs a registry)
 #   BASE=local bash images/build.sh [TAG]      # base made here with debootstrap (no registry needed)
 #
-# Wheels of the package and its dependencies are built on the host first, so the image build
-# itself needs no network. Needs Docker; `BASE=local` also needs debootstrap (Debian packages
+# Wheels of the package and its dependencies are built on the host first, so pip in the image build
+# needs no network; tini comes from the base (BASE=local) or from Debian's mirror (apt-get). Needs Docker; `BASE=local` also needs debootstrap (Debian packages
 # docker.io and debootstrap; this script installs them with apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."

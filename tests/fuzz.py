@@ -12,6 +12,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from e2e.cluster import SIMULATED_PLACEMENT
+
 DATA_TEXT = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=12, max_size=30)
 SCHEMA_TEXT = st.text(alphabet="abcdefghij", min_size=1, max_size=12)
 
@@ -63,10 +65,17 @@ _containers = st.fixed_dictionaries(
         "image": st.sampled_from(["example.invalid/worker:1", "example.invalid/worker:1", ""]),
     }
 )
+# Pods of accepted batches must be simulated (kwok nodes), even in a cluster with a real node.
 _templates = st.one_of(
-    _containers.map(lambda c: {"spec": {"containers": [c]}}),
+    _containers.map(lambda c: {"spec": {**SIMULATED_PLACEMENT, "containers": [c]}}),
     _containers.map(
-        lambda c: {"spec": {"containers": [c], "volumes": [{"name": "jobbatch-payloads", "emptyDir": {}}]}}
+        lambda c: {
+            "spec": {
+                **SIMULATED_PLACEMENT,
+                "containers": [c],
+                "volumes": [{"name": "jobbatch-payloads", "emptyDir": {}}],
+            }
+        }
     ),
     st.sampled_from([{"spec": {"containers": []}}, {"spec": {}}, {}, {"spec": {"containers": "x"}}]),
 )

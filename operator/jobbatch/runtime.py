@@ -127,7 +127,7 @@ async def _lead(config: OperatorConfig) -> None:
     lock = LeaseLock(config.leader_election_lease, config.leader_election_namespace, identity, api_client)
     lost = asyncio.Event()
     stopped = asyncio.Event()  # kopf ended on its own (SIGTERM/SIGINT): the process ends too
-    failures: list[BaseException] = []  # kopf failed: the process fails with it, and lets the Lease go
+    failures: list[BaseException] = []  # kopf failed: the process fails with it (the Lease expires)
 
     async def on_lost() -> None:
         logger.error("lost the leader Lease %s/%s; exiting", config.leader_election_namespace, lock.name)

@@ -69,7 +69,7 @@ async def test_the_chart_runs_the_operator_as_real_pods(
     run(
         "helm", "install", release, str(CHART), "--namespace", release_namespace,
         "--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "operator.leaseDurationSeconds=5",
-        "--wait", "--timeout", "120s", kubeconfig=kubeconfig,
+        "--wait", "--timeout", "100s", kubeconfig=kubeconfig,  # within run()'s own 120 s
     )  # fmt: skip
     try:
         deployment = await client.AppsV1Api(api).read_namespaced_deployment(fullname, release_namespace)
@@ -87,13 +87,17 @@ async def test_the_chart_runs_the_operator_as_real_pods(
 
         leases = client.CoordinationV1Api(api)
         leader = await eventually(lambda: _leader(leases, core, release_namespace, fullname), what="a leader pod")
+
         # Every replica serves metrics; exec into the leader to read its own.
-        metrics = run(
-            "kubectl", "exec", "-n", release_namespace, leader, "--", "python", "-c",
-            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())",
-            kubeconfig=kubeconfig,
-        )  # fmt: skip
-        assert "jobbatch_leader 1.0" in metrics
+        async def leads_by_its_metrics() -> bool:  # the gauge turns 1 once the leader has started up
+            metrics = await asyncio.to_thread(
+                run, "kubectl", "exec", "-n", release_namespace, leader, "--", "python", "-c",
+                "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())",
+                kubeconfig=kubeconfig,
+            )  # fmt: skip
+            return "jobbatch_leader 1.0" in metrics
+
+        await eventually(leads_by_its_metrics, what="jobbatch_leader 1.0 in the leader's own metrics")
         # The metrics Service answers from a pod (kube-proxy routes it): the chart's own test.
         out = run("helm", "test", release, "--namespace", release_namespace, "--timeout", "90s", kubeconfig=kubeconfig)
         assert "Phase:          Succeeded" in out, out
@@ -163,7 +167,12 @@ async def _leader(
     leases: client.CoordinationV1Api, core: client.CoreV1Api, namespace: str, lease: str, not_: str = ""
 ) -> str | None:
     """The running pod whose process holds the Lease (identities start with the pod's name)."""
-    holder = (await leases.read_namespaced_lease(lease, namespace)).spec.holder_identity or ""
+    try:
+        holder = (await leases.read_namespaced_lease(lease, namespace)).spec.holder_identity or ""
+    except client.ApiException as exc:
+        if exc.status == 404:  # not taken yet
+            return None
+        raise
     for pod in await _operator_pods(core, namespace, lease.removesuffix("-jobbatch-operator")):
         if pod.metadata.name != not_ and holder.startswith(f"{pod.metadata.name}-"):
             return str(pod.metadata.name)

@@ -6,16 +6,20 @@ no node, so their pods run the example-worker image that `make images` builds, f
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes_asyncio import client
 
 from e2e import tools
+from e2e.cluster import SIMULATED_PLACEMENT
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import Batches, PodRecorder
+from tests.waiting import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Examples that need more than the cluster (an S3 server, a database) run in a test of their own.
@@ -26,14 +30,26 @@ FILES = {case: sorted(case.glob("*.yaml")) for case in CASES}
 DOCS = {case: [d for f in FILES[case] for d in yaml.safe_load_all(f.read_text()) if d] for case in CASES}
 
 
-def kubectl(kubeconfig: Path, *args: str) -> str:
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
     cmd = [str(tools.bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}", *args]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=stdin).stdout
 
 
+def simulated(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The example's manifests with its JobBatches' pods sent to the kwok nodes (as `make demo` runs them)."""
+    out = copy.deepcopy(docs)
+    for doc in out:
+        if doc["kind"] == "JobBatch":
+            pod = doc["spec"]["template"].setdefault("spec", {})
+            pod.update(copy.deepcopy(SIMULATED_PLACEMENT))
+    return out
+
+
+@pytest.mark.parametrize("placement", ["real", "simulated"])
 @pytest.mark.parametrize("example", CASES, ids=[p.name for p in CASES])
 async def test_example_completes(
     example: Path,
+    placement: str,
     api: client.ApiClient,
     kubeconfig: Path,
     namespace: str,
@@ -41,19 +57,41 @@ async def test_example_completes(
     operator: OperatorFactory,
     real_node: str,
 ) -> None:
+    """As written, the workers are real containers on the real node; with the kwok placement added, the
+    `sim.jobbatch.io/*` annotations play out (02's retries among them)."""
     names = [d["metadata"]["name"] for d in DOCS[example] if d["kind"] == "JobBatch"]
     assert names, f"{example} has no JobBatch"
     cluster_scoped = [d["metadata"]["name"] for d in DOCS[example] if d["kind"] == "PriorityClass"]
     await operator("--max-running-shards", "10")  # the priorities example competes for this cap
     try:
         async with PodRecorder(api, namespace) as pods:
-            for path in FILES[example]:
-                kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(path))
+            if placement == "real":
+                for path in FILES[example]:
+                    kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(path))
+            else:
+                manifests = yaml.safe_dump_all(simulated(DOCS[example]))
+                kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=manifests)
+            totals = {}
             for name in names:
                 done = await batches.wait_for(name, "Complete", timeout=180)
                 assert done["status"]["shards"]["failed"] == 0
-        assert set(pods.nodes.values()) == {real_node}
-        assert all(codes == [0] for codes in pods.exit_codes.values())  # real processes, each exiting 0
+                totals[name] = done["status"]["shards"]["total"]
+
+            # Every pod's end is seen, not only those that ended before the last batch did.
+            async def all_ended() -> bool:
+                return set(pods.exit_codes) == set(pods.creations)
+
+            await eventually(all_ended, what="every worker pod's exit")
+        for name, total in totals.items():
+            assert set(pods.attempts(name)) == set(range(total))
+        nodes = set(pods.nodes.values())
+        if placement == "real":
+            assert nodes == {real_node}
+            assert all(codes == [0] for codes in pods.exit_codes.values())  # real processes, each exiting 0
+        else:
+            assert real_node not in nodes
+            if example.name == "02-retries":
+                assert "ShardRetrying" in [e["reason"] for e in await batches.events("retries")]
         out = kubectl(kubeconfig, "get", "jobbatches", "-n", namespace)
         assert out.split("\n")[0].split() == ["NAME", "PHASE", "DONE", "RUNNING", "FAILED", "PRIORITY", "AGE"]
     finally:

@@ -6,6 +6,7 @@ import json
 import tarfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from e2e import cluster, images, realnode, tools
 
@@ -140,3 +141,86 @@ def test_an_app_image_rebuilds_when_its_sources_change(tmp_path: Path) -> None:
     assert key == images._source_key(images.EXAMPLE_WORKER, base)
     assert key != images._source_key(images.OPERATOR, base)
     assert key != images._source_key(images.EXAMPLE_WORKER, tmp_path / "base-bookworm-y.tar")
+
+
+def test_every_simulated_pod_template_keeps_to_the_kwok_nodes() -> None:
+    """Beside a real node, a simulated template without the placement would run there, for real."""
+    from hypothesis import given, settings
+
+    from bench.run import Case, pod_template
+    from e2e.chaos import batch_spec
+    from tests import fuzz
+    from tests.integration.harness import template
+
+    def simulated(pod_spec: dict[str, Any]) -> bool:
+        return all(pod_spec.get(k) == v for k, v in cluster.SIMULATED_PLACEMENT.items())
+
+    assert simulated(template(duration="1s")["spec"])
+    assert simulated(pod_template(Case(shards=1, parallelism=1, duration=0))["spec"])
+    assert simulated(batch_spec(10, 2, seed=1)[0]["template"]["spec"])
+
+    @settings(max_examples=50, derandomize=True, database=None)
+    @given(fuzz._templates)
+    def fuzzed(t: dict[str, Any]) -> None:
+        spec = t.get("spec")
+        if isinstance(spec, dict) and isinstance(spec.get("containers"), list) and spec["containers"]:
+            assert simulated(spec)  # one that could be accepted and run
+
+    fuzzed()
+
+
+SAMPLE_RULES = """-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-N KUBE-FIREWALL
+-N KUBE-SERVICES
+-N JOBBATCH-APISERVER
+-N DOCKER-USER
+-A INPUT -p tcp -m tcp --dport 6443 -j JOBBATCH-APISERVER
+-A INPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A INPUT -j KUBE-FIREWALL
+-A FORWARD -j DOCKER-USER
+-A KUBE-SERVICES -j KUBE-FIREWALL
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -j DROP
+-A JOBBATCH-APISERVER -i lo -j RETURN
+"""
+
+
+def test_down_removes_every_owned_chain_and_the_jumps_into_it_and_nothing_else() -> None:
+    commands = realnode.rule_cleanup(SAMPLE_RULES)
+    assert commands == [
+        ["-D", "INPUT", "-p", "tcp", "-m", "tcp", "--dport", "6443", "-j", "JOBBATCH-APISERVER"],
+        ["-D", "INPUT", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"],
+        ["-D", "INPUT", "-j", "KUBE-FIREWALL"],
+        ["-F", "KUBE-FIREWALL"],
+        ["-F", "KUBE-SERVICES"],
+        ["-F", "JOBBATCH-APISERVER"],
+        ["-X", "KUBE-FIREWALL"],
+        ["-X", "KUBE-SERVICES"],
+        ["-X", "JOBBATCH-APISERVER"],
+    ]
+    assert realnode.rule_cleanup("-P INPUT ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n") == []
+
+
+def test_only_loopback_and_the_pods_reach_the_api_server() -> None:
+    guard = realnode.api_server_guard(6443)
+    v4, v6 = guard["iptables"], guard["ip6tables"]
+    chain = realnode.API_GUARD_CHAIN
+    assert v4 == [
+        ["-N", chain],
+        ["-A", chain, "-i", "lo", "-j", "RETURN"],
+        ["-A", chain, "-s", realnode.POD_SUBNET, "-j", "RETURN"],
+        ["-A", chain, "-j", "DROP"],
+        ["-I", "INPUT", "-p", "tcp", "--dport", "6443", "-j", chain],
+    ]
+    assert ["-A", chain, "-i", "lo", "-j", "RETURN"] in v6
+    assert not any(realnode.POD_SUBNET in c for c in v6)  # no IPv6 pods: loopback only
+    assert v6[-2:] == [["-A", chain, "-j", "DROP"], ["-I", "INPUT", "-p", "tcp", "--dport", "6443", "-j", chain]]
+    assert chain.startswith(realnode.OWNED_CHAIN_PREFIXES)  # so `down` removes it
+
+
+def test_the_kubelet_answers_only_clients_of_the_clusters_ca(tmp_path: Path) -> None:
+    rn = node(tmp_path)
+    config = rn._kubelet_config(port=1, healthz_port=2, address="192.0.2.2")
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    assert config["authentication"]["x509"]["clientCAFile"] == str(tmp_path / "clusters" / "unit" / "pki" / "ca.crt")
+    assert rn._kube_proxy_config(metrics_port=1, healthz_port=2)["nodePortAddresses"] == [realnode.POD_SUBNET]

@@ -24,13 +24,17 @@ class _Client:
 
 
 class _ElectedAtOnce:
-    """Stands in for LeaderElection: leads at once, then keeps renewing until cancelled."""
+    """Stands in for LeaderElection: leads at once, then keeps renewing until cancelled.
+
+    As the library does, it starts the callback as a task of its own and never looks at its result.
+    """
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        await self.config.onstarted_leading()
+        self.tasks.add(asyncio.create_task(self.config.onstarted_leading()))
         await asyncio.Event().wait()
 
 

@@ -1,0 +1,561 @@
+"""``kubectl jobbatch``: look after batches from a terminal (installed as the ``kubectl-jobbatch`` script).
+
+kubectl finds any ``kubectl-<name>`` on PATH and hands it the rest of the command line, so this is a
+plain program that reads the kubeconfig itself and follows kubectl's conventions: ``-n``, ``-A``,
+``-o json|yaml``, ``--kubeconfig``, ``--context``, colour only on a terminal (and never with
+``NO_COLOR``). Everything it shows comes from the API server: the batch's bounded status, and for
+running shards and logs the batch's pods (found by the labels the operator stamps).
+
+The rendering is pure (``render_status``, ``shard_strip``, ``failure_rows``, ``wait_outcome``), so it is
+unit-tested without a cluster; ``main`` only fetches, patches and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import yaml
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jobbatch import __version__, api
+from jobbatch.ranges import IndexRanges
+
+# Exit codes of `wait` (and of every command on error), documented in docs/kubectl-plugin.md.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the batch ended Failed (wait), or the command failed
+EXIT_USAGE = 2  # argparse's own
+EXIT_TIMEOUT = 3  # wait: still running at --timeout
+EXIT_NOT_FOUND = 4
+
+# One cell of the strip per group of shards: the worst state in the group wins, so a single failed
+# shard among 1,000 still shows.
+CELLS = {"failed": "x", "running": ">", "partial": "+", "succeeded": "#", "pending": "."}
+COLOURS = {"failed": "31", "running": "33", "partial": "32", "succeeded": "32", "pending": "2"}
+
+
+# Passed as **kwargs: the generated signatures omit `_content_type`, which the client accepts.
+MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+# Conditions worth a line of `status` when true (Accepted shows only when false).
+SHOWN_CONDITIONS = ("Complete", "Failed", "Stalled", "Suspended")
+
+
+class PluginError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- pure rendering ---------------------------------------------------------------------------------
+
+
+def _cell(lo: int, hi: int, succeeded: IndexRanges, failed: IndexRanges, running: IndexRanges) -> str:
+    span = IndexRanges([(lo, hi)])
+    if failed and span.difference(failed) != span:
+        return "failed"
+    if running and span.difference(running) != span:
+        return "running"
+    done = len(span) - len(span.difference(succeeded))
+    if done == len(span):
+        return "succeeded"
+    return "partial" if done else "pending"
+
+
+def shard_strip(
+    total: int,
+    succeeded: IndexRanges,
+    failed: IndexRanges,
+    running: IndexRanges,
+    *,
+    width: int = 60,
+    colour: bool = False,
+) -> list[str]:
+    """Rows of at most ``width`` cells covering every shard; each cell is a group of shards.
+
+    At most three rows, so 100,000 shards take as much room as 100. Each cell shows the worst state in
+    its group (failed, running, some done, all done, none done).
+    """
+    if total <= 0:
+        return []
+    cells = min(total, width * 3)
+    per_cell = math.ceil(total / cells)
+    cells = math.ceil(total / per_cell)
+    out: list[str] = []
+    for start in range(0, cells, width):
+        row = []
+        for c in range(start, min(start + width, cells)):
+            lo, hi = c * per_cell, min(total, (c + 1) * per_cell) - 1
+            state = _cell(lo, hi, succeeded, failed, running)
+            mark = CELLS[state]
+            row.append(f"\x1b[{COLOURS[state]}m{mark}\x1b[0m" if colour else mark)
+        out.append("".join(row))
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def render_status(
+    batch: dict[str, Any], running: IndexRanges, *, now: datetime.datetime, width: int = 60, colour: bool = False
+) -> str:
+    """What ``status NAME`` prints: phase, counts, times, the last condition, and the shard strip."""
+    meta, spec, status = batch["metadata"], batch.get("spec", {}), batch.get("status") or {}
+    shards = status.get("shards") or {}
+    total = int(shards.get("total") or 0)
+    lines = [
+        f"Name:        {meta.get('namespace', '')}/{meta['name']}",
+        f"Phase:       {status.get('phase', 'Pending')}"
+        + ("  (suspended)" if spec.get("suspend") and status.get("phase") != "Suspended" else ""),
+        f"Shards:      {total} total: {shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
+        f"{shards.get('running', 0)} running, {shards.get('retrying', 0)} retrying, {shards.get('pending', 0)} pending",
+        f"Parallelism: {spec.get('parallelism', 10)}"
+        + (f"   Priority: {spec['priorityClassName']}" if spec.get("priorityClassName") else ""),
+    ]
+    start, end = _time(status.get("startTime")), _time(status.get("completionTime"))
+    if start is not None:
+        took = ((end or now) - start).total_seconds()
+        lines.append(f"Started:     {start.isoformat()}   {'took' if end else 'running for'} {_duration(took)}")
+    for cond in status.get("conditions") or []:
+        shown = cond.get("type") in SHOWN_CONDITIONS and cond.get("status") == "True"
+        refused = cond.get("type") == "Accepted" and cond.get("status") == "False"
+        if shown or refused:
+            label = "Not accepted" if refused else cond["type"]
+            lines.append(f"{label + ':':<12} {cond.get('reason', '')}: {cond.get('message', '')}".rstrip(": "))
+    strip = shard_strip(
+        total,
+        IndexRanges.parse(status.get("succeededShards")),
+        IndexRanges.parse(status.get("failedShards")),
+        running,
+        width=width,
+        colour=colour,
+    )
+    if strip:
+        per_cell = math.ceil(total / min(total, width * 3))
+        lines.append("")
+        lines.append(f"Shards ({per_cell} per cell; # done, + some done, > running, x failed, . waiting):")
+        lines.extend(f"  {row}" for row in strip)
+    if status.get("failedShards"):
+        lines.append(f"Failed shards: {status['failedShards']}   (kubectl jobbatch failures {meta['name']})")
+    return "\n".join(lines)
+
+
+def failure_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batch's recorded permanent failures (the last ten), as plain rows."""
+    rows = []
+    for failure in (batch.get("status") or {}).get("failures") or []:
+        rows.append(
+            {
+                "shard": failure.get("shard"),
+                "attempt": failure.get("attempt"),
+                "exitCode": failure.get("exitCode"),
+                "reason": failure.get("reason", ""),
+                "message": failure.get("message", ""),
+            }
+        )
+    return rows
+
+
+def render_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A kubectl-style table: upper-case headers, columns padded by three spaces."""
+    header = [c.upper().replace("EXITCODE", "EXIT CODE") for c in columns]
+    cells = [["" if row.get(c) is None else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = ["   ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def wait_outcome(batch: dict[str, Any]) -> int | None:
+    """EXIT_OK once Complete, EXIT_FAILED once Failed, None while neither (this generation's)."""
+    status = batch.get("status") or {}
+    generation = batch["metadata"].get("generation")
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True" or cond.get("type") not in ("Complete", "Failed"):
+            continue
+        seen = cond.get("observedGeneration")
+        if seen is not None and generation is not None and seen < generation:
+            continue  # a verdict from before the spec last changed
+        return EXIT_OK if cond["type"] == "Complete" else EXIT_FAILED
+    return None
+
+
+def parse_shards(text: str) -> IndexRanges:
+    try:
+        return IndexRanges.parse(text)
+    except ValueError as exc:
+        raise PluginError(str(exc), EXIT_USAGE) from None
+
+
+# -- talking to the cluster -------------------------------------------------------------------------
+
+
+class Cluster:
+    """The API calls the plugin makes, on one kubeconfig context."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.api_client = api_client
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None, context: str | None, namespace: str | None) -> Cluster:
+        configuration = client.Configuration()
+        try:
+            loader = await config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration, persist_config=False
+            )
+        except (config.ConfigException, OSError) as exc:
+            raise PluginError(f"cannot load the kubeconfig: {exc}") from None
+        current = loader.current_context or {}
+        default_ns = (current.get("context") or {}).get("namespace") or "default"
+        return cls(client.ApiClient(configuration), namespace or default_ns)
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    async def get(self, name: str) -> dict[str, Any]:
+        try:
+            body: dict[str, Any] = await self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PluginError(
+                    f'jobbatch "{name}" not found in namespace "{self.namespace}"', EXIT_NOT_FOUND
+                ) from None
+            raise
+        return body
+
+    async def list_batches(self, all_namespaces: bool) -> list[dict[str, Any]]:
+        if all_namespaces:
+            body = await self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
+        else:
+            body = await self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL)
+        return list(body["items"])
+
+    async def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        await self.get(name)  # a clear "not found" first
+        body: dict[str, Any] = await self.custom.patch_namespaced_custom_object(
+            api.GROUP,
+            api.VERSION,
+            self.namespace,
+            api.PLURAL,
+            name,
+            {"spec": spec},
+            **MERGE_PATCH,
+        )
+        return body
+
+    async def pods(self, batch: dict[str, Any], *, running_only: bool = False) -> list[client.V1Pod]:
+        """The batch's pods, by its UID label (exact, whatever the batch's name)."""
+        selector = f"{api.LABEL_BATCH_UID}={batch['metadata']['uid']}"
+        phase = "status.phase=Running" if running_only else ""  # empty selects every pod
+        namespace = batch["metadata"]["namespace"]
+        pods: Any = await self.core.list_namespaced_pod(namespace, label_selector=selector, field_selector=phase)
+        return list(pods.items)
+
+    async def running_shards(self, batch: dict[str, Any]) -> IndexRanges:
+        """Shards with a running pod: at most the batch's parallelism of them."""
+        return IndexRanges.of(s for s in (shard_of(p) for p in await self.pods(batch, running_only=True)) if s >= 0)
+
+
+def shard_of(pod: client.V1Pod) -> int:
+    """The shard a pod runs: its Job's first shard plus its completion index (-1 if unlabelled)."""
+    labels = pod.metadata.labels or {}
+    try:
+        return int(labels[api.LABEL_FIRST_SHARD]) + int(labels[api.LABEL_COMPLETION_INDEX])
+    except (KeyError, ValueError):
+        return -1
+
+
+def attempt_of(pod: client.V1Pod) -> int:
+    try:
+        return int((pod.metadata.labels or {})[api.LABEL_ATTEMPT])
+    except (KeyError, ValueError):
+        return -1
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def _dump(value: Any, output: str, out: TextIO) -> None:
+    if output == "json":
+        out.write(json.dumps(value, indent=2, default=str) + "\n")
+    else:
+        out.write(yaml.safe_dump(value, sort_keys=False, default_flow_style=False))
+
+
+def _colour(stream: TextIO) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+async def cmd_status(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    now = datetime.datetime.now(datetime.UTC)
+    width = max(20, min(100, shutil.get_terminal_size((80, 24)).columns - 4))
+    if args.name is None:
+        batches = await cluster.list_batches(args.all_namespaces)
+        if args.output:
+            _dump({"apiVersion": "v1", "kind": "List", "items": batches}, args.output, out)
+            return EXIT_OK
+        rows = []
+        for b in batches:
+            status = b.get("status") or {}
+            shards = status.get("shards") or {}
+            strip = shard_strip(
+                int(shards.get("total") or 0),
+                IndexRanges.parse(status.get("succeededShards")),
+                IndexRanges.parse(status.get("failedShards")),
+                IndexRanges(),
+                width=20,
+            )
+            rows.append(
+                {
+                    "namespace": b["metadata"]["namespace"],
+                    "name": b["metadata"]["name"],
+                    "phase": status.get("phase", "Pending"),
+                    "progress": status.get("progress", ""),
+                    "failed": shards.get("failed", 0),
+                    "shards": strip[0] if strip else "",
+                }
+            )
+        columns = ["namespace", "name", "phase", "progress", "failed", "shards"]
+        if not args.all_namespaces:
+            columns.remove("namespace")
+        out.write((render_table(rows, columns) if rows else "No resources found") + "\n")
+        return EXIT_OK
+    batch = await cluster.get(args.name)
+    if args.output:
+        _dump(batch, args.output, out)
+        return EXIT_OK
+    running = await cluster.running_shards(batch)
+    out.write(render_status(batch, running, now=now, width=width, colour=_colour(out)) + "\n")
+    return EXIT_OK
+
+
+async def cmd_failures(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    batch = await cluster.get(args.name)
+    rows = failure_rows(batch)
+    if args.output:
+        _dump(rows, args.output, out)
+        return EXIT_OK
+    if not rows:
+        out.write(f"No failed shards in jobbatch {args.name}\n")
+        return EXIT_OK
+    out.write(render_table(rows, ["shard", "attempt", "exitCode", "reason", "message"]) + "\n")
+    failed = IndexRanges.parse((batch.get("status") or {}).get("failedShards"))
+    if len(failed) > len(rows):
+        out.write(f"({len(rows)} most recent shown; all failed shards: {failed})\n")
+    return EXIT_OK
+
+
+async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    batch = await cluster.get(args.name)
+    pods = [p for p in await cluster.pods(batch) if shard_of(p) == args.shard]
+    if args.attempt is not None:
+        pods = [p for p in pods if attempt_of(p) == args.attempt]
+    if not pods:
+        which = f"shard {args.shard}" + (f" attempt {args.attempt}" if args.attempt is not None else "")
+        raise PluginError(
+            f"no pod of {which} of jobbatch {args.name} is kept: finished attempts' Jobs are deleted "
+            "(the batch's failedJobsHistoryLimit keeps the last failed ones)",
+            EXIT_NOT_FOUND,
+        )
+    pod = max(pods, key=lambda p: (attempt_of(p), p.metadata.creation_timestamp))
+    name, namespace = pod.metadata.name, pod.metadata.namespace
+    out.write(f"# pod {name} (shard {args.shard}, attempt {attempt_of(pod)})\n")
+    out.flush()
+    container = args.container or pod.spec.containers[0].name
+    if not args.follow:
+        text = await cluster.core.read_namespaced_pod_log(name, namespace, container=container)
+        out.write(text)
+        return EXIT_OK
+    response: Any = await cluster.core.read_namespaced_pod_log(
+        name, namespace, container=container, follow=True, _preload_content=False
+    )
+    async for chunk in response.content.iter_any():
+        out.write(chunk.decode("utf-8", errors="replace"))
+        out.flush()
+    return EXIT_OK
+
+
+async def cmd_suspend(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    await cluster.patch_spec(args.name, {"suspend": args.command == "suspend"})
+    out.write(f"jobbatch.jobbatch.io/{args.name} {'suspended' if args.command == 'suspend' else 'resumed'}\n")
+    return EXIT_OK
+
+
+async def cmd_scale(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    if args.parallelism < 0:
+        raise PluginError("--parallelism must be 0 or more", EXIT_USAGE)
+    await cluster.patch_spec(args.name, {"parallelism": args.parallelism})
+    out.write(f"jobbatch.jobbatch.io/{args.name} scaled to parallelism {args.parallelism}\n")
+    return EXIT_OK
+
+
+async def cmd_wait(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    """Watch the batch until it is Complete (exit 0) or Failed (exit 1), or --timeout passes (exit 3)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    batch = await cluster.get(args.name)
+    while True:
+        outcome = wait_outcome(batch)
+        if outcome is not None:
+            verdict = "Complete" if outcome == EXIT_OK else "Failed"
+            out.write(f"jobbatch.jobbatch.io/{args.name} {verdict}\n")
+            return outcome
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            out.write(f"jobbatch.jobbatch.io/{args.name} still {(batch.get('status') or {}).get('phase', 'Pending')} "
+                      f"after {args.timeout:g}s\n")  # fmt: skip
+            return EXIT_TIMEOUT
+        # Watch from the version seen, so no change between the read and the watch is missed.
+        stream = watch.Watch()
+        try:
+            async with asyncio.timeout(remaining):
+                async for event in stream.stream(
+                    cluster.custom.list_namespaced_custom_object,
+                    api.GROUP,
+                    api.VERSION,
+                    cluster.namespace,
+                    api.PLURAL,
+                    field_selector=f"metadata.name={args.name}",
+                    resource_version=batch["metadata"]["resourceVersion"],
+                    timeout_seconds=max(1, min(300, int(remaining))),
+                ):
+                    if event["type"] == "DELETED":
+                        raise PluginError(f"jobbatch {args.name} was deleted while waiting", EXIT_NOT_FOUND)
+                    batch = event["object"]
+                    if wait_outcome(batch) is not None:
+                        break
+        except TimeoutError:
+            pass
+        except ApiException as exc:
+            if exc.status != 410:  # an expired version: read again and watch on
+                raise
+        finally:
+            stream.stop()
+        if wait_outcome(batch) is None:
+            batch = await cluster.get(args.name)
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "failures": cmd_failures,
+    "logs": cmd_logs,
+    "suspend": cmd_suspend,
+    "resume": cmd_suspend,
+    "scale": cmd_scale,
+    "wait": cmd_wait,
+}
+
+
+def _duration_arg(text: str) -> float:
+    """kubectl-style durations: 90, 90s, 5m, 1h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h)") from None
+
+
+def _connection_flags(default: Any) -> argparse.ArgumentParser:
+    """-n, --kubeconfig, --context: accepted before the command (as kubectl passes them) and after it."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-n", "--namespace", default=default, help="the namespace (default: the context's)")
+    flags.add_argument("--kubeconfig", default=default, help="the kubeconfig (default: $KUBECONFIG, ~/.kube/config)")
+    flags.add_argument("--context", default=default, help="the kubeconfig context to use")
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl jobbatch",
+        description="Look after JobBatches: status, failures, logs, suspend/resume/scale, wait.",
+        parents=[_connection_flags(None)],
+    )
+    # A subcommand's own defaults would overwrite values given before it: it has none.
+    common = _connection_flags(argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"kubectl-jobbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=["json", "yaml"], help="print the data instead of the summary")
+
+    p = sub.add_parser("status", parents=[common, output], help="phase, counts, times and a picture of the shards")
+    p.add_argument("name", nargs="?", help="a batch (default: every batch, one line each)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (without NAME)")
+    p = sub.add_parser("failures", parents=[common, output], help="failed shards: attempt, exit code, reason")
+    p.add_argument("name")
+    p = sub.add_parser("logs", parents=[common], help="a shard's worker logs (its latest kept attempt)")
+    p.add_argument("name")
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--attempt", type=int, help="this attempt (default: the latest kept)")
+    p.add_argument("-c", "--container", help="the container (default: the first)")
+    p.add_argument("-f", "--follow", action="store_true", help="stream the logs")
+    for verb, text in (("suspend", "stop launching and stop running attempts"), ("resume", "undo suspend")):
+        sub.add_parser(verb, parents=[common], help=text).add_argument("name")
+    p = sub.add_parser("scale", parents=[common], help="set parallelism (0 stops every attempt)")
+    p.add_argument("name")
+    p.add_argument("--parallelism", type=int, required=True)
+    p = sub.add_parser("wait", parents=[common], help="wait until Complete (exit 0) or Failed (exit 1)")
+    p.add_argument("name")
+    p.add_argument("--timeout", type=_duration_arg, default=_duration_arg("30m"), help="give up after (exit 3)")
+    return parser
+
+
+async def run(args: argparse.Namespace, out: TextIO) -> int:
+    if getattr(args, "all_namespaces", False) and getattr(args, "name", None):
+        raise PluginError("-A lists batches; give no NAME with it", EXIT_USAGE)
+    cluster = await Cluster.connect(args.kubeconfig, args.context, args.namespace)
+    try:
+        return await COMMANDS[args.command](cluster, args, out)
+    except ApiException as exc:
+        reason = exc.reason or ""
+        with contextlib.suppress(ValueError, AttributeError):
+            reason = json.loads(exc.body or "{}").get("message") or reason
+        raise PluginError(f"the API server refused: {exc.status} {reason}") from None
+    finally:
+        await cluster.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args, sys.stdout))
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

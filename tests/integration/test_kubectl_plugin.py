@@ -1,0 +1,132 @@
+"""`kubectl jobbatch`, run as users run it: through kubectl's plugin lookup, against the local cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kubernetes_asyncio import client
+
+from e2e import tools
+from tests.integration.conftest import OperatorFactory
+from tests.integration.harness import Batches, real_template, template
+from tests.waiting import eventually
+
+# kubectl finds `kubectl-jobbatch` on PATH: the venv's bin folder, where pip put the script.
+PLUGIN_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+async def kubectl_jobbatch(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(tools.bin_dir() / "kubectl"), "jobbatch", f"--kubeconfig={kubeconfig}", *args]
+    env = {**os.environ, "PATH": PLUGIN_PATH}
+    return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=180, env=env)
+
+
+async def test_status_failures_and_wait_tell_a_failed_batch_from_a_complete_one(
+    kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    await batches.create("ok", {"template": template(duration="1s"), "payloads": {"count": 3}})
+    bad = template(exit_code="7", fail_shards="4")
+    await batches.create(
+        "bad",
+        {"template": bad, "payloads": {"count": 6}, "parallelism": 6, "retry": {"nonRetryableExitCodes": [7]}},
+    )
+
+    # Plain `kubectl wait --for=condition=Complete` waits out its timeout on a failed batch; this does not.
+    done = await kubectl_jobbatch(kubeconfig, "wait", "ok", "-n", namespace, "--timeout", "90s")
+    assert (done.returncode, done.stdout.strip()) == (0, "jobbatch.jobbatch.io/ok Complete"), done.stderr
+    failed = await kubectl_jobbatch(kubeconfig, "-n", namespace, "wait", "bad", "--timeout", "90s")
+    assert (failed.returncode, failed.stdout.strip()) == (1, "jobbatch.jobbatch.io/bad Failed"), failed.stderr
+
+    status = await kubectl_jobbatch(kubeconfig, "status", "bad", "-n", namespace)
+    assert status.returncode == 0, status.stderr
+    assert "Phase:       Failed" in status.stdout
+    assert "\x1b[" not in status.stdout  # no colour off a terminal
+    (strip,) = [line.strip() for line in status.stdout.splitlines() if line.startswith("  ")]
+    assert len(strip) == 6
+    assert strip[4] == "x"  # the failed shard
+    assert "Failed shards: 4" in status.stdout
+
+    rows = json.loads((await kubectl_jobbatch(kubeconfig, "failures", "bad", "-n", namespace, "-o", "json")).stdout)
+    assert [(r["shard"], r["attempt"], r["exitCode"], r["reason"]) for r in rows] == [(4, 0, 7, "NonRetryableExitCode")]
+    table = (await kubectl_jobbatch(kubeconfig, "failures", "bad", "-n", namespace)).stdout.splitlines()
+    assert table[0].split() == ["SHARD", "ATTEMPT", "EXIT", "CODE", "REASON", "MESSAGE"]
+
+    listing = (await kubectl_jobbatch(kubeconfig, "status", "-n", namespace)).stdout.splitlines()
+    assert listing[0].split() == ["NAME", "PHASE", "PROGRESS", "FAILED", "SHARDS"]
+    by_name = {line.split()[0]: line.split() for line in listing[1:]}
+    assert by_name["ok"][1:4] == ["Succeeded", "3/3", "0"]
+    assert by_name["ok"][4] == "###"
+    everywhere = (await kubectl_jobbatch(kubeconfig, "status", "-A")).stdout.splitlines()
+    assert everywhere[0].split()[0] == "NAMESPACE"
+    assert any(line.split()[:2] == [namespace, "bad"] for line in everywhere[1:])
+
+    missing = await kubectl_jobbatch(kubeconfig, "status", "nope", "-n", namespace)
+    assert missing.returncode == 4
+    assert f'jobbatch "nope" not found in namespace "{namespace}"' in missing.stderr
+
+
+async def test_scale_suspend_and_resume_steer_a_running_batch(
+    kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    await operator()
+    await batches.create("long", {"template": template(duration="1h"), "payloads": {"count": 10}, "parallelism": 2})
+
+    async def running(count: int) -> bool:
+        batch = await batches.get("long")
+        return bool((batch.get("status") or {}).get("shards", {}).get("running") == count)
+
+    await eventually(lambda: running(2), what="two shards running")
+    status = (await kubectl_jobbatch(kubeconfig, "status", "long", "-n", namespace)).stdout
+    (strip,) = [line.strip() for line in status.splitlines() if line.startswith("  ")]
+    assert strip.count(">") == 2  # the running shards, from their pods
+
+    scaled = await kubectl_jobbatch(kubeconfig, "scale", "long", "--parallelism", "3", "-n", namespace)
+    assert scaled.returncode == 0, scaled.stderr
+    assert (await batches.get("long"))["spec"]["parallelism"] == 3
+    await eventually(lambda: running(3), what="three shards running after the scale")
+
+    assert (await kubectl_jobbatch(kubeconfig, "suspend", "long", "-n", namespace)).returncode == 0
+    await batches.wait_for("long", "Suspended")
+    await eventually(lambda: running(0), what="no shard running while suspended")
+    waited = await kubectl_jobbatch(kubeconfig, "wait", "long", "-n", namespace, "--timeout", "2s")
+    assert waited.returncode == 3
+    assert "still Suspended after 2s" in waited.stdout
+
+    assert (await kubectl_jobbatch(kubeconfig, "resume", "long", "-n", namespace)).returncode == 0
+    await eventually(lambda: running(3), what="three shards running again after resume")
+    refused = await kubectl_jobbatch(kubeconfig, "scale", "long", "--parallelism", "-1", "-n", namespace)
+    assert refused.returncode == 2
+
+
+async def test_logs_of_a_shards_attempt_on_the_real_node(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory, real_node: str
+) -> None:
+    await operator()
+    script = "import sys; from jobbatch import worker; s = worker.Shard.from_env(); "
+    script += "print(f'shard {s.index} attempt {s.attempt} says hello', flush=True); "
+    script += "sys.exit(7 if (s.index, s.attempt) == (1, 0) else 0)"
+    spec = {
+        "template": real_template(command=["python", "-c", script]),
+        "payloads": {"count": 2},
+        "retry": {"limit": 1, "backoff": {"initialSeconds": 0, "jitter": 0}},
+    }
+    await batches.create("talk", spec)
+    await batches.wait_for("talk", "Complete")
+
+    # The failed attempt's Job is kept (failedJobsHistoryLimit), so are its pod and logs.
+    first = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "1", "--attempt", "0", "-n", namespace)
+    assert first.returncode == 0, first.stderr
+    assert "shard 1 attempt 0 says hello" in first.stdout
+    followed = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "1", "-f", "-n", namespace)
+    assert followed.returncode == 0, followed.stderr
+    assert "shard 1 attempt 0 says hello" in followed.stdout  # the latest attempt still kept
+    # A succeeded attempt's Job is deleted with its pod: the plugin says so instead of printing nothing.
+    gone = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "0", "-n", namespace)
+    assert gone.returncode == 4
+    assert "no pod of shard 0 of jobbatch talk is kept" in gone.stderr

@@ -1,0 +1,131 @@
+"""`kubectl jobbatch`'s rendering and argument handling (no cluster: tests/integration/test_kubectl_plugin.py)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from jobbatch import plugin
+from jobbatch.ranges import IndexRanges
+
+NOW = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
+
+
+def batch(status: dict[str, Any], *, generation: int = 1, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "b", "namespace": "ns", "generation": generation, "uid": "u"},
+        "spec": spec,
+        "status": status,
+    }
+
+
+def test_the_strip_stays_three_rows_at_100k_shards_and_shows_a_lone_failure() -> None:
+    total = 100_000
+    rows = plugin.shard_strip(
+        total,
+        succeeded=IndexRanges([(0, 49_999)]),
+        failed=IndexRanges.of([77_777]),
+        running=IndexRanges([(50_000, 50_009)]),
+        width=60,
+    )
+    assert len(rows) == 3
+    assert all(len(r) <= 60 for r in rows)
+    cells = "".join(rows)
+    per_cell = -(-total // 180)
+    assert cells.count("x") == 1  # one shard in 100,000, still visible
+    assert cells[77_777 // per_cell] == "x"
+    assert cells[50_000 // per_cell] == ">"
+    assert set(cells[: 49_999 // per_cell]) == {"#"}
+    assert cells[-1] == "."
+
+
+def test_a_small_batch_gets_a_cell_per_shard() -> None:
+    (row,) = plugin.shard_strip(5, IndexRanges.of([0, 1]), IndexRanges.of([4]), IndexRanges.of([2]), width=60)
+    assert row == "##>.x"
+    assert plugin.shard_strip(0, IndexRanges(), IndexRanges(), IndexRanges()) == []
+
+
+def test_a_partly_done_cell_differs_from_a_done_one() -> None:
+    # Width 1: three cells at most, so two shards a cell.
+    assert plugin.shard_strip(4, IndexRanges.of([0, 1, 2]), IndexRanges(), IndexRanges(), width=1) == ["#", "+"]
+
+
+def test_colour_only_when_asked() -> None:
+    (plain,) = plugin.shard_strip(2, IndexRanges.of([0]), IndexRanges.of([1]), IndexRanges())
+    (coloured,) = plugin.shard_strip(2, IndexRanges.of([0]), IndexRanges.of([1]), IndexRanges(), colour=True)
+    assert "\x1b[" not in plain
+    assert "\x1b[31mx\x1b[0m" in coloured
+
+
+def test_status_shows_counts_durations_conditions_and_failed_shards() -> None:
+    status = {
+        "phase": "Failed",
+        "shards": {"total": 4, "succeeded": 3, "failed": 1},
+        "succeededShards": "0-2",
+        "failedShards": "3",
+        "startTime": "2026-12-02T11:58:30Z",
+        "completionTime": "2026-12-02T11:59:45Z",
+        "conditions": [
+            {"type": "Failed", "status": "True", "reason": "TooManyFailedShards", "message": "1 shard failed"},
+            {"type": "Complete", "status": "False", "reason": "Failed", "message": ""},
+        ],
+    }
+    text = plugin.render_status(batch(status, parallelism=2), IndexRanges(), now=NOW)
+    assert "Phase:       Failed" in text
+    assert "4 total: 3 succeeded, 1 failed" in text
+    assert "took 1m15s" in text
+    assert "Failed:      TooManyFailedShards: 1 shard failed" in text
+    assert "Complete:" not in text
+    assert "  ###x" in text
+    assert "Failed shards: 3" in text
+
+
+def test_status_of_a_refused_batch_says_why() -> None:
+    status = {"conditions": [{"type": "Accepted", "status": "False", "reason": "PayloadInvalid", "message": "item 3"}]}
+    text = plugin.render_status(batch(status), IndexRanges(), now=NOW)
+    assert "Not accepted: PayloadInvalid: item 3" in text
+    assert "Phase:       Pending" in text
+
+
+def test_failures_are_rows_with_exit_codes() -> None:
+    failures = [{"shard": 3, "attempt": 2, "exitCode": 7, "reason": "RetriesExhausted", "message": "exit 7"}]
+    rows = plugin.failure_rows(batch({"failures": failures}))
+    assert rows == [{"shard": 3, "attempt": 2, "exitCode": 7, "reason": "RetriesExhausted", "message": "exit 7"}]
+    table = plugin.render_table(rows, ["shard", "attempt", "exitCode", "reason", "message"]).splitlines()
+    assert table[0].split() == ["SHARD", "ATTEMPT", "EXIT", "CODE", "REASON", "MESSAGE"]
+    assert table[1].split() == ["3", "2", "7", "RetriesExhausted", "exit", "7"]
+
+
+def test_wait_ends_on_this_generations_verdict_only() -> None:
+    def cond(kind: str, seen: int | None) -> dict[str, Any]:
+        return {"type": kind, "status": "True", "reason": "r", "observedGeneration": seen}
+
+    assert plugin.wait_outcome(batch({"conditions": [cond("Complete", 1)]})) == plugin.EXIT_OK
+    assert plugin.wait_outcome(batch({"conditions": [cond("Failed", 1)]})) == plugin.EXIT_FAILED
+    assert plugin.wait_outcome(batch({"conditions": [cond("Failed", 1)]}, generation=2)) is None  # before a change
+    assert plugin.wait_outcome(batch({"conditions": [cond("Complete", None)]})) == plugin.EXIT_OK
+    assert plugin.wait_outcome(batch({})) is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-n", "team", "--context", "c", "status", "b"],  # as `kubectl jobbatch -n team ...` passes them
+        ["status", "b", "-n", "team", "--context", "c"],
+        ["--context", "c", "status", "-n", "team", "b"],
+    ],
+)
+def test_connection_flags_work_before_and_after_the_command(argv: list[str]) -> None:
+    args = plugin.build_parser().parse_args(argv)
+    assert (args.namespace, args.context, args.name, args.kubeconfig) == ("team", "c", "b", None)
+
+
+def test_wait_takes_kubectl_durations() -> None:
+    parser = plugin.build_parser()
+    assert parser.parse_args(["wait", "b", "--timeout", "90s"]).timeout == 90
+    assert parser.parse_args(["wait", "b", "--timeout", "5m"]).timeout == 300
+    assert parser.parse_args(["wait", "b"]).timeout == 1800
+    with pytest.raises(SystemExit):
+        parser.parse_args(["wait", "b", "--timeout", "soon"])
