@@ -32,8 +32,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,8 +81,10 @@ def api_server_guard(port: int) -> dict[str, list[list[str]]]:
     this keeps everything else off it (IPv6 has no pods here: loopback only).
     """
     commands: dict[str, list[list[str]]] = {}
-    for binary in IPTABLES:
-        allowed = [["-i", "lo"]] + ([["-s", POD_SUBNET]] if binary == "iptables" else [])
+    for binary in _iptables_binaries():
+        allowed = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"], ["-i", "lo"]]
+        if binary == "iptables":
+            allowed.append(["-i", BRIDGE, "-s", POD_SUBNET])  # the pods, from their bridge only
         commands[binary] = [
             ["-N", API_GUARD_CHAIN],
             *(["-A", API_GUARD_CHAIN, *match, "-j", "RETURN"] for match in allowed),
@@ -92,6 +92,11 @@ def api_server_guard(port: int) -> dict[str, list[list[str]]]:
             ["-I", "INPUT", "-p", "tcp", "--dport", str(port), "-j", API_GUARD_CHAIN],
         ]
     return commands
+
+
+def _iptables_binaries() -> tuple[str, ...]:
+    """Both families, or IPv4 alone on a host without IPv6 (no ip6tables tables to touch)."""
+    return IPTABLES if Path("/proc/net/if_inet6").exists() else IPTABLES[:1]
 
 
 def rule_cleanup(rules: str) -> list[list[str]]:
@@ -102,7 +107,10 @@ def rule_cleanup(rules: str) -> list[list[str]]:
     """
     owned, jumps = [], []
     for line in rules.splitlines():
-        parts = shlex.split(line)
+        try:
+            parts = shlex.split(line)
+        except ValueError:  # quoting this parser cannot read: not a rule of ours
+            continue
         if len(parts) < 2:
             continue
         if parts[0] == "-N" and parts[1].startswith(OWNED_CHAIN_PREFIXES):
@@ -133,7 +141,7 @@ def guard_api_server(port: int) -> None:
 def sweep_host_rules() -> list[str]:
     """Remove every owned chain and jump from the host's tables; returns what failed (for the log)."""
     failures = []
-    for binary in IPTABLES:
+    for binary in _iptables_binaries():
         for table in TABLES:
             listing = _iptables(binary, "-t", table, "-S")
             if listing.returncode != 0:
@@ -325,12 +333,12 @@ class RealNode:
                 f"--node-labels={labels}",
             ],
         )
-        healthz = _free_port()
-        proxy = self._kube_proxy_config(_free_port(), healthz)
+        proxy = self._kube_proxy_config(_free_port(), _free_port())
         (self.dir / "kube-proxy.json").write_text(json.dumps(proxy, indent=2))
         start("kube-proxy", [str(self.bin / "kube-proxy"), f"--config={self.dir / 'kube-proxy.json'}"])
-        # Healthy once it has written the Service rules: a pod started before would find no `kubernetes` Service.
-        _wait(lambda: _http_ok(f"http://127.0.0.1:{healthz}/healthz"), timeout=timeout, what="kube-proxy's rules")
+        # Ready once the `kubernetes` Service has its rules: a pod started before would find no API server.
+        # (Its /healthz answers 200 from the start, before any rule is written.)
+        _wait(_kubernetes_service_routed, timeout=timeout, what="kube-proxy's rule for the `kubernetes` Service")
 
     def ctr(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         command = ["ctr", f"--address={self.socket}", "--namespace=k8s.io", *args]
@@ -398,12 +406,9 @@ class RealNode:
                 top.rmdir()
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+def _kubernetes_service_routed() -> bool:
+    services = _iptables("iptables", "-t", "nat", "-S", "KUBE-SERVICES")
+    return services.returncode == 0 and "default/kubernetes:https" in services.stdout
 
 
 def _wait(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:

@@ -19,11 +19,13 @@ import datetime
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import aiohttp
 import yaml
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -33,10 +35,13 @@ from jobbatch.ranges import IndexRanges
 
 # Exit codes of `wait` (and of every command on error), documented in docs/kubectl-plugin.md.
 EXIT_OK = 0
-EXIT_FAILED = 1  # the batch ended Failed (wait), or the command failed
+EXIT_FAILED = 1  # wait: the batch ended Failed
 EXIT_USAGE = 2  # argparse's own
 EXIT_TIMEOUT = 3  # wait: still running at --timeout
-EXIT_NOT_FOUND = 4
+EXIT_NOT_FOUND = 4  # no such batch (logs: no kept pod)
+EXIT_ERROR = 5  # the API server could not be reached, or refused the call
+# Long lists (failedShards at 100,000 shards) are cut to this many ranges.
+MAX_RANGES_SHOWN = 10
 
 # One cell of the strip per group of shards: the worst state in the group wins, so a single failed
 # shard among 1,000 still shows.
@@ -53,7 +58,7 @@ SHOWN_CONDITIONS = ("Complete", "Failed", "Stalled", "Suspended")
 class PluginError(Exception):
     """A failure the user can act on; printed without a traceback."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
 
@@ -80,16 +85,17 @@ def shard_strip(
     running: IndexRanges,
     *,
     width: int = 60,
+    rows: int = 3,
     colour: bool = False,
 ) -> list[str]:
-    """Rows of at most ``width`` cells covering every shard; each cell is a group of shards.
+    """At most ``rows`` rows of at most ``width`` cells covering every shard; each cell is a group of shards.
 
-    At most three rows, so 100,000 shards take as much room as 100. Each cell shows the worst state in
-    its group (failed, running, some done, all done, none done).
+    So 100,000 shards take as much room as 100. Each cell shows the worst state in its group (failed,
+    running, some done, all done, none done).
     """
     if total <= 0:
         return []
-    cells = min(total, width * 3)
+    cells = min(total, width * rows)
     per_cell = math.ceil(total / cells)
     cells = math.ceil(total / per_cell)
     out: list[str] = []
@@ -161,8 +167,18 @@ def render_status(
         lines.append(f"Shards ({per_cell} per cell; # done, + some done, > running, x failed, . waiting):")
         lines.extend(f"  {row}" for row in strip)
     if status.get("failedShards"):
-        lines.append(f"Failed shards: {status['failedShards']}   (kubectl jobbatch failures {meta['name']})")
+        lines.append(
+            f"Failed shards: {brief_ranges(status['failedShards'])}   (kubectl jobbatch failures {meta['name']})"
+        )
     return "\n".join(lines)
+
+
+def brief_ranges(text: str, most: int = MAX_RANGES_SHOWN) -> str:
+    """``"0-3,7,9"`` cut to its first ``most`` ranges, saying how many more there are."""
+    parts = [p for p in text.split(",") if p]
+    if len(parts) <= most:
+        return ",".join(parts)
+    return f"{','.join(parts[:most])} ... ({len(parts) - most} more ranges)"
 
 
 def failure_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -192,27 +208,46 @@ def render_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def wait_outcome(batch: dict[str, Any]) -> int | None:
-    """EXIT_OK once Complete, EXIT_FAILED once Failed, None while neither (this generation's)."""
-    status = batch.get("status") or {}
-    generation = batch["metadata"].get("generation")
-    for cond in status.get("conditions") or []:
-        if cond.get("status") != "True" or cond.get("type") not in ("Complete", "Failed"):
-            continue
-        seen = cond.get("observedGeneration")
-        if seen is not None and generation is not None and seen < generation:
-            continue  # a verdict from before the spec last changed
-        return EXIT_OK if cond["type"] == "Complete" else EXIT_FAILED
+    """EXIT_OK once Succeeded, EXIT_FAILED once Failed, None while neither.
+
+    A finished batch stays finished (the operator acts on nothing after that, even a later spec
+    change), so its phase is the verdict whatever generation its conditions were written at.
+    """
+    phase = (batch.get("status") or {}).get("phase")
+    if phase == "Succeeded":
+        return EXIT_OK
+    if phase == "Failed":
+        return EXIT_FAILED
     return None
 
 
-def parse_shards(text: str) -> IndexRanges:
-    try:
-        return IndexRanges.parse(text)
-    except ValueError as exc:
-        raise PluginError(str(exc), EXIT_USAGE) from None
+def refusal(batch: dict[str, Any]) -> str:
+    """Why the batch is not accepted (``Accepted=False``), or ""."""
+    for cond in (batch.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Accepted" and cond.get("status") == "False":
+            return f"{cond.get('reason', '')}: {cond.get('message', '')}"
+    return ""
 
 
 # -- talking to the cluster -------------------------------------------------------------------------
+
+
+def first_current_context(paths: str) -> str | None:
+    """The context kubectl would use: the first ``current-context`` set among the kubeconfig files.
+
+    (The client library merges several files keeping the last one's, and would act on another cluster.)
+    """
+    for path in paths.split(os.pathsep):
+        if not path:
+            continue
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as f:
+                current = (yaml.safe_load(f) or {}).get("current-context")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if current:
+            return str(current)
+    return None
 
 
 class Cluster:
@@ -226,12 +261,16 @@ class Cluster:
 
     @classmethod
     async def connect(cls, kubeconfig: str | None, context: str | None, namespace: str | None) -> Cluster:
+        paths = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         configuration = client.Configuration()
         try:
             loader = await config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration, persist_config=False
+                config_file=paths,
+                context=context or first_current_context(paths),
+                client_configuration=configuration,
+                persist_config=False,
             )
-        except (config.ConfigException, OSError) as exc:
+        except (config.ConfigException, OSError, yaml.YAMLError) as exc:
             raise PluginError(f"cannot load the kubeconfig: {exc}") from None
         current = loader.current_context or {}
         default_ns = (current.get("context") or {}).get("namespace") or "default"
@@ -279,11 +318,17 @@ class Cluster:
         phase = "status.phase=Running" if running_only else ""  # empty selects every pod
         namespace = batch["metadata"]["namespace"]
         pods: Any = await self.core.list_namespaced_pod(namespace, label_selector=selector, field_selector=phase)
-        return list(pods.items)
+        return [p for p in pods.items if not p.metadata.deletion_timestamp]  # going: not the attempt to show
 
-    async def running_shards(self, batch: dict[str, Any]) -> IndexRanges:
-        """Shards with a running pod: at most the batch's parallelism of them."""
-        return IndexRanges.of(s for s in (shard_of(p) for p in await self.pods(batch, running_only=True)) if s >= 0)
+    async def running_shards(self, batch: dict[str, Any]) -> IndexRanges | None:
+        """Shards with a running pod (at most the batch's parallelism of them); None if pods cannot be read."""
+        try:
+            pods = await self.pods(batch, running_only=True)
+        except ApiException as exc:
+            if exc.status == 403:  # a user who may read batches but not pods: the strip without them
+                return None
+            raise
+        return IndexRanges.of(s for s in (shard_of(p) for p in pods) if s >= 0)
 
 
 def shard_of(pod: client.V1Pod) -> int:
@@ -313,7 +358,7 @@ def _dump(value: Any, output: str, out: TextIO) -> None:
 
 
 def _colour(stream: TextIO) -> bool:
-    return stream.isatty() and "NO_COLOR" not in os.environ
+    return stream.isatty() and not os.environ.get("NO_COLOR")  # no-color.org: any non-empty value
 
 
 async def cmd_status(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
@@ -334,6 +379,7 @@ async def cmd_status(cluster: Cluster, args: argparse.Namespace, out: TextIO) ->
                 IndexRanges.parse(status.get("failedShards")),
                 IndexRanges(),
                 width=20,
+                rows=1,
             )
             rows.append(
                 {
@@ -348,14 +394,21 @@ async def cmd_status(cluster: Cluster, args: argparse.Namespace, out: TextIO) ->
         columns = ["namespace", "name", "phase", "progress", "failed", "shards"]
         if not args.all_namespaces:
             columns.remove("namespace")
-        out.write((render_table(rows, columns) if rows else "No resources found") + "\n")
+        if not rows:
+            where = "any namespace" if args.all_namespaces else f"{cluster.namespace} namespace"
+            print(f"No resources found in {where}.", file=sys.stderr)  # as kubectl says it
+            return EXIT_OK
+        out.write(render_table(rows, columns) + "\n")
         return EXIT_OK
     batch = await cluster.get(args.name)
     if args.output:
         _dump(batch, args.output, out)
         return EXIT_OK
     running = await cluster.running_shards(batch)
-    out.write(render_status(batch, running, now=now, width=width, colour=_colour(out)) + "\n")
+    text = render_status(batch, running or IndexRanges(), now=now, width=width, colour=_colour(out))
+    out.write(text + "\n")
+    if running is None:
+        out.write("(running shards not shown: you may not list pods in this namespace)\n")
     return EXIT_OK
 
 
@@ -371,7 +424,7 @@ async def cmd_failures(cluster: Cluster, args: argparse.Namespace, out: TextIO) 
     out.write(render_table(rows, ["shard", "attempt", "exitCode", "reason", "message"]) + "\n")
     failed = IndexRanges.parse((batch.get("status") or {}).get("failedShards"))
     if len(failed) > len(rows):
-        out.write(f"({len(rows)} most recent shown; all failed shards: {failed})\n")
+        out.write(f"({len(rows)} most recent shown; all failed shards: {brief_ranges(str(failed))})\n")
     return EXIT_OK
 
 
@@ -392,16 +445,19 @@ async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> i
     out.write(f"# pod {name} (shard {args.shard}, attempt {attempt_of(pod)})\n")
     out.flush()
     container = args.container or pod.spec.containers[0].name
-    if not args.follow:
-        text = await cluster.core.read_namespaced_pod_log(name, namespace, container=container)
-        out.write(text)
-        return EXIT_OK
     response: Any = await cluster.core.read_namespaced_pod_log(
-        name, namespace, container=container, follow=True, _preload_content=False
+        name, namespace, container=container, follow=args.follow, _preload_content=False
     )
+    # The log's bytes as they are (kubectl does the same): a character split between two chunks, or
+    # bytes that are not UTF-8, come out whole.
+    sink = getattr(out, "buffer", None)
     async for chunk in response.content.iter_any():
-        out.write(chunk.decode("utf-8", errors="replace"))
-        out.flush()
+        if sink is not None:
+            sink.write(chunk)
+            sink.flush()
+        else:
+            out.write(chunk.decode("utf-8", errors="replace"))
+    response.release()
     return EXIT_OK
 
 
@@ -420,49 +476,50 @@ async def cmd_scale(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> 
 
 
 async def cmd_wait(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
-    """Watch the batch until it is Complete (exit 0) or Failed (exit 1), or --timeout passes (exit 3)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.timeout
-    batch = await cluster.get(args.name)
-    while True:
-        outcome = wait_outcome(batch)
-        if outcome is not None:
-            verdict = "Complete" if outcome == EXIT_OK else "Failed"
-            out.write(f"jobbatch.jobbatch.io/{args.name} {verdict}\n")
-            return outcome
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            out.write(f"jobbatch.jobbatch.io/{args.name} still {(batch.get('status') or {}).get('phase', 'Pending')} "
-                      f"after {args.timeout:g}s\n")  # fmt: skip
-            return EXIT_TIMEOUT
-        # Watch from the version seen, so no change between the read and the watch is missed.
-        stream = watch.Watch()
-        try:
-            async with asyncio.timeout(remaining):
-                async for event in stream.stream(
-                    cluster.custom.list_namespaced_custom_object,
-                    api.GROUP,
-                    api.VERSION,
-                    cluster.namespace,
-                    api.PLURAL,
-                    field_selector=f"metadata.name={args.name}",
-                    resource_version=batch["metadata"]["resourceVersion"],
-                    timeout_seconds=max(1, min(300, int(remaining))),
-                ):
-                    if event["type"] == "DELETED":
-                        raise PluginError(f"jobbatch {args.name} was deleted while waiting", EXIT_NOT_FOUND)
-                    batch = event["object"]
-                    if wait_outcome(batch) is not None:
-                        break
-        except TimeoutError:
-            pass
-        except ApiException as exc:
-            if exc.status != 410:  # an expired version: read again and watch on
-                raise
-        finally:
-            stream.stop()
-        if wait_outcome(batch) is None:
+    """Watch the batch until it Succeeded (exit 0) or Failed (exit 1), or --timeout passes (exit 3)."""
+    batch: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(args.timeout):  # every call below, reads and watches, within it
             batch = await cluster.get(args.name)
+            while (outcome := wait_outcome(batch)) is None:
+                batch = await _watch_until_changed(cluster, args.name, batch)
+    except TimeoutError:
+        phase = (batch.get("status") or {}).get("phase", "Pending") if batch else "unread"
+        why = refusal(batch) if batch else ""
+        out.write(f"jobbatch.jobbatch.io/{args.name} still {phase} after {args.timeout:g}s"
+                  + (f" (not accepted: {why})" if why else "") + "\n")  # fmt: skip
+        return EXIT_TIMEOUT
+    out.write(f"jobbatch.jobbatch.io/{args.name} {'Complete' if outcome == EXIT_OK else 'Failed'}\n")
+    return outcome
+
+
+async def _watch_until_changed(cluster: Cluster, name: str, batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch after its next change (or a fresh read when the watch ends or drops)."""
+    # From the version seen, so no change between the read and the watch is missed.
+    stream = watch.Watch()
+    try:
+        async for event in stream.stream(
+            cluster.custom.list_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            cluster.namespace,
+            api.PLURAL,
+            field_selector=f"metadata.name={name}",
+            resource_version=batch["metadata"]["resourceVersion"],
+            timeout_seconds=300,
+        ):
+            if event["type"] == "DELETED":
+                raise PluginError(f"jobbatch {name} was deleted while waiting", EXIT_NOT_FOUND)
+            if event["type"] in ("ADDED", "MODIFIED"):
+                return dict(event["object"])
+    except ApiException as exc:
+        if exc.status != 410:  # 410: the version expired; read again below
+            raise
+    except (aiohttp.ClientError, OSError):
+        await asyncio.sleep(1)  # a dropped connection: read again and watch on, until the deadline
+    finally:
+        await stream.close()
+    return await cluster.get(name)
 
 
 COMMANDS = {
@@ -476,15 +533,19 @@ COMMANDS = {
 }
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
+
+
 def _duration_arg(text: str) -> float:
-    """kubectl-style durations: 90, 90s, 5m, 1h."""
-    units = {"s": 1, "m": 60, "h": 3600}
+    """kubectl-style durations: 90, 90s, 5m, 1h30m."""
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h)") from None
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h30m)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def _connection_flags(default: Any) -> argparse.ArgumentParser:
@@ -527,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallelism", type=int, required=True)
     p = sub.add_parser("wait", parents=[common], help="wait until Complete (exit 0) or Failed (exit 1)")
     p.add_argument("name")
-    p.add_argument("--timeout", type=_duration_arg, default=_duration_arg("30m"), help="give up after (exit 3)")
+    p.add_argument("--timeout", type=_duration_arg, default=_duration_arg("30m"), help="give up after this (exit 3)")
     return parser
 
 
@@ -542,6 +603,8 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
         with contextlib.suppress(ValueError, AttributeError):
             reason = json.loads(exc.body or "{}").get("message") or reason
         raise PluginError(f"the API server refused: {exc.status} {reason}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise PluginError(f"cannot reach the API server: {exc}") from None
     finally:
         await cluster.close()
 

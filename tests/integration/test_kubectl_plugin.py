@@ -123,10 +123,19 @@ async def test_logs_of_a_shards_attempt_on_the_real_node(
     first = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "1", "--attempt", "0", "-n", namespace)
     assert first.returncode == 0, first.stderr
     assert "shard 1 attempt 0 says hello" in first.stdout
+
+    # Once the succeeded attempts' Jobs and pods are gone (deleted after the batch completed), the latest
+    # attempt of shard 1 still kept is the failed one; shard 0 has none, and the plugin says so.
+    async def only_failed_attempts_kept() -> bool:
+        pods = await client.CoreV1Api(api).list_namespaced_pod(namespace)
+        return all(p.metadata.labels.get("jobbatch.io/attempt") == "0" for p in pods.items) and all(
+            p.status.phase == "Failed" for p in pods.items
+        )
+
+    await eventually(only_failed_attempts_kept, what="only the failed attempt's pod left")
     followed = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "1", "-f", "-n", namespace)
     assert followed.returncode == 0, followed.stderr
-    assert "shard 1 attempt 0 says hello" in followed.stdout  # the latest attempt still kept
-    # A succeeded attempt's Job is deleted with its pod: the plugin says so instead of printing nothing.
+    assert "shard 1 attempt 0 says hello" in followed.stdout
     gone = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "0", "-n", namespace)
     assert gone.returncode == 4
     assert "no pod of shard 0 of jobbatch talk is kept" in gone.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,21 +101,71 @@ def test_failures_are_rows_with_exit_codes() -> None:
     assert table[1].split() == ["3", "2", "7", "RetriesExhausted", "exit", "7"]
 
 
-def test_wait_ends_on_this_generations_verdict_only() -> None:
-    def cond(kind: str, seen: int | None) -> dict[str, Any]:
-        return {"type": kind, "status": "True", "reason": "r", "observedGeneration": seen}
-
-    assert plugin.wait_outcome(batch({"conditions": [cond("Complete", 1)]})) == plugin.EXIT_OK
-    assert plugin.wait_outcome(batch({"conditions": [cond("Failed", 1)]})) == plugin.EXIT_FAILED
-    assert plugin.wait_outcome(batch({"conditions": [cond("Failed", 1)]}, generation=2)) is None  # before a change
-    assert plugin.wait_outcome(batch({"conditions": [cond("Complete", None)]})) == plugin.EXIT_OK
+def test_wait_ends_on_the_batchs_phase_whatever_changed_after() -> None:
+    assert plugin.wait_outcome(batch({"phase": "Succeeded"})) == plugin.EXIT_OK
+    assert plugin.wait_outcome(batch({"phase": "Failed"})) == plugin.EXIT_FAILED
+    # Scaled after it finished: the operator acts on nothing more, and the verdict stands.
+    assert plugin.wait_outcome(batch({"phase": "Succeeded"}, generation=2)) == plugin.EXIT_OK
+    assert plugin.wait_outcome(batch({"phase": "Running"})) is None
     assert plugin.wait_outcome(batch({})) is None
+    refused = {"conditions": [{"type": "Accepted", "status": "False", "reason": "PayloadInvalid", "message": "x"}]}
+    assert plugin.refusal(batch(refused)) == "PayloadInvalid: x"
+
+
+def test_long_range_lists_are_cut() -> None:
+    assert plugin.brief_ranges("0-3,7") == "0-3,7"
+    text = ",".join(str(i * 2) for i in range(50))
+    assert plugin.brief_ranges(text) == "0,2,4,6,8,10,12,14,16,18 ... (40 more ranges)"
+
+
+def test_the_list_view_strip_is_one_row_over_every_shard() -> None:
+    failed = IndexRanges.of([50])
+    (row,) = plugin.shard_strip(60, IndexRanges(), failed, IndexRanges(), width=20, rows=1)
+    assert len(row) == 20
+    assert row[50 // 3] == "x"
+
+
+def test_several_kubeconfig_files_use_the_first_current_context_as_kubectl_does(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.kc", tmp_path / "b.kc"
+    first.write_text("current-context: ctxa\n")
+    second.write_text("current-context: ctxb\n")
+    empty = tmp_path / "none.kc"
+    empty.write_text("{}\n")
+    paths = os.pathsep.join([str(tmp_path / "missing"), str(empty), str(first), str(second)])
+    assert plugin.first_current_context(paths) == "ctxa"
+    assert plugin.first_current_context(str(empty)) is None
+
+
+async def test_connect_acts_on_the_context_kubectl_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def kubeconfig(name: str, current: str) -> Path:
+        path = tmp_path / f"{name}.kc"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": current,
+            "clusters": [{"name": name, "cluster": {"server": f"https://{name}.invalid"}}],
+            "users": [{"name": name, "user": {"token": "t"}}],
+            "contexts": [{"name": current, "context": {"cluster": name, "user": name, "namespace": f"ns-{name}"}}],
+        }))  # fmt: skip
+        return path
+
+    a, b = kubeconfig("a", "ctxa"), kubeconfig("b", "ctxb")
+    monkeypatch.setenv("KUBECONFIG", f"{a}{os.pathsep}{b}")
+    cluster = await plugin.Cluster.connect(None, None, None)
+    try:
+        assert cluster.namespace == "ns-a"
+        assert cluster.api_client.configuration.host == "https://a.invalid"
+    finally:
+        await cluster.close()
+    other = await plugin.Cluster.connect(None, "ctxb", "given")
+    try:
+        assert (other.namespace, other.api_client.configuration.host) == ("given", "https://b.invalid")
+    finally:
+        await other.close()
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["-n", "team", "--context", "c", "status", "b"],  # as `kubectl jobbatch -n team ...` passes them
+        ["-n", "team", "--context", "c", "status", "b"],  # `kubectl jobbatch -n team ...` passes them so
         ["status", "b", "-n", "team", "--context", "c"],
         ["--context", "c", "status", "-n", "team", "b"],
     ],
@@ -126,6 +179,7 @@ def test_wait_takes_kubectl_durations() -> None:
     parser = plugin.build_parser()
     assert parser.parse_args(["wait", "b", "--timeout", "90s"]).timeout == 90
     assert parser.parse_args(["wait", "b", "--timeout", "5m"]).timeout == 300
+    assert parser.parse_args(["wait", "b", "--timeout", "1h30m"]).timeout == 5400
     assert parser.parse_args(["wait", "b"]).timeout == 1800
     with pytest.raises(SystemExit):
         parser.parse_args(["wait", "b", "--timeout", "soon"])

@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from e2e import cluster, images, realnode, tools
 
 
@@ -201,14 +203,17 @@ def test_down_removes_every_owned_chain_and_the_jumps_into_it_and_nothing_else()
     assert realnode.rule_cleanup("-P INPUT ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n") == []
 
 
-def test_only_loopback_and_the_pods_reach_the_api_server() -> None:
+def test_only_loopback_and_the_pods_reach_the_api_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realnode, "_iptables_binaries", lambda: realnode.IPTABLES)
     guard = realnode.api_server_guard(6443)
     v4, v6 = guard["iptables"], guard["ip6tables"]
     chain = realnode.API_GUARD_CHAIN
+    replies = ["-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]
     assert v4 == [
         ["-N", chain],
+        replies,
         ["-A", chain, "-i", "lo", "-j", "RETURN"],
-        ["-A", chain, "-s", realnode.POD_SUBNET, "-j", "RETURN"],
+        ["-A", chain, "-i", realnode.BRIDGE, "-s", realnode.POD_SUBNET, "-j", "RETURN"],  # not spoofable from eth0
         ["-A", chain, "-j", "DROP"],
         ["-I", "INPUT", "-p", "tcp", "--dport", "6443", "-j", chain],
     ]
@@ -216,6 +221,14 @@ def test_only_loopback_and_the_pods_reach_the_api_server() -> None:
     assert not any(realnode.POD_SUBNET in c for c in v6)  # no IPv6 pods: loopback only
     assert v6[-2:] == [["-A", chain, "-j", "DROP"], ["-I", "INPUT", "-p", "tcp", "--dport", "6443", "-j", chain]]
     assert chain.startswith(realnode.OWNED_CHAIN_PREFIXES)  # so `down` removes it
+    # A host without IPv6 has no ip6tables tables to guard.
+    monkeypatch.setattr(realnode, "_iptables_binaries", lambda: ("iptables",))
+    assert list(realnode.api_server_guard(6443)) == ["iptables"]
+
+
+def test_a_rule_line_the_parser_cannot_read_is_skipped_not_fatal() -> None:
+    rules = "-N KUBE-X\n-A INPUT -i it's -j ACCEPT\n-A INPUT -j KUBE-X\n"
+    assert realnode.rule_cleanup(rules) == [["-D", "INPUT", "-j", "KUBE-X"], ["-F", "KUBE-X"], ["-X", "KUBE-X"]]
 
 
 def test_the_kubelet_answers_only_clients_of_the_clusters_ca(tmp_path: Path) -> None:
