@@ -286,11 +286,12 @@ class Cluster:
             )
         except ApiException as exc:
             if exc.status == 404:
-                raise PluginError(
-                    f'jobbatch "{name}" not found in namespace "{self.namespace}"', EXIT_NOT_FOUND
-                ) from None
+                raise self._not_found(name) from None
             raise
         return body
+
+    def _not_found(self, name: str) -> PluginError:
+        return PluginError(f'jobbatch "{name}" not found in namespace "{self.namespace}"', EXIT_NOT_FOUND)
 
     async def list_batches(self, all_namespaces: bool) -> list[dict[str, Any]]:
         if all_namespaces:
@@ -300,16 +301,14 @@ class Cluster:
         return list(body["items"])
 
     async def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        await self.get(name)  # a clear "not found" first
-        body: dict[str, Any] = await self.custom.patch_namespaced_custom_object(
-            api.GROUP,
-            api.VERSION,
-            self.namespace,
-            api.PLURAL,
-            name,
-            {"spec": spec},
-            **MERGE_PATCH,
-        )
+        try:
+            body: dict[str, Any] = await self.custom.patch_namespaced_custom_object(
+                api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}, **MERGE_PATCH
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise self._not_found(name) from None
+            raise
         return body
 
     async def pods(self, batch: dict[str, Any], *, running_only: bool = False) -> list[client.V1Pod]:

@@ -21,16 +21,16 @@ from tests.integration.harness import Batches, PodRecorder, host_dir, real_templ
 from tests.waiting import eventually
 
 FAST_RETRY = {"limit": 2, "backoff": {"initialSeconds": 0, "jitter": 0}}
-# A worker that holds until the test opens its gate (a file in a host folder the pod mounts), and
-# that exits 143 on SIGTERM as well-behaved workers do.
+# A worker that holds until its pod is stopped, unless the test's gate (a file in a host folder the pod
+# mounts) was open when it started; it exits 143 on SIGTERM as well-behaved workers do.
 GATED_WORKER = """
-import os, signal, sys, time
+import os, signal, sys
 from jobbatch import worker
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 shard = worker.Shard.from_env()
 print(f"shard {shard.index} attempt {shard.attempt} waiting", flush=True)
-while not os.path.exists("/gate/open"):
-    time.sleep(0.1)
+if not os.path.exists("/gate/open"):
+    signal.pause()  # until SIGTERM
 """
 
 
