@@ -33,6 +33,7 @@ import yaml
 from e2e import images, objectstore, postgres, tools
 from e2e.cluster import LocalCluster, Settings, wait_until
 from e2e.operator_process import OperatorProcess
+from jobbatch.ranges import IndexRanges
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "06-import"
@@ -51,7 +52,8 @@ class Report:
     content_matches: bool  # the table holds exactly the file's records (ids, names, emails)
     preloaded: int  # rows already in the table before the batch ran (a shard "committed before it died")
     operator_kills: int
-    pods_deleted: list[str]
+    pods_deleted: list[str]  # deleted mid-shard, and their attempts were seen retried
+    pods_deleted_late: list[str]  # deleted as their worker finished: the shard succeeded, another pod was deleted
     retries: int  # shard attempts after the first that got a pod (seen by polling the pods)
     cores: int
     wanted_kills: int
@@ -107,6 +109,46 @@ def fault_points(shards: int, deletions: int, kills: int) -> tuple[list[int], li
     return delete_at, kill_at
 
 
+WorkerPod = tuple[tuple[int, int], str, str | None]  # ((shard, attempt), name, when it started if running)
+
+
+@dataclasses.dataclass
+class PodDeletions:
+    """Worker pods deleted mid-shard, each counted once its attempt is seen retried.
+
+    A pod the API server shows running may have finished its work already: the kubelet reports a
+    second or so late, and the poll between takes time. Its SIGTERM then finds nothing to stop, the
+    shard succeeds and nothing is retried; such a deletion is set aside and another pod deleted, so
+    the run does the chaos it promised instead of failing on a timing it cannot control.
+    """
+
+    due: list[int]  # shards done at which to delete the next pod
+    confirmed: list[str] = dataclasses.field(default_factory=list)
+    late: list[str] = dataclasses.field(default_factory=list)
+    pending: tuple[str, tuple[int, int]] | None = None  # (pod, (shard, attempt)) whose outcome is unknown
+
+    def want(self, done: int) -> bool:
+        """One deletion at a time, once its point in the run is reached."""
+        return self.pending is None and bool(self.due) and done >= self.due[0]
+
+    def deleted(self, name: str, key: tuple[int, int]) -> None:
+        self.due.pop(0)
+        self.pending = (name, key)
+
+    def observe(self, pods: list[WorkerPod], succeeded: IndexRanges) -> None:
+        """Settle the pending deletion: its shard retried (counted), or succeeded without (deleted too late)."""
+        if self.pending is None:
+            return
+        name, (shard, attempt) = self.pending
+        if any(key[0] == shard and key[1] > attempt for key, _, _ in pods):
+            self.confirmed.append(name)
+            self.pending = None
+        elif shard in succeeded:
+            self.late.append(name)
+            self.due.insert(0, 0)  # delete another now
+            self.pending = None
+
+
 async def run(
     kubeconfig: Path,
     namespace: str,
@@ -154,14 +196,15 @@ async def run(
             await proc.start()
             return proc
 
-        killed, deleted = 0, []
+        killed = 0
+        delete_at, kill_at = fault_points(shards, deletions, kills)
+        chaos = PodDeletions(delete_at)
         retried: set[tuple[int, int]] = set()  # (shard, attempt >= 1) seen with a pod
         try:
             current = await operator()
             live_since = time.monotonic()
             kubectl("apply", "-f", "-", input=json.dumps(manifest(endpoint, shard_size, parallelism, work_ms)))
             started = time.monotonic()
-            delete_at, kill_at = fault_points(shards, deletions, kills)
             while True:
                 if time.monotonic() - started > TIMEOUT:
                     raise TimeoutError(f"{BATCH} not Complete after {TIMEOUT:.0f}s (logs in {workdir})")
@@ -176,12 +219,14 @@ async def run(
                     raise RuntimeError(f"{BATCH} did not run: {json.dumps(status)[:2000]}")
                 pods = _worker_pods(kubectl)
                 retried |= {key for key, _, _ in pods if key[1] >= 1}
-                pod = _newest_running(pods) if delete_at and done >= delete_at[0] else None
-                # SIGTERM mid-shard, as an eviction or a drained node would send; counted only if the pod
-                # was still there to delete.
-                if pod and "deleted" in kubectl("delete", "pod", pod, "--wait=false", "--ignore-not-found"):
-                    delete_at.pop(0)
-                    deleted.append(pod)
+                chaos.observe(pods, IndexRanges.parse(status.get("succeededShards")))
+                target = _newest_running(pods) if chaos.want(done) else None
+                # SIGTERM mid-shard, as an eviction or a drained node would send; counted once its
+                # attempt is seen retried.
+                if target is not None:
+                    key, pod = target
+                    if "deleted" in kubectl("delete", "pod", pod, "--wait=false", "--ignore-not-found"):
+                        chaos.deleted(pod, key)
                 # A kill only once the last operator has run a while: faults spread, not piled up.
                 if kill_at and done >= kill_at[0] and time.monotonic() - live_since > 5:
                     kill_at.pop(0)
@@ -202,12 +247,13 @@ async def run(
     return Report(
         records=records, shards=shards, parallelism=parallelism, seconds=round(seconds, 1), rows=rows,
         content_matches=digest == table_digest(data), preloaded=len(preload), operator_kills=killed,
-        pods_deleted=deleted, retries=len(retried), cores=os.cpu_count() or 0, wanted_kills=kills,
+        pods_deleted=chaos.confirmed, pods_deleted_late=chaos.late, retries=len(retried),
+        cores=os.cpu_count() or 0, wanted_kills=kills,
         wanted_deletions=deletions,
     )  # fmt: skip
 
 
-def _worker_pods(kubectl: Any) -> list[tuple[tuple[int, int], str, str | None]]:
+def _worker_pods(kubectl: Any) -> list[WorkerPod]:
     """((shard, attempt), name, when its container started if it runs now) of every worker pod."""
     pods = json.loads(kubectl("get", "pods", "-l", f"jobbatch.io/batch={BATCH}", "-o", "json"))["items"]
     out = []
@@ -224,10 +270,13 @@ def _worker_pods(kubectl: Any) -> list[tuple[tuple[int, int], str, str | None]]:
     return out
 
 
-def _newest_running(pods: list[tuple[tuple[int, int], str, str | None]]) -> str | None:
+def _newest_running(pods: list[WorkerPod]) -> tuple[tuple[int, int], str] | None:
     """The worker pod whose container started last and still runs: mid-shard, most of its work ahead."""
-    running = [(started, name) for _, name, started in pods if started is not None]
-    return max(running)[1] if running else None
+    running = [(started, key, name) for key, name, started in pods if started is not None]
+    if not running:
+        return None
+    _, key, name = max(running)
+    return key, name
 
 
 def main(argv: list[str] | None = None) -> int:

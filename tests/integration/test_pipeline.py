@@ -26,10 +26,11 @@ async def test_the_import_pipeline_loads_every_record_exactly_once_through_chaos
         deletions=1,
         work_ms=5,  # 1.5 s of a shard's "work" before its insert: where the deletion lands
     )
+    print(report)  # shown with -s, and under a failure
     assert report.operator_kills == 1
     assert len(report.pods_deleted) == 1
     assert report.retries >= 1  # the deleted pod's attempt failed and was retried
     assert report.rows == 3_000  # shard 0's 300 rows were there before: its run added none
     assert report.preloaded == 300
     assert report.content_matches  # ids, names (quotes, commas) and emails exactly as in the file
-    assert report.ok()
+    assert report.ok(), report
