@@ -141,6 +141,10 @@ class Payloads(_Model):
         return self
 
 
+# A shard's attempts in one round (first run, or a rerun) never pass retry.limit, at most this.
+MAX_RETRY_LIMIT = 100
+
+
 class Backoff(_Model):
     """Delay before retry n (n = 0 for the first retry): min(maxSeconds, initialSeconds * multiplier^n),
     then scaled by a random factor in [1 - jitter, 1 + jitter]."""
@@ -154,7 +158,7 @@ class Backoff(_Model):
 class Retry(_Model):
     """How failed shard attempts are retried."""
 
-    limit: int = Field(default=3, ge=0, le=100, description="Retries per shard after its first attempt.")
+    limit: int = Field(default=3, ge=0, le=MAX_RETRY_LIMIT, description="Retries per shard after its first attempt.")
     backoff: Backoff = Field(default_factory=Backoff, description="Delay between attempts of a shard.")
     non_retryable_exit_codes: list[int] = Field(
         default_factory=list,
@@ -172,6 +176,48 @@ class Retry(_Model):
         "retries decide what follows. 0: the first disruption fails the attempt. Preemptions count: raise it "
         "for batches meant to be preempted.",
     )
+
+
+# Index ranges as the status writes them: "0-41,43".
+# Indexes of at most 8 digits: shards are fewer than 10,000,000.
+RANGES_PATTERN = r"^[0-9]{1,8}(-[0-9]{1,8})?(,[0-9]{1,8}(-[0-9]{1,8})?)*$"
+# Attempt numbers stay within the 3 digits Job names have room for (naming.py); reruns start above
+# the highest attempt so far, so this bounds how often a batch can be rerun (about 250 times with the
+# default retry.limit).
+MAX_ATTEMPT = 999
+
+
+class Rerun(_Model):
+    """Run a finished batch's failed shards again: set a new ``id`` (``kubectl jobbatch rerun`` does)."""
+
+    id: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.:]*[A-Za-z0-9])?$",
+        description="Names this rerun. A value the batch has not run yet asks for a rerun, which starts once the "
+        "batch has finished (Succeeded or Failed).",
+    )
+    shards: str | None = Field(
+        default=None,
+        max_length=65_536,
+        pattern=RANGES_PATTERN,
+        description='Failed shards to run again, as index ranges ("3,7-9"); default: every failed shard. Shards '
+        "that had not failed are left alone. Shards the batch never finished (it failed before they ran) always "
+        "run.",
+    )
+
+
+class RerunStatus(_Model):
+    """The latest rerun the operator started."""
+
+    id: str = Field(description="spec.rerun.id of this rerun.")
+    shards: int = Field(default=0, description="Shards it runs again: failed ones chosen plus unfinished ones.")
+    first_attempt: int = Field(
+        default=0,
+        description="Its shards' attempts start here (above every earlier attempt), each with a fresh retry budget.",
+    )
+    start_time: datetime.datetime | None = Field(default=None, description="When it started.")
+    count: int = Field(default=0, description="Reruns so far, this one included.")
 
 
 class JobBatchSpec(_Model):
@@ -261,6 +307,18 @@ class JobBatchSpec(_Model):
         ge=0,
         description="Delete the finished batch (and everything it owns) this long after it finished.",
     )
+    rerun: Rerun | None = Field(
+        default=None,
+        description="Run failed shards of the finished batch again (docs/operations.md#rerunning-failed-shards).",
+    )
+    successful_jobs_history_limit: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Shard Jobs whose shards all succeeded kept with their pods, for kubectl logs: the most "
+        "recently finished ones. Each holds up to its shard count of pods (2 x parallelism, at most 10,000), "
+        "so keep it small.",
+    )
     failed_jobs_history_limit: int = Field(
         default=5,
         ge=0,
@@ -321,6 +379,12 @@ class JobBatchStatus(_Model):
     failed_shards: str = Field(default="", description="Indexes of permanently failed shards.")
     start_time: datetime.datetime | None = Field(default=None, description="When the first shard was launched.")
     completion_time: datetime.datetime | None = Field(default=None, description="When the batch finished.")
+    highest_attempt: int | None = Field(
+        default=None,
+        description="The highest attempt any shard Job of the batch has had: a rerun's attempts start above it, so "
+        "no Job name is used twice.",
+    )
+    rerun: RerunStatus | None = Field(default=None, description="The latest rerun started.")
     failures: list[ShardFailure] = Field(
         default_factory=list, max_length=10, description="The latest permanently failed shards (at most 10)."
     )

@@ -9,7 +9,8 @@ are watched by ``jobbatch.jobwatch``, not by kopf (see there why).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -17,6 +18,8 @@ import kopf
 from jobbatch import api, metrics
 from jobbatch.reconciler import BatchReconciler, release_orphan
 from jobbatch.state import Runtime
+
+logger = logging.getLogger(__name__)
 
 
 def on_failed_pod_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]], None]:
@@ -49,14 +52,39 @@ def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]],
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def batch_changed(uid: str, namespace: str | None, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def batch_changed(
+    uid: str, name: str, namespace: str | None, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     runtime: Runtime = memo["runtime"]
     reconciler = runtime.reconcilers.get(uid)
     if reconciler is not None:
         reconciler.batch_changed()
+    if type == "DELETED":
+        runtime.finished.discard(uid)
+    elif namespace and uid in runtime.finished and uid not in runtime.serving and spec_changed(body):
+        # kopf runs a daemon once per object and process: a finished batch's spec changed (a rerun,
+        # a TTL set afterwards), so a reconciler of its own takes over (ended by close()).
+        runtime.finished.discard(uid)
+        runtime.spawn(reconcile(runtime, name, namespace, uid, NeverStopped()))
     if runtime.access is not None and namespace:
         # A new batch holds kopf's finalizer: hold the RoleBinding; the last one gone: let it go.
         runtime.access.wake(namespace, gone=type == "DELETED")
+
+
+def spec_changed(body: Mapping[str, Any]) -> bool:
+    """The spec has a generation the status has not acted on, and the batch is not being deleted."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return not meta.get("deletionTimestamp") and meta.get("generation") != status.get("observedGeneration")
+
+
+class NeverStopped:
+    """The ``stopped`` of a reconciler kopf did not start: it runs until it ends or is cancelled."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)
@@ -70,29 +98,42 @@ async def run_batch(
 ) -> None:
     """Reconcile one batch until it is finished and cleaned up, or deleted."""
     assert namespace is not None  # JobBatch is namespaced
-    runtime: Runtime = memo["runtime"]
-    if not await _until_listed(runtime, namespace, stopped):
+    await reconcile(memo["runtime"], name, namespace, uid, stopped)
+
+
+async def reconcile(runtime: Runtime, name: str, namespace: str, uid: str, stopped: Any) -> None:
+    """One batch's reconciler, from kopf's daemon or revived by a spec change; one per batch at a time."""
+    if uid in runtime.serving:
         return
-    shard_jobs = runtime.watch.jobs  # complete for this namespace now
-    reconciler = BatchReconciler(
-        kube=runtime.kube,
-        dispatcher=runtime.dispatcher,
-        namespace=namespace,
-        name=name,
-        uid=uid,
-        jobs=lambda: shard_jobs.jobs(namespace, uid),
-        failures=runtime.watch.failed_pods.failures,
-        all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
-        sandbox=runtime.sandbox,
-        indexer=runtime.indexer,
-    )
-    runtime.reconcilers[uid] = reconciler
+    runtime.serving.add(uid)
     try:
-        await reconciler.run(stopped)
+        if not await _until_listed(runtime, namespace, stopped):
+            return
+        shard_jobs = runtime.watch.jobs  # complete for this namespace now
+        reconciler = BatchReconciler(
+            kube=runtime.kube,
+            dispatcher=runtime.dispatcher,
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            jobs=lambda: shard_jobs.jobs(namespace, uid),
+            failures=runtime.watch.failed_pods.failures,
+            all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
+            sandbox=runtime.sandbox,
+            indexer=runtime.indexer,
+        )
+        runtime.reconcilers[uid] = reconciler
+        try:
+            await reconciler.run(stopped)
+        finally:
+            runtime.reconcilers.pop(uid, None)
+            runtime.dispatcher.forget(uid)
+            metrics.forget_batch(namespace, name)
+        if reconciler.finished:
+            runtime.finished.add(uid)
+            logger.info("%s/%s: finished; idle until its spec changes", namespace, name)
     finally:
-        runtime.reconcilers.pop(uid, None)
-        runtime.dispatcher.forget(uid)
-        metrics.forget_batch(namespace, name)
+        runtime.serving.discard(uid)
 
 
 async def _until_listed(runtime: Runtime, namespace: str, stopped: kopf.DaemonStopped) -> bool:

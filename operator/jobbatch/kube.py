@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import aiohttp
@@ -113,6 +113,21 @@ async def new_api_client() -> client.ApiClient:
     return api_client
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: removed keys become null."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = merge_patch(before, value)
+        else:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
 class Kube:
     """The operator's API calls, each one rate-limited and retried."""
 
@@ -181,10 +196,14 @@ class Kube:
         return dict(body)
 
     async def patch_batch_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str, old: dict[str, Any]
     ) -> dict[str, Any]:
-        """Write the status if the object is unchanged since ``resource_version`` read; else Conflict."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        """Write the status if the object is unchanged since ``resource_version`` read; else Conflict.
+
+        ``old`` is the status as read: fields it has that ``status`` lacks are removed (a merge patch
+        of the new status alone would keep them, e.g. the completionTime of a batch rerun).
+        """
+        body = {"metadata": {"resourceVersion": resource_version}, "status": merge_patch(old, status)}
         try:
             result = await self._call(
                 f"patch jobbatch {namespace}/{name} status",

@@ -33,13 +33,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from jobbatch import naming
-from jobbatch.api import TERMINAL_PHASES, Condition, JobBatchSpec, JobBatchStatus, ShardCounts, ShardFailure
+from jobbatch.api import (
+    MAX_ATTEMPT,
+    MAX_RETRY_LIMIT,
+    TERMINAL_PHASES,
+    Condition,
+    JobBatchSpec,
+    JobBatchStatus,
+    RerunStatus,
+    ShardCounts,
+    ShardFailure,
+)
 from jobbatch.backoff import retry_delay
 from jobbatch.observed import PodFailure, ShardJob
 from jobbatch.ranges import IndexRanges
 
 # How often an unaccepted batch re-checks what it waits for (a ConfigMap, a PriorityClass).
 ACCEPTANCE_RECHECK_SECONDS = 10.0
+# How often a finished batch re-checks that its Jobs' last pods are gone (before it lets the Jobs go,
+# and before a rerun starts); their Jobs' watch events wake it sooner.
+STOPPING_RECHECK_SECONDS = 5.0
 # Events about individual shards posted per pass, so a mass failure cannot flood the API.
 MAX_SHARD_EVENTS_PER_PASS = 5
 MAX_RECORDED_FAILURES = 10
@@ -114,6 +127,7 @@ class CreateJob:
     count: int
     attempt: int
     parallelism: int
+    retry: bool = False  # a failed shard's next attempt (not a chunk of first attempts, or of a rerun)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,15 +262,21 @@ def survey(
     failures: Mapping[tuple[int, int], PodFailure],
     total: int,
     now: datetime.datetime,
+    first_attempt: int = 0,
 ) -> Survey:
-    """Sort observed Jobs into outcomes of each shard's latest attempt."""
+    """Sort observed Jobs into outcomes of each shard's latest attempt.
+
+    ``first_attempt``: a rerun's first attempt. Every shard not recorded then is the rerun's, so the
+    Jobs of earlier attempts (kept for their logs) say nothing about any shard still to finish.
+    """
+    jobs = [j for j in jobs if j.attempt >= first_attempt]
     recorded_succeeded = IndexRanges.parse(status.succeeded_shards)
     recorded_failed = IndexRanges.parse(status.failed_shards)
     recorded = recorded_succeeded.union(recorded_failed)
     newest: dict[int, int] = {}
     confirmed: dict[int, int] = {}
     for job in jobs:
-        if job.attempt > 0:
+        if job.attempt > first_attempt:  # a retry Job (a chunk of first attempts supersedes nothing)
             for shard in job.shards:
                 newest[shard] = max(newest.get(shard, 0), job.attempt)
                 if job.confirmed:
@@ -303,11 +323,13 @@ class ShardFates:
     next_due: datetime.datetime | None
 
 
-def permanent_failure(failed: FailedAttempt, non_retryable: Sequence[int], limit: int) -> ShardFailure | None:
+def permanent_failure(
+    failed: FailedAttempt, non_retryable: Sequence[int], limit: int, first_attempt: int = 0
+) -> ShardFailure | None:
     """The permanent failure a failed attempt causes, or None if the shard may retry.
 
     A disrupted attempt's exit code is the worker's answer to SIGTERM, not its verdict on the data:
-    it never counts as non-retryable.
+    it never counts as non-retryable. Retries are counted from ``first_attempt`` (a rerun's).
     """
     code = f" (exit code {failed.exit_code})" if failed.exit_code is not None else ""
     said = f": {failed.message}" if failed.message else ""  # the worker's termination message, bounded
@@ -316,9 +338,12 @@ def permanent_failure(failed: FailedAttempt, non_retryable: Sequence[int], limit
     if failed.exit_code is not None and failed.exit_code in non_retryable and not failed.disrupted:
         reason = "NonRetryableExitCode"
         message = f"attempt {failed.attempt} exited with non-retryable code {failed.exit_code}{said}"
-    elif failed.attempt >= limit:
+    elif failed.attempt - first_attempt >= limit:
         reason = "RetriesExhausted"
-        message = f"attempt {failed.attempt} failed{code}, no retries left (limit {limit}): {failed.reason}{said}"
+        since = f", counted from the rerun's attempt {first_attempt}" if first_attempt else ""
+        message = (
+            f"attempt {failed.attempt} failed{code}, no retries left (limit {limit}{since}): {failed.reason}{said}"
+        )
     else:
         return None
     if len(message) > MAX_FAILURE_MESSAGE:
@@ -328,16 +353,26 @@ def permanent_failure(failed: FailedAttempt, non_retryable: Sequence[int], limit
     )
 
 
+def first_attempt(status: JobBatchStatus) -> int:
+    """Where the current round of attempts starts: 0, or the latest rerun's first attempt."""
+    return status.rerun.first_attempt if status.rerun is not None else 0
+
+
 def decide_shards(batch: Batch, failed_attempts: Iterable[FailedAttempt], now: datetime.datetime) -> ShardFates:
-    """Each failed latest attempt: a permanent failure, a retry that is due, or one still backing off."""
+    """Each failed latest attempt: a permanent failure, a retry that is due, or one still backing off.
+
+    A rerun gives its shards a fresh retry budget and backoff: both count from its first attempt.
+    """
     retry = batch.spec.retry
+    base = first_attempt(batch.status)
     fates = ShardFates([], [], 0, None)
     for failed in sorted(failed_attempts, key=lambda f: (f.shard, f.attempt)):
-        failure = permanent_failure(failed, retry.non_retryable_exit_codes, retry.limit)
+        failure = permanent_failure(failed, retry.non_retryable_exit_codes, retry.limit, base)
         if failure is not None:
             fates.new_failures.append(failure)
             continue
-        delay = datetime.timedelta(seconds=retry_delay(retry.backoff, batch.uid, failed.shard, failed.attempt))
+        n = failed.attempt - base
+        delay = datetime.timedelta(seconds=retry_delay(retry.backoff, batch.uid, failed.shard, n))
         due = (failed.failed_at or now) + delay
         if due <= now:
             fates.due.append(failed)
@@ -387,6 +422,19 @@ def set_condition(
     return out
 
 
+def _shards(shards: IndexRanges, what: str) -> str:
+    return f"{len(shards)} {what} shard{'' if len(shards) == 1 else 's'}"
+
+
+def _brief(shards: IndexRanges, most: int = 10) -> str:
+    """Index ranges for a message: the first ``most`` ranges, then how many more shards."""
+    intervals = shards.intervals
+    if len(intervals) <= most:
+        return str(shards)
+    head = IndexRanges(intervals[:most])
+    return f"{head},... ({len(shards) - len(head)} more)"
+
+
 def _describe_failures(failures: Iterable[ShardFailure]) -> str:
     parts = []
     for f in failures:
@@ -405,6 +453,7 @@ class _Pass:
         self._probed = False  # while creates fail, one create per pass probes whether they work again
         self._stall: tuple[str, str] | None = None  # (reason, message) of a Stalled=True found on the way
         self.gen = batch.generation
+        self.base = first_attempt(batch.status)  # the first attempt of the current round (a rerun's)
         self.status = batch.status.model_copy(deep=True)
         self.status.observed_generation = batch.generation
         self.out = Plan(status=self.status)
@@ -465,6 +514,9 @@ class _Pass:
             self.out.wake_in(ACCEPTANCE_RECHECK_SECONDS)
             return False
         total = shard_count(acceptance.item_count, self.spec.shard_size)
+        if self.spec.rerun is not None:
+            # A manifest applied again with the rerun it carried: that rerun was for an earlier batch.
+            self.status.rerun = RerunStatus(id=self.spec.rerun.id)
         self.status.item_count = acceptance.item_count
         self.status.payload_digest = acceptance.payload_digest
         self.status.shards = ShardCounts(total=total, pending=total)
@@ -476,6 +528,122 @@ class _Pass:
         # never re-accept from a source that may have changed meanwhile.
         self.out.wake_in(0)
         return False
+
+    # 1b. rerun ------------------------------------------------------------------------------------
+    def rerun(self, jobs: Sequence[ShardJob], total: int, seen: Survey) -> bool:
+        """Start the rerun ``spec.rerun`` asks for, if it is new and the batch has finished.
+
+        Returns True when this pass starts it: it only records the rerun, and launches nothing until
+        that is persisted (as with acceptance), so a later pass never starts a rerun twice. The rerun
+        runs the chosen failed shards and every shard the batch never finished (it failed before
+        they ran), all from one first attempt above every attempt so far: Job names are never reused.
+        """
+        want, done, old = self.spec.rerun, self.old.rerun, self.old
+        waiting = old.condition("Rerunning")
+        if want is None or (done is not None and done.id == want.id):
+            if waiting is not None and waiting.reason == "WaitingForBatchToFinish":
+                self.condition("Rerunning", "False", "Withdrawn", "spec.rerun no longer asks for a rerun")
+            return False
+        # Finished, every pod gone (no shard may run twice at once), every success recorded (none
+        # may run again).
+        finished = old.phase in TERMINAL_PHASES
+        stopping = any(not j.finished or j.active or j.terminating for j in jobs)
+        if not finished or stopping or seen.succeeded:
+            message = f"rerun {want.id} starts once the batch has finished"
+            if waiting is None or waiting.message != message:
+                self.out.events.append(Event("Normal", "RerunWaiting", message))
+            self.condition("Rerunning", "False", "WaitingForBatchToFinish", message)
+            if finished:
+                self.out.wake_in(STOPPING_RECHECK_SECONDS)  # the reconciler must not end meanwhile
+            return False
+        succeeded = IndexRanges.parse(old.succeeded_shards)
+        failed = IndexRanges.parse(old.failed_shards)
+        try:
+            named = None if want.shards is None else IndexRanges.parse(want.shards)
+        except ValueError:  # "9-3": the pattern cannot say lo <= hi
+            self._refuse_rerun("InvalidShards", f"rerun {want.id}: shards {str(want.shards)[:100]!r} are not ranges")
+            return False
+        chosen = failed if named is None else failed.difference(failed.difference(named))
+        everything = IndexRanges([(0, total - 1)]) if total else IndexRanges()
+        unfinished = everything.difference(succeeded).difference(failed)
+        shards = chosen.union(unfinished)
+        start = self._attempt_ceiling(jobs) + 1
+        staying = failed.difference(chosen)
+        refusal = None
+        if not shards:
+            refusal = ("NothingToRerun", f"rerun {want.id}: none of the shards it names failed" if want.shards
+                       else f"rerun {want.id}: no shard failed")  # fmt: skip
+        elif len(staying) > self.spec.max_failed_shards:
+            refusal = (
+                "WouldFailAgain",
+                f"rerun {want.id}: {len(staying)} failed shards it leaves alone are more than maxFailedShards "
+                f"({self.spec.max_failed_shards}); the batch would fail again at once",
+            )
+        elif start + self.spec.retry.limit > MAX_ATTEMPT:
+            refusal = (
+                "AttemptsExhausted",
+                f"rerun {want.id}: its attempts ({start} to {start + self.spec.retry.limit}) would pass "
+                f"{MAX_ATTEMPT}, the most Job names have room for; create a new JobBatch",
+            )
+        if refusal is not None:
+            self._refuse_rerun(*refusal)
+            return False
+        self.status.rerun = RerunStatus(
+            id=want.id,
+            shards=len(shards),
+            first_attempt=start,
+            start_time=self.now,
+            count=(done.count if done is not None else 0) + 1,
+        )
+        self.status.highest_attempt = start - 1
+        self.succeeded, self.failed = succeeded, staying
+        self.status.failed_shards = str(staying)
+        self.status.failures = [f for f in self.status.failures if f.shard not in chosen]
+        self.status.phase = "Running"
+        self.status.completion_time = None
+        parts = [f"{_shards(chosen, 'failed')} ({_brief(chosen)})"] if chosen else []
+        if unfinished:
+            parts.append(f"{_shards(unfinished, 'unfinished')} ({_brief(unfinished)})")
+        message = f"rerun {want.id}: running {' and '.join(parts)} again, from attempt {start}"
+        self.condition("Rerunning", "True", "Rerunning", message)
+        for ctype in ("Complete", "Failed"):
+            if self.status.condition(ctype) is not None:
+                self.condition(ctype, "False", "Rerun", message)
+        self.condition("Running", "True", "Rerun", message)
+        self.out.events.append(Event("Normal", "Rerun", message))
+        self.out.wake_in(0)
+        return True
+
+    def _refuse_rerun(self, reason: str, message: str) -> None:
+        """Record the rerun as answered (so it is refused once), with nothing run."""
+        want, done = self.spec.rerun, self.old.rerun
+        assert want is not None
+        self.status.rerun = RerunStatus(
+            id=want.id,
+            first_attempt=self.base,  # unchanged: no attempt of this rerun exists
+            start_time=done.start_time if done is not None else None,
+            count=done.count if done is not None else 0,
+        )
+        self.condition("Rerunning", "False", reason, message)
+        self.out.events.append(Event("Warning", reason, message))
+
+    def _attempt_ceiling(self, jobs: Sequence[ShardJob]) -> int:
+        """The highest attempt any Job of the batch has had, as far as it can be known.
+
+        Released Jobs are gone, but a Job is released only after a status that counted it was
+        persisted. A batch started before ``highestAttempt`` was recorded may have had any attempt up
+        to the largest retry limit.
+        """
+        recorded = self.old.highest_attempt
+        if recorded is None:
+            recorded = MAX_RETRY_LIMIT if self.old.start_time is not None else -1
+        return max([recorded, self.base - 1, *(j.attempt for j in jobs)])
+
+    def note_attempts(self, jobs: Sequence[ShardJob]) -> None:
+        """Keep ``highestAttempt`` at or above every Job observed or about to be created."""
+        ceiling = max([self._attempt_ceiling(jobs), *(c.attempt for c in self.out.create)])
+        if ceiling >= 0:
+            self.status.highest_attempt = max(ceiling, self.status.highest_attempt or 0)
 
     # 2. record shard outcomes ---------------------------------------------------------------------
     def record(self, seen: Survey, fates: ShardFates) -> None:
@@ -502,32 +670,45 @@ class _Pass:
         succeeded, failed = self.succeeded, self.failed
         limit = self.spec.max_failed_shards
         deadline = self.spec.active_deadline_seconds
+        rerun = self.status.rerun
+        after = f" (after rerun {rerun.id})" if rerun is not None and rerun.shards else ""
         if len(succeeded) + len(failed) >= total and len(failed) <= limit:
             msg = f"{len(succeeded)} of {total} shards succeeded"
             if failed:
                 msg += f", {len(failed)} failed (tolerated: maxFailedShards {limit})"
+            msg += after
             self.terminate("Succeeded", "Completed", msg)
             self.out.events.append(Event("Normal", "Completed", msg))
         elif len(failed) > limit:
-            msg = f"{len(failed)} shards failed permanently (maxFailedShards {limit}): " + _describe_failures(
+            msg = f"{len(failed)} shards failed permanently (maxFailedShards {limit}){after}: " + _describe_failures(
                 self.status.failures
             )
             self.terminate("Failed", "ShardsFailed", msg)
             self.out.events.append(Event("Warning", "Failed", msg))
         elif (
             deadline is not None
-            and self.status.start_time is not None
-            and self.now >= self.status.start_time + datetime.timedelta(seconds=deadline)
+            and (began := self._began()) is not None
+            and self.now >= began + datetime.timedelta(seconds=deadline)
         ):
-            msg = f"the batch ran past its activeDeadlineSeconds ({deadline}s)"
+            msg = f"the batch ran past its activeDeadlineSeconds ({deadline}s){after}"
             self.terminate("Failed", "DeadlineExceeded", msg)
             self.out.events.append(Event("Warning", "Failed", msg))
+
+    def _began(self) -> datetime.datetime | None:
+        """When the current run began: activeDeadlineSeconds counts from here (a rerun's start, if any)."""
+        rerun = self.status.rerun
+        if rerun is not None and rerun.shards and rerun.start_time is not None:
+            return rerun.start_time
+        return self.status.start_time
 
     def terminate(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
         self.status.phase = phase
         self.status.completion_time = self.now
         self.condition("Complete" if phase == "Succeeded" else "Failed", "True", reason, message)
         self.condition("Running", "False", reason, message)
+        rerunning = self.status.condition("Rerunning")
+        if rerunning is not None and rerunning.status == "True":
+            self.condition("Rerunning", "False", phase, message)
 
     # 4. clean up: only for outcomes already persisted ---------------------------------------------
     def clean_up(self, jobs: Sequence[ShardJob], seen: Survey) -> list[ShardJob]:
@@ -540,11 +721,23 @@ class _Pass:
             reverse=True,
         )
         keep = {j.name for j in holding_failures[: self.spec.failed_jobs_history_limit]}
+        # Jobs that ran their shards without a failure, kept whole (pods and logs) on request.
+        successful = sorted(
+            (j for j in jobs if j.finished and j.succeeded and not j.failed and not j.lost and not j.pods_collected),
+            key=lambda j: (j.finished_at or self.now, j.first, j.attempt),
+            reverse=True,
+        )
+        keep_whole = {j.name for j in successful[: self.spec.successful_jobs_history_limit]}
         live = []
         for job in jobs:
-            if was_terminal:
-                # Nothing runs any more, but a success seen after the terminal write must be recorded first.
-                done = not job.succeeded.difference(seen.recorded_succeeded)
+            if job.attempt < self.base:
+                # Before the rerun: every shard it ran is recorded or the rerun's to run again.
+                done = True
+            elif was_terminal:
+                # Its pods are stopped first (suspended, then gone: a rerun must not start beside
+                # them), and a success seen after the terminal write is recorded first.
+                quiet = not job.active and not job.terminating and (job.finished or job.suspended or job.deleting)
+                done = quiet and not job.succeeded.difference(seen.recorded_succeeded)
             else:
                 done = self._done_with(job, seen, recorded)
             if not done:
@@ -552,10 +745,10 @@ class _Pass:
                 if self._worth_collecting(job, seen):
                     self.out.collect.append(CollectPods(job.name))
                 continue
-            unneeded = job.finished and job.name not in keep
+            unneeded = job.finished and job.name not in keep and job.name not in keep_whole
             delete = (unneeded or not job.finished or job.lost) and not job.deleting
             if job.has_finalizer:
-                collect = not delete and not job.deleting and bool(job.succeeded)
+                collect = not delete and not job.deleting and bool(job.succeeded) and job.name not in keep_whole
                 self.out.release.append(ReleaseJob(job.name, job.finalizers, collect_pods=collect))
             if delete:
                 self.out.delete.append(DeleteJob(job.name))
@@ -600,8 +793,11 @@ class _Pass:
         running = [j for j in live if not j.finished and not j.deleting]
         held = sum(j.slots for j in live)
         if status.phase in TERMINAL_PHASES:
-            # Stop what still runs; the Jobs are released once the terminal status is persisted.
+            # Stop what still runs; the Jobs are released once the terminal status is persisted and
+            # their pods are gone (the reconciler must not end before).
             self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
+            if live and self.old.phase in TERMINAL_PHASES:
+                self.out.wake_in(STOPPING_RECHECK_SECONDS)
             self._wake_for_ttl()
             return 0, 0
         if spec.suspend:
@@ -647,7 +843,7 @@ class _Pass:
         """
         controlled = [j for j in running if not j.suspended]
         excess = others + sum(min(j.parallelism, j.unfinished) for j in controlled) - self.spec.parallelism
-        for job in sorted(controlled, key=lambda j: (j.attempt == 0, j.first), reverse=True):
+        for job in sorted(controlled, key=lambda j: (j.attempt == self.base, j.first), reverse=True):
             if excess <= 0:
                 break
             using = min(job.parallelism, job.unfinished)
@@ -685,7 +881,7 @@ class _Pass:
                 continue
             attempt = failed.attempt + 1
             self.out.create.append(
-                CreateJob(naming.job_name(name, uid, failed.shard, attempt), failed.shard, 1, attempt, 1)
+                CreateJob(naming.job_name(name, uid, failed.shard, attempt), failed.shard, 1, attempt, 1, retry=True)
             )
             self._probed = self.failed_create is not None
             granted += 1
@@ -696,13 +892,13 @@ class _Pass:
                     Event(
                         "Normal",
                         "ShardRetrying",
-                        f"retrying shard {failed.shard}: attempt {attempt} of {self.spec.retry.limit + 1} "
+                        f"retrying shard {failed.shard}: attempt {attempt}{self._of_limit(attempt)} "
                         f"after attempt {failed.attempt} failed ({why})",
                         on_status=False,
                     )
                 )
         # Jobs with indexes still to start and fewer slots than that: retry Jobs, then chunks in order.
-        for job in sorted((j for j in running if not j.suspended), key=lambda j: (j.attempt == 0, j.first)):
+        for job in sorted((j for j in running if not j.suspended), key=lambda j: (j.attempt == self.base, j.first)):
             short = job.unfinished - max(job.parallelism, job.active + job.terminating)
             if short <= 0:
                 continue
@@ -728,11 +924,19 @@ class _Pass:
                 count = min(size if capped is None else left, hi - lo + 1)
                 ready += count
                 give = min(count, left)
-                self.out.create.append(CreateJob(naming.job_name(name, uid, lo, 0), lo, count, 0, give))
+                base = self.base  # first attempts, or the rerun's
+                self.out.create.append(CreateJob(naming.job_name(name, uid, lo, base), lo, count, base, give))
                 self._probed = self.failed_create is not None
                 granted += give
                 lo += count
         return granted, retries_left, ready
+
+    def _of_limit(self, attempt: int) -> str:
+        """ " of 4" (attempts the retry limit allows); in a rerun " (retry 1 of 3 in rerun X)"."""
+        limit = self.spec.retry.limit
+        if not self.base or self.status.rerun is None:
+            return f" of {limit + 1}"
+        return f" (retry {attempt - self.base} of {limit} in rerun {self.status.rerun.id})"
 
     def _may_create(self) -> bool:
         """Whether this pass may send one more Job create.
@@ -792,9 +996,9 @@ class _Pass:
             status.phase = "Pending"
         if old.condition("Suspended") is not None:
             self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
-        deadline = self.spec.active_deadline_seconds
-        if deadline is not None and status.start_time is not None:
-            ends = status.start_time + datetime.timedelta(seconds=deadline)
+        deadline, began = self.spec.active_deadline_seconds, self._began()
+        if deadline is not None and began is not None:
+            ends = began + datetime.timedelta(seconds=deadline)
             self.out.wake_in((ends - self.now).total_seconds())
 
     def _wake_for_ttl(self) -> None:
@@ -848,7 +1052,10 @@ def plan(
         return step.finish()
     assert batch.status.item_count is not None
     total = shard_count(batch.status.item_count, batch.spec.shard_size)
-    seen = survey(batch.status, observed, failures or {}, total, now)
+    seen = survey(batch.status, observed, failures or {}, total, now, step.base)
+    if step.rerun(observed, total, seen):
+        step.count(total, 0, 0)
+        return step.finish()
     fates = decide_shards(batch, seen.failed_attempts, now)
     step.record(seen, fates)
     step.decide_batch(total)
@@ -858,5 +1065,6 @@ def plan(
         step.report_failed_creates()
         if snapshot_lost is not None:
             step.report_stall("PayloadSnapshotLost", snapshot_lost)
+    step.note_attempts(observed)
     step.count(total, running, retrying)
     return step.finish()

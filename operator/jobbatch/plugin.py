@@ -20,8 +20,10 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -53,6 +55,8 @@ COLOURS = {"failed": "31", "running": "33", "partial": "32", "succeeded": "32", 
 MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 # Conditions worth a line of `status` when true (Accepted shows only when false).
 SHOWN_CONDITIONS = ("Complete", "Failed", "Stalled", "Suspended")
+# A false Rerunning condition worth a line: a rerun waiting, or refused.
+RERUN_NEWS = ("WaitingForBatchToFinish", "NothingToRerun", "WouldFailAgain", "AttemptsExhausted")
 
 
 class PluginError(Exception):
@@ -166,6 +170,13 @@ def render_status(
         lines.append("")
         lines.append(f"Shards ({per_cell} per cell; # done, + some done, > running, x failed, . waiting):")
         lines.extend(f"  {row}" for row in strip)
+    rerun = status.get("rerun") or {}
+    if rerun.get("shards"):
+        lines.insert(4, f"Rerun:       {rerun['id']}: {rerun['shards']} shards from attempt {rerun.get('firstAttempt')}"
+                        f" (rerun {rerun.get('count', 1)} of this batch)")  # fmt: skip
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Rerunning" and cond.get("status") == "False" and cond.get("reason") in RERUN_NEWS:
+            lines.insert(4, f"Rerun:       {cond['reason']}: {cond.get('message', '')}")
     if status.get("failedShards"):
         lines.append(
             f"Failed shards: {brief_ranges(status['failedShards'])}   (kubectl jobbatch failures {meta['name']})"
@@ -207,17 +218,41 @@ def render_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def rerun_pending(batch: dict[str, Any]) -> bool:
+    """spec.rerun asks for a rerun the operator has not answered yet (neither started nor refused)."""
+    wanted = (batch.get("spec") or {}).get("rerun") or {}
+    answered = ((batch.get("status") or {}).get("rerun") or {}).get("id")
+    return bool(wanted.get("id")) and wanted.get("id") != answered
+
+
 def wait_outcome(batch: dict[str, Any]) -> int | None:
     """EXIT_OK once Succeeded, EXIT_FAILED once Failed, None while neither.
 
-    A finished batch stays finished (the operator acts on nothing after that, even a later spec
-    change), so its phase is the verdict whatever generation its conditions were written at.
+    A finished batch stays finished unless a rerun starts it again, so its phase is the verdict
+    whatever generation its conditions were written at -- unless a rerun is asked for and not yet
+    answered (``rerun`` then ``wait`` must not take the old outcome for the rerun's).
     """
     phase = (batch.get("status") or {}).get("phase")
+    if rerun_pending(batch):
+        return None
     if phase == "Succeeded":
         return EXIT_OK
     if phase == "Failed":
         return EXIT_FAILED
+    return None
+
+
+def rerun_answer(batch: dict[str, Any], rerun_id: str) -> tuple[int, str] | None:
+    """(exit code, what to say) once the operator has answered rerun ``rerun_id``; None before."""
+    status = batch.get("status") or {}
+    cond: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Rerunning"), {})
+    done = status.get("rerun") or {}
+    if done.get("id") == rerun_id:
+        if done.get("shards"):
+            return EXIT_OK, cond.get("message") or f"rerun {rerun_id} started"
+        return EXIT_FAILED, f"refused ({cond.get('reason', '')}): {cond.get('message', '')}"
+    if cond.get("reason") == "WaitingForBatchToFinish" and rerun_id in cond.get("message", "").split():
+        return EXIT_OK, cond["message"]
     return None
 
 
@@ -436,7 +471,8 @@ async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> i
         which = f"shard {args.shard}" + (f" attempt {args.attempt}" if args.attempt is not None else "")
         raise PluginError(
             f"no pod of {which} of jobbatch {args.name} is kept: finished attempts' Jobs are deleted "
-            "(the batch's failedJobsHistoryLimit keeps the last failed ones)",
+            "(the batch's failedJobsHistoryLimit keeps the last failed ones, successfulJobsHistoryLimit the last "
+            "successful ones)",
             EXIT_NOT_FOUND,
         )
     pod = max(pods, key=lambda p: (attempt_of(p), p.metadata.creation_timestamp))
@@ -472,6 +508,39 @@ async def cmd_scale(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> 
     await cluster.patch_spec(args.name, {"parallelism": args.parallelism})
     out.write(f"jobbatch.jobbatch.io/{args.name} scaled to parallelism {args.parallelism}\n")
     return EXIT_OK
+
+
+async def cmd_rerun(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    """Ask for a rerun (spec.rerun with a new id, as GitOps would) and report the operator's answer."""
+    if args.shards is not None and not re.fullmatch(api.RANGES_PATTERN.strip("^$"), args.shards):
+        raise PluginError(f"--shards: not index ranges: {args.shards!r} (e.g. 3,7-9)", EXIT_USAGE)
+    if args.shards is not None:
+        try:
+            IndexRanges.parse(args.shards)
+        except ValueError:
+            raise PluginError(f"--shards: {args.shards!r} has a range that ends before it starts", EXIT_USAGE) from None
+    rerun_id = args.id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+    if args.id:
+        current = await cluster.get(args.name)
+        used = {((current.get(k) or {}).get("rerun") or {}).get("id") for k in ("spec", "status")}
+        if rerun_id in used:
+            raise PluginError(f"rerun id {rerun_id!r} was used already: give a new one (or none)", EXIT_USAGE)
+    batch = await cluster.patch_spec(args.name, {"rerun": {"id": rerun_id, "shards": args.shards}})
+    if ((batch.get("spec") or {}).get("rerun") or {}).get("id") != rerun_id:
+        raise PluginError(
+            "the API server dropped spec.rerun: its JobBatch CRD predates reruns (apply crds/ of this version)"
+        )
+    out.write(f"jobbatch.jobbatch.io/{args.name} rerun {rerun_id} requested\n")
+    try:
+        async with asyncio.timeout(args.timeout):
+            while (answer := rerun_answer(batch, rerun_id)) is None:
+                batch = await _watch_until_changed(cluster, args.name, batch)
+    except TimeoutError:
+        out.write(f"no answer from the operator within {args.timeout:g}s; see kubectl jobbatch status {args.name}\n")
+        return EXIT_TIMEOUT
+    code, said = answer
+    out.write(said + "\n")
+    return code
 
 
 async def cmd_wait(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
@@ -529,6 +598,7 @@ COMMANDS = {
     "resume": cmd_suspend,
     "scale": cmd_scale,
     "wait": cmd_wait,
+    "rerun": cmd_rerun,
 }
 
 
@@ -559,7 +629,7 @@ def _connection_flags(default: Any) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubectl jobbatch",
-        description="Look after JobBatches: status, failures, logs, suspend/resume/scale, wait.",
+        description="Look after JobBatches: status, failures, logs, rerun, suspend/resume/scale, wait.",
         parents=[_connection_flags(None)],
     )
     # A subcommand's own defaults would overwrite values given before it: it has none.
@@ -585,6 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scale", parents=[common], help="set parallelism (0 stops every attempt)")
     p.add_argument("name")
     p.add_argument("--parallelism", type=int, required=True)
+    p = sub.add_parser("rerun", parents=[common], help="run a finished batch's failed shards again")
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="every failed shard (the default)")
+    which.add_argument("--shards", help="only these failed shards, as index ranges (3,7-9)")
+    p.add_argument("--id", help="the rerun's id (default: the time and a random suffix)")
+    p.add_argument("--timeout", type=_duration_arg, default=30.0, help="wait this long for the operator's answer")
     p = sub.add_parser("wait", parents=[common], help="wait until Complete (exit 0) or Failed (exit 1)")
     p.add_argument("name")
     p.add_argument("--timeout", type=_duration_arg, default=_duration_arg("30m"), help="give up after this (exit 3)")

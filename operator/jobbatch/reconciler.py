@@ -65,6 +65,10 @@ class BatchGone(Exception):
     """The batch is deleted (or replaced): the loop ends."""
 
 
+class BatchFinished(BatchGone):
+    """The batch is finished and cleaned up: the loop ends until its spec changes."""
+
+
 class ActionsFailed(Exception):
     """Some of a pass's API calls failed (the others took effect); retried with backoff."""
 
@@ -123,6 +127,7 @@ class BatchReconciler:
         self._snapshot_lost: str | None = None  # why the snapshot is gone for good, once found so
         self._snapshot_verified = ""  # UID of the snapshot last found to hold exactly the accepted items
         self.wake = asyncio.Event()
+        self.finished = False  # the loop ended with nothing left to do (not: the batch is gone)
         self._body: dict[str, Any] | None = None  # the batch as last persisted (GET or our own write)
         self._body_read = float("-inf")
         self._body_stale = True
@@ -135,11 +140,20 @@ class BatchReconciler:
     # -- the loop -----------------------------------------------------------------------------
     async def run(self, stopped: Any) -> None:
         """Reconcile until the batch is gone, finished and cleaned up, or ``stopped`` is set."""
-        try:
-            await self._loop(stopped)
-        finally:
-            # Calls are idempotent: whatever is cut short here, the next pass (or operator) redoes.
-            await self.calls.cancel_all()
+        while True:
+            try:
+                await self._loop(stopped)
+                if self.finished:
+                    await self.calls.drain()  # the last passes' calls complete, not cut short
+            finally:
+                # Calls are idempotent: whatever is cut short here, the next pass (or operator) redoes.
+                await self.calls.cancel_all()
+            # No await from here to the caller's bookkeeping: a later event finds the batch finished
+            # (handlers.batch_changed revives it), an earlier one marked it stale.
+            if self.finished and (self._body_stale or self.calls.take_failures()):
+                self.finished = False  # changed, or a call failed, while ending: look again
+                continue
+            return
 
     def batch_changed(self) -> None:
         """A watch event for the batch: re-read it before the next pass plans."""
@@ -155,6 +169,11 @@ class BatchReconciler:
                 requeue = await self.reconcile_once()
                 metrics.reconcile_duration.observe(time.monotonic() - started)
                 errors = 0
+            except BatchFinished:
+                if not self._body_stale:
+                    self.finished = True
+                    return
+                requeue = 0.0  # the batch changed since this pass read it: look again before ending
             except BatchGone:
                 return
             except Conflict as exc:
@@ -227,7 +246,9 @@ class BatchReconciler:
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
         finished = status.phase in TERMINAL_PHASES and not decision.status_changed
         if finished and not decision.job_calls and decision.requeue_after is None:
-            raise BatchGone  # nothing left to do for this batch, ever
+            # Nothing left to do unless its spec changes (a rerun, a TTL): handlers.batch_changed
+            # starts a reconciler again then.
+            raise BatchFinished
         return requeue
 
     async def _persisted_batch(self) -> dict[str, Any] | None:
@@ -576,7 +597,9 @@ class BatchReconciler:
                 new.conditions, ctype, value, "InvalidSpec", message, self._clock(), generation
             )
         if new.dump() != status.dump():
-            await self.kube.patch_batch_status(self.namespace, self.name, new.dump(), meta["resourceVersion"])
+            await self.kube.patch_batch_status(
+                self.namespace, self.name, new.dump(), meta["resourceVersion"], body.get("status") or {}
+            )
             await self.kube.post_event(body, "Warning", "InvalidSpec", message)
 
     # -- applying a plan ----------------------------------------------------------------------
@@ -598,7 +621,7 @@ class BatchReconciler:
             else:
                 meta = body["metadata"]
                 self._body = await self.kube.patch_batch_status(
-                    ns, self.name, decision.status.dump(), meta["resourceVersion"]
+                    ns, self.name, decision.status.dump(), meta["resourceVersion"], body.get("status") or {}
                 )
                 self._body_read = self._last_status_write = self._monotonic()
                 metrics.status_writes.labels(ns).inc()
@@ -712,7 +735,7 @@ class BatchReconciler:
         self.failed_create = None
         if made:
             metrics.launches.labels(self.namespace).inc(create.parallelism)
-            if create.attempt:
+            if create.retry:
                 metrics.retries.labels(self.namespace).inc()
         # AlreadyExists: a previous process (or someone else) made a Job of that name, perhaps of another
         # shape. Nothing is assumed about it: the watch says what it is and whether this batch owns it.

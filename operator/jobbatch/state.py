@@ -28,6 +28,10 @@ class Runtime:
     sandbox: Sandbox
     indexer: Sandbox  # object-storage sources are indexed in a sandbox of their own
     reconcilers: dict[str, BatchReconciler] = dataclasses.field(default_factory=dict)
+    # UIDs of batches a reconciler serves (or is about to, once their namespace is listed) ...
+    serving: set[str] = dataclasses.field(default_factory=set)
+    # ... and of batches whose reconciler ended with nothing left to do: a spec change revives it.
+    finished: set[str] = dataclasses.field(default_factory=set)
     access: AccessGuard | None = None  # holds the operator's RoleBindings (a namespace-scoped install)
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 

@@ -12,7 +12,8 @@ whichever Job runs it::
 ``JOBBATCH_NAMESPACE``      its namespace
 ``JOBBATCH_FIRST_SHARD``    the first shard of the Job running this pod
 ``JOB_COMPLETION_INDEX``    this pod's index in that Job (set by Kubernetes)
-``JOBBATCH_ATTEMPT``        the attempt this Job runs (0 = first run, 1 = first retry)
+``JOBBATCH_ATTEMPT``        the attempt this Job runs (0 = first run, 1 = first retry; a
+                            rerun's attempts continue above the highest so far)
 ``JOBBATCH_SHARD_COUNT``    number of shards in the batch
 ``JOBBATCH_SHARD_SIZE``     items per shard (the last shard may hold fewer)
 ``JOBBATCH_ITEM_COUNT``     items in the batch

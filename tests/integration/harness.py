@@ -136,6 +136,12 @@ class Batches:
     async def jobs(self) -> list[Any]:
         return list((await self.batch.list_namespaced_job(self.ns)).items)
 
+    async def released(self, name: str) -> bool:
+        """Every shard Job of the batch finished (its pods stopped) and its finalizer released."""
+        own = [j for j in await self.jobs() if j.metadata.labels[api.LABEL_BATCH] == name]
+        finished = [any(c.type in ("Complete", "Failed") for c in (j.status.conditions or [])) for j in own]
+        return all(finished) and not any(api.SHARD_FINALIZER in (j.metadata.finalizers or []) for j in own)
+
 
 class NamespaceWatch:
     """Lists one kind of object in a namespace, then watches it, handing each to ``seen`` in the API

@@ -179,7 +179,7 @@ async def test_non_retryable_exit_code_fails_at_once(
     assert pods.attempts("fatal")[1] == [0]  # no retry
     # The Job controller may start shard 2 in the freed slot before the failure is seen; it is then
     # stopped. What is left is released: deleted, or kept finished for inspection (failedJobsHistoryLimit).
-    await eventually(lambda: _released(batches, "fatal"), what="the failed batch's Jobs stopped and released")
+    await eventually(lambda: batches.released("fatal"), what="the failed batch's Jobs stopped and released")
     await eventually(lambda: _none_running(pods), what="no pod of the failed batch running")
     cond = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
     assert cond["reason"] == "ShardsFailed"
@@ -603,12 +603,6 @@ async def test_batches_wait_for_each_other_only_through_the_cap(batches: Batches
         await batches.wait_for(f"p{i}", "Complete")
 
 
-async def _released(batches: Batches, name: str) -> bool:
-    own = [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]
-    finished = [any(c.type in ("Complete", "Failed") for c in (j.status.conditions or [])) for j in own]
-    return all(finished) and not any(jb.SHARD_FINALIZER in (j.metadata.finalizers or []) for j in own)
-
-
 async def _gone_jobs(batches: Batches, name: str) -> bool:
     return not [j for j in await batches.jobs() if j.metadata.labels[jb.LABEL_BATCH] == name]
 
@@ -650,3 +644,54 @@ async def test_running_job_deleted_by_hand_is_retried_after_its_pod_ends(
 async def _running_pod(api: client.ApiClient, namespace: str) -> Any:
     pods = (await client.CoreV1Api(api).list_namespaced_pod(namespace)).items
     return next((p for p in pods if p.status.phase == "Running"), None)
+
+
+async def test_a_rerun_runs_the_failed_shards_again_even_once_the_batch_is_idle(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """Shards 1 and 3 fail both attempts (tolerated), then a rerun of the finished batch runs them again."""
+    proc = await operator()
+    spec = {
+        "template": template(exit_code="42", fail_shards="1,3", fail_attempts="0,1"),
+        "payloads": {"count": 5},
+        "parallelism": 5,
+        "maxFailedShards": 2,
+        "retry": {"limit": 1, "backoff": {"initialSeconds": 0, "jitter": 0}},
+    }
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create("again", spec)
+        first = await batches.wait_for("again", "Complete")
+        assert first["status"]["failedShards"] == "1,3"
+        # Its reconciler has nothing left to do and ends: the rerun must bring it back.
+        await eventually(
+            lambda: _logged(proc.log, f"{namespace}/again: finished; idle until its spec changes"),
+            what="the finished batch's reconciler to end",
+        )
+        await batches.patch_spec("again", {"rerun": {"id": "r1"}})
+        status = await batches.wait_status(
+            "again", lambda s: s.get("phase") == "Succeeded" and bool(s.get("rerun")), "the rerun to succeed"
+        )
+    assert status["failedShards"] == ""
+    assert status["succeededShards"] == "0-4"
+    assert status["failures"] == []
+    assert status["rerun"]["id"] == "r1"
+    assert status["rerun"]["firstAttempt"] == 2  # above attempts 0 and 1
+    assert status["rerun"]["shards"] == 2
+    assert status["completionTime"] > first["status"]["completionTime"]
+    complete = next(c for c in status["conditions"] if c["type"] == "Complete")
+    assert complete["message"] == "5 of 5 shards succeeded (after rerun r1)"
+    rerunning = next(c for c in status["conditions"] if c["type"] == "Rerunning")
+    assert (rerunning["status"], rerunning["reason"]) == ("False", "Succeeded")
+    # Every attempt ran once, under a name of its own; the rerun's attempt 2 succeeded.
+    assert pods.attempts("again") == {0: [0], 1: [0, 1, 2], 2: [0], 3: [0, 1, 2], 4: [0]}
+    assert all(n == 1 for n in pods.pods("again").values())
+    said = messages(await batches.events("again"), "Rerun")
+    assert said == ["rerun r1: running 2 failed shards (1,3) again, from attempt 2"]
+    # The same id again is no new rerun.
+    await batches.patch_spec("again", {"parallelism": 4})
+    await batches.wait_status("again", lambda s: s.get("observedGeneration") == 3, "the spec change seen")
+    assert (await batches.get("again"))["status"]["rerun"]["count"] == 1
+
+
+async def _logged(log: Any, line: str) -> bool:
+    return line in log.read_text(errors="replace")

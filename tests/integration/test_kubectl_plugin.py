@@ -70,6 +70,21 @@ async def test_status_failures_and_wait_tell_a_failed_batch_from_a_complete_one(
     assert missing.returncode == 4
     assert f'jobbatch "nope" not found in namespace "{namespace}"' in missing.stderr
 
+    # rerun: nothing failed in "ok", so the operator refuses; "bad" runs shard 4 again, which fails again.
+    nothing = await kubectl_jobbatch(kubeconfig, "rerun", "ok", "-n", namespace)
+    assert nothing.returncode == 1, nothing.stdout + nothing.stderr
+    assert "refused (NothingToRerun): rerun " in nothing.stdout
+    await eventually(lambda: batches.released("bad"), what="the failed batch's Jobs stopped: a rerun waits for that")
+    again = await kubectl_jobbatch(kubeconfig, "rerun", "bad", "-n", namespace, "--id", "second-try")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "rerun second-try: running 1 failed shard (4)" in again.stdout
+    waited = await kubectl_jobbatch(kubeconfig, "wait", "bad", "-n", namespace, "--timeout", "90s")
+    assert waited.returncode == 1, waited.stdout + waited.stderr  # the rerun's outcome, not the old one
+    rows = json.loads((await kubectl_jobbatch(kubeconfig, "failures", "bad", "-n", namespace, "-o", "json")).stdout)
+    assert [(r["shard"], r["attempt"], r["exitCode"]) for r in rows] == [(4, 1, 7)]  # a new attempt, failed again
+    status = await kubectl_jobbatch(kubeconfig, "status", "bad", "-n", namespace)
+    assert "Rerun:       second-try: " in status.stdout
+
 
 async def test_scale_suspend_and_resume_steer_a_running_batch(
     kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory

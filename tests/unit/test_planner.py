@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobbatch import naming, planner
+from jobbatch import api, naming, planner
 from jobbatch.api import JobBatchSpec, JobBatchStatus
 from jobbatch.backoff import retry_delay
 from jobbatch.observed import PodFailure, ShardJob
@@ -263,6 +263,17 @@ def test_failed_jobs_are_kept_for_inspection_up_to_the_limit() -> None:
     assert p.delete == []
 
 
+def test_successful_jobs_are_kept_whole_up_to_their_own_limit() -> None:
+    s = spec(parallelism=2, payloads={"count": 6}, successfulJobsHistoryLimit=1)
+    b = accepted(s, items=6, succeeded_shards="0-5")
+    older, newer = job(0, 2, succeeded="0-1", at=1), job(2, 2, succeeded="2-3", at=2)
+    collected = job(4, 2, succeeded="4-5", at=3, pods_collected=True)  # its pods are gone: nothing to keep
+    p = plan(b, [older, newer, collected], T0)
+    assert {r.name for r in p.release} == {older.name, newer.name, collected.name}
+    assert [r.collect_pods for r in p.release if r.name == newer.name] == [False]  # kept with its pods
+    assert sorted(d.name for d in p.delete) == sorted([older.name, collected.name])
+
+
 # -- retries ------------------------------------------------------------------------------------------
 def test_retry_waits_out_the_backoff_then_runs_as_a_job_of_its_own() -> None:
     s = spec(parallelism=10, retry={"limit": 3, "backoff": {"initialSeconds": 10, "jitter": 0}})
@@ -274,7 +285,7 @@ def test_retry_waits_out_the_backoff_then_runs_as_a_job_of_its_own() -> None:
     assert early.requeue_after == pytest.approx(6)
     assert early.status.shards.retrying == 1
     due = plan(b, [chunk], T0 + datetime.timedelta(seconds=10), failures=seen)
-    assert due.create == [CreateJob(name(7, 1), 7, 1, 1, 1)]
+    assert due.create == [CreateJob(name(7, 1), 7, 1, 1, 1, retry=True)]
     retrying = [e for e in due.events if e.reason == "ShardRetrying"]
     assert retrying
     assert "exit code 1" in retrying[0].message
@@ -285,7 +296,7 @@ def test_due_retries_get_freed_slots_before_new_chunks() -> None:
     b = accepted(s, items=100)
     chunk = job(0, 20, parallelism=2, succeeded="0-17", failed="18", active=1)  # one slot free
     p = plan(b, [chunk], T0, failures=failures(failure(18)))
-    assert p.create == [CreateJob(name(18, 1), 18, 1, 1, 1)]
+    assert p.create == [CreateJob(name(18, 1), 18, 1, 1, 1, retry=True)]
 
 
 def test_second_retry_delay_doubles_and_jitter_is_deterministic() -> None:
@@ -333,7 +344,7 @@ def test_an_attempt_disrupted_past_its_limit_is_retried_whatever_its_exit_code()
     evicted = dataclasses.replace(failure(1, code=143, reason="Disrupted"), disrupted=True)
     p = plan(b, [chunk], T0, failures=failures(evicted))
     assert p.status.failed_shards == ""
-    assert p.create == [CreateJob(name(1, 1), 1, 1, 1, 1)]
+    assert p.create == [CreateJob(name(1, 1), 1, 1, 1, 1, retry=True)]
     assert any("after attempt 0 failed (Disrupted)" in e.message for e in p.events)
     # The retry is disrupted too, and no retries are left: the failure says why.
     retry = job(1, 1, attempt=1, failed="1", at=3)
@@ -681,3 +692,233 @@ def test_a_remembered_refusal_no_plan_needs_is_no_stall() -> None:
     cond = p.status.condition("Stalled")
     assert cond is not None
     assert cond.status == "False"
+
+
+# -- rerun ------------------------------------------------------------------------------------------
+def finished_with_failure(**kw: Any) -> tuple[Batch, ShardJob]:
+    """A 4-shard batch that finished with shard 1 failed (tolerated), its chunk kept for logs."""
+    s = spec(parallelism=4, payloads={"count": 4}, retry={"limit": 0}, maxFailedShards=1, **kw)
+    b = accepted(s, items=4)
+    chunk = job(0, 4, succeeded="0,2-3", failed="1")
+    done = persisted(b, plan(b, [chunk], T0, failures=failures(failure(1, code=7))))
+    assert done.status.phase == "Succeeded"
+    assert done.status.failed_shards == "1"
+    return done, dataclasses.replace(chunk, finalizers=())
+
+
+def asking(b: Batch, **rerun: Any) -> Batch:
+    return dataclasses.replace(b, spec=b.spec.model_copy(update={"rerun": api.Rerun.model_validate(rerun)}))
+
+
+def test_a_rerun_records_itself_first_then_runs_the_failed_shards_from_a_new_attempt() -> None:
+    done, kept = finished_with_failure()
+    assert done.status.highest_attempt == 0
+    start = plan(asking(done, id="r1"), [kept], T0 + datetime.timedelta(minutes=5))
+    assert start.create == []  # nothing launches before the rerun is persisted
+    rerun = start.status.rerun
+    assert rerun is not None
+    assert (rerun.id, rerun.shards, rerun.first_attempt, rerun.count) == ("r1", 1, 1, 1)
+    assert start.status.phase == "Running"
+    assert start.status.failed_shards == ""
+    assert start.status.failures == []
+    assert start.status.completion_time is None
+    assert cond(start, "Complete") == ("False", "Rerun")
+    assert cond(start, "Rerunning") == ("True", "Rerunning")
+    assert [e.reason for e in start.events] == ["Rerun"]
+    assert start.events[0].message == "rerun r1: running 1 failed shard (1) again, from attempt 1"
+    assert start.status.shards.pending == 1
+    b = persisted(asking(done, id="r1"), start)
+    runs = plan(b, [kept], T0 + datetime.timedelta(minutes=5))
+    # The kept attempt-0 chunk says nothing about shard 1 now: not failed again, not covering it.
+    assert runs.status.failed_shards == ""
+    assert runs.create == [CreateJob(name(1, 1), 1, 1, 1, 1)]
+    assert runs.delete == []  # still kept for its logs
+    assert runs.status.highest_attempt == 1
+    again = plan(b, [kept], T0 + datetime.timedelta(minutes=5))  # the same rerun is never started twice
+    assert again.status.rerun == rerun
+
+
+def test_a_rerun_has_a_fresh_retry_budget_and_ends_again() -> None:
+    done, kept = finished_with_failure()
+    b = asking(done, id="r1")
+    b = persisted(b, plan(b, [kept], T0))
+    b = dataclasses.replace(b, spec=b.spec.model_copy(update={"retry": api.Retry(limit=1)}))
+    first = job(1, 1, attempt=1, failed="1", at=60)
+    p = plan(b, [kept, first], T0 + datetime.timedelta(seconds=60), failures=failures(failure(1, 1, code=7, at=60)))
+    assert p.status.failed_shards == ""  # retry 0 of 1 used: it retries
+    delay = retry_delay(b.spec.retry.backoff, UID, 1, 0)  # the first retry's delay, not the second's
+    later = T0 + datetime.timedelta(seconds=60 + delay + 1)
+    p = plan(b, [kept, first], later, failures=failures(failure(1, 1, code=7, at=60)))
+    assert p.create == [CreateJob(name(1, 2), 1, 1, 2, 1, retry=True)]
+    assert "attempt 2 (retry 1 of 1 in rerun r1)" in p.events[0].message
+    second = job(1, 1, attempt=2, failed="1", at=200)
+    end = plan(b, [kept, first, second], later, failures=failures(failure(1, 2, code=7, at=200)))
+    assert end.status.phase == "Succeeded"  # one failure is tolerated, again
+    assert end.status.failed_shards == "1"
+    (f,) = end.status.failures
+    assert f.attempt == 2
+    assert "counted from the rerun's attempt 1" in f.message
+    assert cond(end, "Rerunning") == ("False", "Succeeded")
+    complete = end.status.condition("Complete")
+    assert complete is not None
+    assert complete.status == "True"
+    assert complete.message.endswith("(after rerun r1)")
+    assert end.status.completion_time == later
+
+
+def test_a_rerun_of_a_batch_that_failed_early_also_runs_what_never_finished() -> None:
+    s = spec(parallelism=2, payloads={"count": 10}, retry={"limit": 0})
+    b = accepted(s, items=10)
+    chunk = job(0, 10, parallelism=2, succeeded="0", failed="1", active=2)
+    failed = persisted(b, plan(b, [chunk], T0, failures=failures(failure(1))))
+    assert failed.status.phase == "Failed"
+    stopping = dataclasses.replace(chunk, suspended=True)
+    waiting = plan(asking(failed, id="again"), [stopping], T0)
+    assert waiting.status.rerun is None  # its pods may still run: the rerun waits
+    assert cond(waiting, "Rerunning") == ("False", "WaitingForBatchToFinish")
+    assert [e.reason for e in waiting.events] == ["RerunWaiting"]
+    start = plan(asking(failed, id="again"), [], T0)  # the chunk released and gone
+    rerun = start.status.rerun
+    assert rerun is not None
+    assert (rerun.shards, rerun.first_attempt) == (9, 1)
+    assert "1 failed shard (1) and 8 unfinished shards (2-9) again" in start.events[0].message
+    runs = plan(persisted(asking(failed, id="again"), start), [], T0)
+    assert runs.create == [CreateJob(name(1, 1), 1, 9, 1, 2)]  # one chunk, at the rerun's first attempt
+
+
+def test_a_rerun_of_chosen_shards_leaves_the_others_failed() -> None:
+    s = spec(parallelism=4, payloads={"count": 4}, retry={"limit": 0}, maxFailedShards=2)
+    b = accepted(s, items=4)
+    chunk = job(0, 4, succeeded="0,2", failed="1,3")
+    done = persisted(b, plan(b, [chunk], T0, failures=failures(failure(1), failure(3))))
+    start = plan(asking(done, id="one", shards="3-5"), [], T0)
+    assert start.status.failed_shards == "1"
+    assert [f.shard for f in start.status.failures] == [1]
+    rerun = start.status.rerun
+    assert rerun is not None
+    assert rerun.shards == 1
+    runs = plan(persisted(asking(done, id="one", shards="3-5"), start), [], T0)
+    assert runs.create == [CreateJob(name(3, 1), 3, 1, 1, 1)]
+
+
+def test_a_rerun_that_cannot_help_is_refused_once_and_runs_nothing() -> None:
+    done, kept = finished_with_failure()
+    nothing = plan(asking(done, id="n", shards="0,2"), [kept], T0)  # those succeeded
+    assert nothing.status.phase == "Succeeded"
+    assert cond(nothing, "Rerunning") == ("False", "NothingToRerun")
+    assert [(e.type, e.reason) for e in nothing.events] == [("Warning", "NothingToRerun")]
+    rerun = nothing.status.rerun
+    assert rerun is not None
+    assert (rerun.id, rerun.shards, rerun.first_attempt) == ("n", 0, 0)
+    assert plan(persisted(asking(done, id="n", shards="0,2"), nothing), [kept], T0).events == []
+    worn = dataclasses.replace(done, status=done.status.model_copy(update={"highest_attempt": 999}))
+    refused = plan(asking(worn, id="late"), [kept], T0)
+    assert cond(refused, "Rerunning") == ("False", "AttemptsExhausted")
+    assert refused.create == []
+    s = spec(parallelism=4, payloads={"count": 4}, retry={"limit": 0})
+    b = accepted(s, items=4)
+    failed = persisted(b, plan(b, [job(0, 4, succeeded="0", failed="1,3", active=1)], T0,
+                                failures=failures(failure(1), failure(3))))  # fmt: skip
+    assert failed.status.phase == "Failed"
+    again = plan(asking(failed, id="part", shards="1"), [], T0)  # shard 3 stays failed: over maxFailedShards 0
+    assert cond(again, "Rerunning") == ("False", "WouldFailAgain")
+    assert again.status.phase == "Failed"
+
+
+def test_a_rerun_asked_for_while_running_waits_and_can_be_withdrawn() -> None:
+    b = accepted(spec(parallelism=2, payloads={"count": 2}), items=2)
+    b = persisted(b, plan(b, [], T0))
+    running = [job(0, 2)]
+    waiting = plan(asking(b, id="early"), running, T0)
+    assert cond(waiting, "Rerunning") == ("False", "WaitingForBatchToFinish")
+    assert waiting.status.phase == "Running"
+    withdrawn = plan(persisted(b, waiting), running, T0)
+    assert cond(withdrawn, "Rerunning") == ("False", "Withdrawn")
+
+
+def test_a_rerun_gets_its_own_active_deadline() -> None:
+    done, kept = finished_with_failure(activeDeadlineSeconds=600)
+    b = dataclasses.replace(done, status=done.status.model_copy(update={"start_time": T0}))
+    later = T0 + datetime.timedelta(hours=3)
+    b = persisted(asking(b, id="r1"), plan(asking(b, id="r1"), [kept], later))
+    p = plan(b, [kept], later + datetime.timedelta(seconds=10))
+    assert p.status.phase == "Running"
+    assert p.create
+    over = plan(b, [kept, job(1, 1, attempt=1)], later + datetime.timedelta(seconds=601))
+    assert cond(over, "Failed") == ("True", "DeadlineExceeded")
+
+
+def test_a_batch_from_before_highest_attempt_reruns_above_any_attempt_it_can_have_had() -> None:
+    done, kept = finished_with_failure()
+    legacy = dataclasses.replace(
+        done, status=done.status.model_copy(update={"highest_attempt": None, "start_time": T0})
+    )
+    start = plan(asking(legacy, id="r1"), [kept], T0)
+    rerun = start.status.rerun
+    assert rerun is not None
+    assert rerun.first_attempt == api.MAX_RETRY_LIMIT + 1
+
+
+def test_a_finished_batch_waiting_to_rerun_keeps_looking_until_its_pods_are_gone() -> None:
+    """Its reconciler must not end (nothing else would start the rerun) while a Job's pods stop."""
+    s = spec(parallelism=2, payloads={"count": 10}, retry={"limit": 0})
+    b = accepted(s, items=10)
+    chunk = job(0, 10, parallelism=2, succeeded="0", failed="1", active=2)
+    failed = persisted(b, plan(b, [chunk], T0, failures=failures(failure(1))))
+    stopping = dataclasses.replace(chunk, suspended=True, active=0, terminating=2, deleting=True, finalizers=())
+    p = plan(asking(failed, id="r"), [stopping], T0)
+    assert cond(p, "Rerunning") == ("False", "WaitingForBatchToFinish")
+    assert p.requeue_after == planner.STOPPING_RECHECK_SECONDS
+
+
+def test_a_finished_batch_stops_its_pods_before_letting_its_jobs_go() -> None:
+    """Deleting a running Job leaves its pods terminating, unseen: a rerun could start beside them."""
+    s = spec(parallelism=2, payloads={"count": 10}, retry={"limit": 0})
+    b = accepted(s, items=10)
+    chunk = job(0, 10, parallelism=2, succeeded="0", failed="1", active=2)
+    failed = persisted(b, plan(b, [chunk], T0, failures=failures(failure(1))))
+    p = plan(failed, [chunk], T0)
+    assert p.suspend == [SuspendJob(chunk.name)]
+    assert (p.release, p.delete) == ([], [])
+    stopping = dataclasses.replace(chunk, suspended=True, active=0, terminating=1)
+    p = plan(failed, [stopping], T0)
+    assert (p.suspend, p.release, p.delete) == ([], [], [])
+    assert p.requeue_after == planner.STOPPING_RECHECK_SECONDS  # its reconciler must not end meanwhile
+    gone = dataclasses.replace(chunk, suspended=True, active=0)
+    p = plan(failed, [gone], T0)
+    assert [r.name for r in p.release] == [chunk.name]
+    assert p.delete == [DeleteJob(chunk.name)]
+
+
+def test_a_success_seen_after_the_batch_failed_is_recorded_before_a_rerun_and_never_rerun() -> None:
+    s = spec(parallelism=4, payloads={"count": 4}, retry={"limit": 0})
+    b = accepted(s, items=4)
+    failed = persisted(b, plan(b, [job(0, 4, succeeded="0", failed="1", active=2)], T0, failures=failures(failure(1))))
+    late = job(0, 4, succeeded="0,2-3", failed="1", finalizers=FIN)  # 2 and 3 succeeded before the suspend landed
+    p = plan(asking(failed, id="r"), [late], T0, failures=failures(failure(1)))
+    assert p.status.rerun is None
+    assert p.status.succeeded_shards == "0,2-3"
+    start = plan(persisted(asking(failed, id="r"), p), [], T0)
+    rerun = start.status.rerun
+    assert rerun is not None
+    assert rerun.shards == 1  # shard 1 only
+
+
+def test_shards_that_are_not_ranges_are_refused_not_crashed_on() -> None:
+    done, kept = finished_with_failure()
+    p = plan(asking(done, id="bad", shards="9-3"), [kept], T0)
+    assert cond(p, "Rerunning") == ("False", "InvalidShards")
+    assert p.status.phase == "Succeeded"
+    with pytest.raises(ValueError, match="pattern"):
+        api.Rerun.model_validate({"id": "x", "shards": "1" * 9})
+
+
+def test_a_rerun_the_batch_was_created_with_is_taken_as_answered() -> None:
+    """A manifest applied again, rerun and all, must not rerun the new batch's failures."""
+    s = spec(parallelism=4, payloads={"count": 4}, retry={"limit": 0}, maxFailedShards=1, rerun={"id": "old"})
+    b = accepted(s, items=4)
+    rerun = b.status.rerun
+    assert rerun is not None
+    assert (rerun.id, rerun.shards, rerun.count) == ("old", 0, 0)
+    done = persisted(b, plan(b, [job(0, 4, succeeded="0,2-3", failed="1")], T0, failures=failures(failure(1))))
+    assert plan(done, [], T0).status.rerun == rerun

@@ -104,7 +104,7 @@ def test_failures_are_rows_with_exit_codes() -> None:
 def test_wait_ends_on_the_batchs_phase_whatever_changed_after() -> None:
     assert plugin.wait_outcome(batch({"phase": "Succeeded"})) == plugin.EXIT_OK
     assert plugin.wait_outcome(batch({"phase": "Failed"})) == plugin.EXIT_FAILED
-    # Scaled after it finished: the operator acts on nothing more, and the verdict stands.
+    # Scaled after it finished: a finished batch stays finished (only a rerun starts it again).
     assert plugin.wait_outcome(batch({"phase": "Succeeded"}, generation=2)) == plugin.EXIT_OK
     assert plugin.wait_outcome(batch({"phase": "Running"})) is None
     assert plugin.wait_outcome(batch({})) is None
@@ -183,3 +183,44 @@ def test_wait_takes_kubectl_durations() -> None:
     assert parser.parse_args(["wait", "b"]).timeout == 1800
     with pytest.raises(SystemExit):
         parser.parse_args(["wait", "b", "--timeout", "soon"])
+
+
+def test_wait_does_not_take_the_old_outcome_while_a_rerun_is_unanswered() -> None:
+    failed = {"phase": "Failed"}
+    assert plugin.wait_outcome(batch(failed, rerun={"id": "r1"})) is None
+    answered = {"phase": "Failed", "rerun": {"id": "r1", "shards": 0}}  # refused: the outcome stands
+    assert plugin.wait_outcome(batch(answered, rerun={"id": "r1"})) == plugin.EXIT_FAILED
+    assert plugin.wait_outcome(batch({"phase": "Succeeded", "rerun": {"id": "r0"}}, rerun={"id": "r0"})) == 0
+
+
+def rerunning(status: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": "Rerunning", "status": status, "reason": reason, "message": message}
+
+
+def test_the_operators_answer_to_a_rerun() -> None:
+    asked = batch({"phase": "Failed"}, rerun={"id": "r1"})
+    assert plugin.rerun_answer(asked, "r1") is None
+    started = {"rerun": {"id": "r1", "shards": 3}, "conditions": [rerunning("True", "Rerunning", "rerun r1: 3")]}
+    assert plugin.rerun_answer(batch(started), "r1") == (0, "rerun r1: 3")
+    refused = {"rerun": {"id": "r1", "shards": 0}, "conditions": [rerunning("False", "NothingToRerun", "no shard")]}
+    assert plugin.rerun_answer(batch(refused), "r1") == (1, "refused (NothingToRerun): no shard")
+    waits = {"conditions": [rerunning("False", "WaitingForBatchToFinish", "rerun r1 starts once the batch ...")]}
+    assert plugin.rerun_answer(batch(waits), "r1") == (0, "rerun r1 starts once the batch ...")
+    assert plugin.rerun_answer(batch(waits), "r2") is None  # another rerun's wait
+
+
+def test_status_says_a_rerun_ran_or_was_refused() -> None:
+    shards = {"total": 4, "succeeded": 3, "failed": 1}
+    ran = {"phase": "Running", "shards": shards, "rerun": {"id": "r1", "shards": 1, "firstAttempt": 4, "count": 2}}
+    assert "Rerun:       r1: 1 shards from attempt 4 (rerun 2 of this batch)" in plugin.render_status(
+        batch(ran), IndexRanges(), now=NOW
+    )
+    refused = {"phase": "Failed", "shards": shards, "conditions": [rerunning("False", "WouldFailAgain", "too many")]}
+    assert "Rerun:       WouldFailAgain: too many" in plugin.render_status(batch(refused), IndexRanges(), now=NOW)
+
+
+def test_rerun_takes_failed_or_ranges_not_both() -> None:
+    args = plugin.build_parser().parse_args(["rerun", "b", "--shards", "3,7-9"])
+    assert (args.command, args.shards, args.failed) == ("rerun", "3,7-9", False)
+    with pytest.raises(SystemExit):
+        plugin.build_parser().parse_args(["rerun", "b", "--failed", "--shards", "1"])

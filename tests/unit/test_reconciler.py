@@ -18,7 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from jobbatch import api, manifests, naming, objectstore
 from jobbatch import reconciler as reconciler_module
 from jobbatch.dispatch import Dispatcher
-from jobbatch.kube import Conflict
+from jobbatch.kube import Conflict, merge_patch
 from jobbatch.observed import ShardJob, summarize
 from jobbatch.payloads import digest
 from jobbatch.reconciler import BatchReconciler
@@ -33,6 +33,19 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies it."""
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 class FakeKube:
@@ -68,13 +81,14 @@ class FakeKube:
         return copy.deepcopy(self.batch)
 
     async def patch_batch_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str, old: dict[str, Any]
     ) -> dict[str, Any]:
         self.calls.append(("status", name))
         if self.conflicts or resource_version != self.batch["metadata"]["resourceVersion"]:
             self.conflicts = max(0, self.conflicts - 1)
             raise Conflict("changed")
-        self.batch["status"] = status
+        # As the API server applies a merge patch: what the patch leaves out stays.
+        self.batch["status"] = apply_merge_patch(self.batch.get("status") or {}, merge_patch(old, status))
         self._bump()
         return copy.deepcopy(self.batch)
 
@@ -603,3 +617,17 @@ async def test_an_object_refused_for_its_data_is_read_once_per_version_and_a_fix
     assert kube.batch["status"]["itemCount"] == 1
     (snapshot,) = kube.configmaps.values()
     assert manifests.INDEX_KEY in snapshot["data"]
+
+
+def test_a_status_write_removes_the_fields_the_new_status_lacks() -> None:
+    """A merge patch of the new status alone would keep a rerun batch's old completionTime."""
+    old = {"phase": "Failed", "completionTime": "t", "rerun": {"id": "a", "startTime": "s"}, "failures": [1]}
+    new = {"phase": "Running", "rerun": {"id": "b"}, "failures": []}
+    patch = merge_patch(old, new)
+    assert patch == {
+        "phase": "Running",
+        "completionTime": None,
+        "rerun": {"id": "b", "startTime": None},
+        "failures": [],
+    }
+    assert apply_merge_patch(old, patch) == new
