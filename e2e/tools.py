@@ -123,6 +123,17 @@ TOOLS: tuple[GoTool, ...] = (
         version="v0.8.0",
         packages={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
     ),
+    # promtool checks and unit-tests the chart's alerting rules; prometheus scrapes a run for the
+    # dashboard's picture (bench/dashboard.py). Built without the web UI: the HTTP API is all either needs.
+    GoTool(
+        key="prometheus",
+        module="github.com/prometheus/prometheus",
+        version="v0.316.0",  # Prometheus 3.x's Go module version
+        packages={
+            "promtool": "github.com/prometheus/prometheus/cmd/promtool",
+            "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+        },
+    ),
     GoTool(
         key="helm",
         module="helm.sh/helm/v3",

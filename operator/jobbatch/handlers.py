@@ -61,7 +61,16 @@ async def batch_changed(
         reconciler.batch_changed()
     if type == "DELETED":
         runtime.finished.discard(uid)
-    elif namespace and uid in runtime.finished and uid not in runtime.serving and spec_changed(body):
+        metrics.BATCHES.gone(uid)
+    elif namespace:
+        metrics.BATCHES.seen(uid, namespace, (body.get("status") or {}).get("phase") or "Pending")
+    if (
+        type != "DELETED"
+        and namespace
+        and uid in runtime.finished
+        and uid not in runtime.serving
+        and spec_changed(body)
+    ):
         # kopf runs a daemon once per object and process: a finished batch's spec changed (a rerun,
         # a TTL set afterwards), so a reconciler of its own takes over (ended by close()).
         runtime.finished.discard(uid)
@@ -128,7 +137,7 @@ async def reconcile(runtime: Runtime, name: str, namespace: str, uid: str, stopp
         finally:
             runtime.reconcilers.pop(uid, None)
             runtime.dispatcher.forget(uid)
-            metrics.forget_batch(namespace, name)
+            metrics.forget_batch(namespace, name, uid)
         if reconciler.finished:
             runtime.finished.add(uid)
             logger.info("%s/%s: finished; idle until its spec changes", namespace, name)

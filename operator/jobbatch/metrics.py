@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import platform
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from jobbatch import __version__
 
 SHARD_STATES = ("pending", "running", "retrying", "succeeded", "failed")
+PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+# Reasons of failed attempts as labelled; anything else is "Other" (label values stay a fixed set).
+FAILURE_REASONS = frozenset(
+    {"Error", "OOMKilled", "DeadlineExceeded", "Disrupted", "Deleted", "Failed", "Evicted", "ContainerCannotRun"}
+)
 
 shards = Gauge("jobbatch_shards", "Shards of each JobBatch by state.", ["namespace", "batch", "state"])
 launches = Counter(
@@ -22,9 +33,33 @@ reconcile_duration = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 status_writes = Counter("jobbatch_status_writes_total", "JobBatch status writes.", ["namespace"])
+batch_duration = Histogram(
+    "jobbatch_batch_duration_seconds",
+    "Time from a batch's start (or its rerun's) to its completion, by outcome.",
+    ["namespace", "outcome"],
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+)
+attempt_failures = Counter(
+    "jobbatch_shard_attempt_failures_total",
+    "Failed shard attempts, counted once each (when retried or recorded as a permanent failure).",
+    ["namespace", "reason", "exit_code"],
+)
+build_info = Gauge("jobbatch_build_info", "The operator's version; always 1.", ["version", "python"])
+build_info.labels(__version__, platform.python_version()).set(1)
 leader = Gauge(
     "jobbatch_leader", "1 while this process reconciles (it holds the Lease, or runs without leader election)."
 )
+
+
+def touch_namespace(namespace: str) -> None:
+    """Create a namespace's counters at 0, so they exist before their first increment."""
+    for counter in (launches, retries, reconcile_errors, status_writes):
+        counter.labels(namespace)
+
+
+def attempt_failed(namespace: str, reason: str, exit_code: int | None) -> None:
+    label = reason if reason in FAILURE_REASONS else "Other"
+    attempt_failures.labels(namespace, label, "none" if exit_code is None else str(exit_code)).inc()
 
 
 def record_shards(namespace: str, batch: str, counts: dict[str, int]) -> None:
@@ -32,11 +67,59 @@ def record_shards(namespace: str, batch: str, counts: dict[str, int]) -> None:
         shards.labels(namespace, batch, state).set(counts.get(state, 0))
 
 
-def forget_batch(namespace: str, batch: str) -> None:
-    """Drop a deleted batch's series so label cardinality stays bounded."""
+def forget_batch(namespace: str, batch: str, uid: str) -> None:
+    """Drop an idle or deleted batch's per-batch series so label cardinality stays bounded."""
     for state in SHARD_STATES:
         with contextlib.suppress(KeyError):
             shards.remove(namespace, batch, state)
+    BATCHES.waiting.pop(uid, None)
+
+
+class Batches(Collector):
+    """``jobbatch_batches`` (every batch by phase) and ``jobbatch_shards_waiting`` (by priority class).
+
+    Computed at scrape time from what the batches' watch events and reconcilers last said: a finished
+    batch has no reconciler, but still counts by its phase until deleted. Bounded by the batches that
+    exist.
+    """
+
+    def __init__(self) -> None:
+        self.phases: dict[str, tuple[str, str]] = {}  # uid -> (namespace, phase)
+        self.waiting: dict[str, tuple[str, int]] = {}  # uid -> (priority class, pending + retrying)
+
+    def seen(self, uid: str, namespace: str, phase: str) -> None:
+        self.phases[uid] = (namespace, phase if phase in PHASES else "Pending")
+
+    def gone(self, uid: str) -> None:
+        self.phases.pop(uid, None)
+        self.waiting.pop(uid, None)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("jobbatch_batches", "JobBatches by phase.", labels=["namespace", "phase"])
+        yield GaugeMetricFamily(
+            "jobbatch_shards_waiting",
+            "Pending and retrying shards of running batches, by PriorityClass.",
+            labels=["priority_class"],
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_phase: dict[tuple[str, str], int] = {}
+        for key in list(self.phases.values()):
+            by_phase[key] = by_phase.get(key, 0) + 1
+        batches, waiting = self.describe()
+        for (namespace, phase), count in sorted(by_phase.items()):
+            batches.add_metric([namespace, phase], count)
+        by_class: dict[str, int] = {}
+        for priority_class, count in list(self.waiting.values()):
+            by_class[priority_class] = by_class.get(priority_class, 0) + count
+        for priority_class, count in sorted(by_class.items()):
+            waiting.add_metric([priority_class], count)
+        yield batches
+        yield waiting
+
+
+BATCHES = Batches()
+REGISTRY.register(BATCHES)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:

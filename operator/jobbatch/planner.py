@@ -128,6 +128,9 @@ class CreateJob:
     attempt: int
     parallelism: int
     retry: bool = False  # a failed shard's next attempt (not a chunk of first attempts, or of a rerun)
+    # For a retry: why the attempt before failed (metrics count each failed attempt once).
+    cause: str = dataclasses.field(default="", compare=False)
+    cause_exit_code: int | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +205,8 @@ class Plan:
     unmet_demand: int = 0
     # The pass had a Job it would create (False: a remembered refused create no longer matters).
     creates_wanted: bool = False
+    # (reason, exit code) of the attempts this pass's status records as permanent failures.
+    final_failures: list[tuple[str, int | None]] = dataclasses.field(default_factory=list)
 
     def wake_in(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -321,6 +326,7 @@ class ShardFates:
     due: list[FailedAttempt]  # retries whose backoff has passed
     waiting: int  # retries still in backoff
     next_due: datetime.datetime | None
+    final: list[FailedAttempt] = dataclasses.field(default_factory=list)  # the attempts of new_failures
 
 
 def permanent_failure(
@@ -370,6 +376,7 @@ def decide_shards(batch: Batch, failed_attempts: Iterable[FailedAttempt], now: d
         failure = permanent_failure(failed, retry.non_retryable_exit_codes, retry.limit, base)
         if failure is not None:
             fates.new_failures.append(failure)
+            fates.final.append(failed)
             continue
         n = failed.attempt - base
         delay = datetime.timedelta(seconds=retry_delay(retry.backoff, batch.uid, failed.shard, n))
@@ -651,6 +658,7 @@ class _Pass:
         self.failed = seen.recorded_failed.union(f.shard for f in fates.new_failures)
         self.status.succeeded_shards = str(self.succeeded)
         self.status.failed_shards = str(self.failed)
+        self.out.final_failures = [(f.reason, f.exit_code) for f in fates.final]
         if fates.new_failures:
             self.status.failures = (self.status.failures + fates.new_failures)[-MAX_RECORDED_FAILURES:]
             for f in fates.new_failures[:MAX_SHARD_EVENTS_PER_PASS]:
@@ -880,8 +888,9 @@ class _Pass:
                 retries_left += 1
                 continue
             attempt = failed.attempt + 1
+            job_name = naming.job_name(name, uid, failed.shard, attempt)
             self.out.create.append(
-                CreateJob(naming.job_name(name, uid, failed.shard, attempt), failed.shard, 1, attempt, 1, retry=True)
+                CreateJob(job_name, failed.shard, 1, attempt, 1, True, failed.reason, failed.exit_code)
             )
             self._probed = self.failed_create is not None
             granted += 1

@@ -132,6 +132,7 @@ class BatchReconciler:
         self._body_read = float("-inf")
         self._body_stale = True
         self._limit = asyncio.Semaphore(API_CONCURRENCY)
+        metrics.touch_namespace(namespace)  # counters at 0 from the start: rates and alerts see them
         self.calls = JobCalls(self.wake)
         self.expected = Expectations(monotonic)
         self._last_status_write = float("-inf")
@@ -244,6 +245,9 @@ class BatchReconciler:
             if self.dispatcher.cap:
                 self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
+        counts = decision.status.shards
+        waiting = counts.pending + counts.retrying if decision.status.phase == "Running" else 0
+        metrics.BATCHES.waiting[self.uid] = (spec.priority_class_name or "", waiting)
         finished = status.phase in TERMINAL_PHASES and not decision.status_changed
         if finished and not decision.job_calls and decision.requeue_after is None:
             # Nothing left to do unless its spec changes (a rerun, a TTL): handlers.batch_changed
@@ -626,6 +630,7 @@ class BatchReconciler:
                 self._body_read = self._last_status_write = self._monotonic()
                 metrics.status_writes.labels(ns).inc()
                 written = True
+                self._count_outcomes(decision, body)
 
         by_name = {job.name: job for job in observed}
         item_count = decision.status.item_count or 0
@@ -737,9 +742,23 @@ class BatchReconciler:
             metrics.launches.labels(self.namespace).inc(create.parallelism)
             if create.retry:
                 metrics.retries.labels(self.namespace).inc()
+                metrics.attempt_failed(self.namespace, create.cause, create.cause_exit_code)
         # AlreadyExists: a previous process (or someone else) made a Job of that name, perhaps of another
         # shape. Nothing is assumed about it: the watch says what it is and whether this batch owns it.
         return made
+
+    def _count_outcomes(self, decision: Plan, body: dict[str, Any]) -> None:
+        """Metrics of what a written status records: permanent failures, and the batch's end."""
+        for reason, exit_code in decision.final_failures:
+            metrics.attempt_failed(self.namespace, reason, exit_code)
+        status = decision.status
+        was = (body.get("status") or {}).get("phase")
+        if status.phase in TERMINAL_PHASES and was not in TERMINAL_PHASES and status.completion_time is not None:
+            rerun = status.rerun
+            began = rerun.start_time if rerun is not None and rerun.shards else status.start_time
+            if began is not None:
+                seconds = (status.completion_time - began).total_seconds()
+                metrics.batch_duration.labels(self.namespace, status.phase).observe(max(0.0, seconds))
 
     async def _scale(self, job_name: str, current: int, to: int) -> bool:
         done = await self.kube.scale_job(self.namespace, job_name, current, to)

@@ -124,11 +124,11 @@ async def operator(
     started: list[OperatorProcess] = []
     api_client = api
 
-    async def start(*args: str) -> OperatorProcess:
+    async def start(*args: str, metrics_port: int = 0) -> OperatorProcess:
         log = tmp_path / f"operator-{len(started)}.log"
         _OPERATOR_LOGS.append(log)
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-        proc = OperatorProcess(args=["--namespace", namespace, *args], env=env, log=log)
+        proc = OperatorProcess(args=["--namespace", namespace, *args], env=env, log=log, metrics_port=metrics_port)
         started.append(proc)
         await proc.start()
         return proc

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes_asyncio import client
 
 from e2e import tools
@@ -49,6 +51,27 @@ def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None) -> N
         )  # fmt: skip
         # The real API server validates every object against its schemas (and admission) without storing it.
         run("kubectl", "apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=rendered)
+
+
+def test_the_chart_ships_the_dashboard_and_the_alerts_as_they_are_tested(kubeconfig: Path) -> None:
+    """The PrometheusRule holds the rules file promtool checks, the ConfigMap the dashboard JSON (for Grafana)."""
+    rendered = run(
+        "helm", "template", "check", str(CHART), "--namespace", "monitoring", "--kube-version", KUBE_VERSION,
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
+        "--set", "metrics.dashboard.namespace=grafana", kubeconfig=kubeconfig,
+    )  # fmt: skip
+    objects = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    files = CHART / "files"
+    rule = objects["PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load((files / "prometheus-rules.yaml").read_text())
+    dashboard = objects["ConfigMap"]
+    assert dashboard["metadata"]["namespace"] == "grafana"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["jobbatch-operator.json"]) == json.loads((files / "dashboard.json").read_text())
+    # Off by default: a cluster without the prometheus-operator's CRDs installs the chart as it is.
+    default = run("helm", "template", "check", str(CHART), "--kube-version", KUBE_VERSION, kubeconfig=kubeconfig)
+    assert "PrometheusRule" not in default
+    assert "grafana_dashboard" not in default
 
 
 async def test_the_chart_runs_the_operator_as_real_pods(
