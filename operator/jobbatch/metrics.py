@@ -26,6 +26,11 @@ launches = Counter(
     ["namespace"],
 )
 retries = Counter("jobbatch_shard_retries_total", "Shard attempts launched after a failed attempt.", ["namespace"])
+attempts = Counter(
+    "jobbatch_shard_attempts_total",
+    "Shard attempts given a Job (each shard of a new Job once; a suspended and resumed attempt is not counted again).",
+    ["namespace"],
+)
 reconcile_errors = Counter("jobbatch_reconcile_errors_total", "Reconcile passes that failed.", ["namespace"])
 reconcile_duration = Histogram(
     "jobbatch_reconcile_duration_seconds",
@@ -41,7 +46,8 @@ batch_duration = Histogram(
 )
 attempt_failures = Counter(
     "jobbatch_shard_attempt_failures_total",
-    "Failed shard attempts, counted once each (when retried or recorded as a permanent failure).",
+    "Failed shard attempts, counted when retried or recorded as a permanent failure (an attempt left undecided "
+    "when its batch ends is not).",
     ["namespace", "reason", "exit_code"],
 )
 build_info = Gauge("jobbatch_build_info", "The operator's version; always 1.", ["version", "python"])
@@ -52,9 +58,12 @@ leader = Gauge(
 
 
 def touch_namespace(namespace: str) -> None:
-    """Create a namespace's counters at 0, so they exist before their first increment."""
-    for counter in (launches, retries, reconcile_errors, status_writes):
+    """Create a namespace's series at 0, so they exist before their first increment (``increase()``
+    and ``rate()`` miss the first one of a series that appears already at 1)."""
+    for counter in (launches, retries, attempts, reconcile_errors, status_writes):
         counter.labels(namespace)
+    for outcome in ("Succeeded", "Failed"):
+        batch_duration.labels(namespace, outcome)
 
 
 def attempt_failed(namespace: str, reason: str, exit_code: int | None) -> None:
@@ -76,16 +85,16 @@ def forget_batch(namespace: str, batch: str, uid: str) -> None:
 
 
 class Batches(Collector):
-    """``jobbatch_batches`` (every batch by phase) and ``jobbatch_shards_waiting`` (by priority class).
+    """``jobbatch_batches`` (every batch by phase) and ``jobbatch_shards_waiting`` (pending shards).
 
     Computed at scrape time from what the batches' watch events and reconcilers last said: a finished
     batch has no reconciler, but still counts by its phase until deleted. Bounded by the batches that
-    exist.
+    exist; a priority class is a label only for running (so accepted) batches, whose class existed.
     """
 
     def __init__(self) -> None:
         self.phases: dict[str, tuple[str, str]] = {}  # uid -> (namespace, phase)
-        self.waiting: dict[str, tuple[str, int]] = {}  # uid -> (priority class, pending + retrying)
+        self.waiting: dict[str, tuple[str, str, int]] = {}  # uid -> (namespace, priority class, pending)
 
     def seen(self, uid: str, namespace: str, phase: str) -> None:
         self.phases[uid] = (namespace, phase if phase in PHASES else "Pending")
@@ -98,22 +107,24 @@ class Batches(Collector):
         yield GaugeMetricFamily("jobbatch_batches", "JobBatches by phase.", labels=["namespace", "phase"])
         yield GaugeMetricFamily(
             "jobbatch_shards_waiting",
-            "Pending and retrying shards of running batches, by PriorityClass.",
-            labels=["priority_class"],
+            "Shards of running batches not started yet (the queue), by namespace and PriorityClass.",
+            labels=["namespace", "priority_class"],
         )
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         by_phase: dict[tuple[str, str], int] = {}
-        for key in list(self.phases.values()):
-            by_phase[key] = by_phase.get(key, 0) + 1
+        for namespace, phase in list(self.phases.values()):
+            for each in PHASES:  # every phase, 0 included: a line on a chart drops to 0, not off it
+                by_phase.setdefault((namespace, each), 0)
+            by_phase[(namespace, phase)] += 1
         batches, waiting = self.describe()
         for (namespace, phase), count in sorted(by_phase.items()):
             batches.add_metric([namespace, phase], count)
-        by_class: dict[str, int] = {}
-        for priority_class, count in list(self.waiting.values()):
-            by_class[priority_class] = by_class.get(priority_class, 0) + count
-        for priority_class, count in sorted(by_class.items()):
-            waiting.add_metric([priority_class], count)
+        by_class: dict[tuple[str, str], int] = {}
+        for namespace, priority_class, count in list(self.waiting.values()):
+            by_class[(namespace, priority_class)] = by_class.get((namespace, priority_class), 0) + count
+        for (namespace, priority_class), count in sorted(by_class.items()):
+            waiting.add_metric([namespace, priority_class], count)
         yield batches
         yield waiting
 

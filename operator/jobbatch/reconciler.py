@@ -245,9 +245,11 @@ class BatchReconciler:
             if self.dispatcher.cap:
                 self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
-        counts = decision.status.shards
-        waiting = counts.pending + counts.retrying if decision.status.phase == "Running" else 0
-        metrics.BATCHES.waiting[self.uid] = (spec.priority_class_name or "", waiting)
+        if decision.status.phase == "Running":  # accepted, its PriorityClass found: a bounded label
+            waiting = (self.namespace, spec.priority_class_name or "", decision.status.shards.pending)
+            metrics.BATCHES.waiting[self.uid] = waiting
+        else:
+            metrics.BATCHES.waiting.pop(self.uid, None)
         finished = status.phase in TERMINAL_PHASES and not decision.status_changed
         if finished and not decision.job_calls and decision.requeue_after is None:
             # Nothing left to do unless its spec changes (a rerun, a TTL): handlers.batch_changed
@@ -740,6 +742,7 @@ class BatchReconciler:
         self.failed_create = None
         if made:
             metrics.launches.labels(self.namespace).inc(create.parallelism)
+            metrics.attempts.labels(self.namespace).inc(create.count)
             if create.retry:
                 metrics.retries.labels(self.namespace).inc()
                 metrics.attempt_failed(self.namespace, create.cause, create.cause_exit_code)

@@ -44,13 +44,34 @@ async def release_namespace(api: client.ApiClient) -> AsyncIterator[str]:
 
 def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None) -> None:
     run("helm", "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, kubeconfig=kubeconfig)
-    for values in ([], ["--set", "operator.watchNamespaces={default}", "--set", "priorityClasses.create=true"]):
+    everything = [
+        "--set", "operator.watchNamespaces={default}", "--set", "priorityClasses.create=true",
+        "--set", "image.registry=registry.example.com/team", "--set", f"image.digest=sha256:{'a' * 64}",
+        "--set", "priorityClassName=system-cluster-critical", "--set", "extraArgs={--log-level=DEBUG}",
+        "--set", "env[0].name=HTTPS_PROXY", "--set", "env[0].value=http://proxy:3128",
+        "--set", "envFrom[0].configMapRef.name=operator-extra",
+        "--set", "topologySpreadConstraints[0].maxSkew=1",
+        "--set", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "--set", "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    ]  # fmt: skip
+    for values in ([], everything):
         rendered = run(
             "helm", "template", "check", str(CHART), "--namespace", "default", "--kube-version", KUBE_VERSION,
             *values, kubeconfig=kubeconfig,
         )  # fmt: skip
         # The real API server validates every object against its schemas (and admission) without storing it.
         run("kubectl", "apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=rendered)
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+    pod = objects[("Deployment", "check-jobbatch-operator")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"registry.example.com/team/jobbatch-operator@sha256:{'a' * 64}"
+    assert container["args"][-1] == "--log-level=DEBUG"  # after the chart's own: it wins
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "operator-extra"}}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    pdb = objects[("PodDisruptionBudget", "check-jobbatch-operator")]["spec"]
+    assert pdb["maxUnavailable"] == 1
 
 
 def test_the_chart_ships_the_dashboard_and_the_alerts_as_they_are_tested(kubeconfig: Path) -> None:
@@ -58,9 +79,12 @@ def test_the_chart_ships_the_dashboard_and_the_alerts_as_they_are_tested(kubecon
     rendered = run(
         "helm", "template", "check", str(CHART), "--namespace", "monitoring", "--kube-version", KUBE_VERSION,
         "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
-        "--set", "metrics.dashboard.namespace=grafana", kubeconfig=kubeconfig,
+        "--set", "metrics.dashboard.namespace=grafana", "--set", "metrics.serviceMonitor.enabled=true",
+        kubeconfig=kubeconfig,
     )  # fmt: skip
     objects = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    # The metrics' `namespace` label is the batches': the scrape keeps it, or every alert names ours.
+    assert objects["ServiceMonitor"]["spec"]["endpoints"][0]["honorLabels"] is True
     files = CHART / "files"
     rule = objects["PrometheusRule"]
     assert rule["spec"] == yaml.safe_load((files / "prometheus-rules.yaml").read_text())
@@ -68,6 +92,14 @@ def test_the_chart_ships_the_dashboard_and_the_alerts_as_they_are_tested(kubecon
     assert dashboard["metadata"]["namespace"] == "grafana"
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["jobbatch-operator.json"]) == json.loads((files / "dashboard.json").read_text())
+    # Alerts on metrics nothing can scrape would page for ever: refused.
+    unscrapable = subprocess.run(
+        [str(tools.bin_dir() / "helm"), "template", "check", str(CHART), "--kube-version", KUBE_VERSION,
+         "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.bindAddress=127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unscrapable.returncode != 0
+    assert "JobBatchOperatorNoLeader would always fire" in unscrapable.stderr
     # Off by default: a cluster without the prometheus-operator's CRDs installs the chart as it is.
     default = run("helm", "template", "check", str(CHART), "--kube-version", KUBE_VERSION, kubeconfig=kubeconfig)
     assert "PrometheusRule" not in default
@@ -223,9 +255,9 @@ async def _namespace_users_get_the_rights_they_expect(
         )
         await rbac.create_namespaced_role_binding(namespace, binding)
 
-    def can(user: str, verb: str) -> bool:
+    def can(user: str, verb: str, *subresource: str) -> bool:
         binary = str(tools.bin_dir() / "kubectl")
-        args = [binary, f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, "jobbatches.jobbatch.io"]
+        args = [binary, f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, "jobbatches.jobbatch.io", *subresource]
         result = subprocess.run([*args, "-n", namespace, f"--as={user}"], capture_output=True, text=True, timeout=30)
         return result.stdout.strip() == "yes"
 
@@ -236,3 +268,5 @@ async def _namespace_users_get_the_rights_they_expect(
     assert await asyncio.to_thread(can, "editor", "delete")
     assert not await asyncio.to_thread(can, "viewer", "create")
     assert not await asyncio.to_thread(can, "viewer", "delete")
+    assert await asyncio.to_thread(can, "editor", "patch", "--subresource=scale")  # kubectl scale
+    assert not await asyncio.to_thread(can, "viewer", "patch", "--subresource=scale")

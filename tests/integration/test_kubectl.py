@@ -42,3 +42,14 @@ async def test_get_explain_and_wait(
     assert explain.returncode == 0, explain.stderr
     assert "initialSeconds" in explain.stdout
     assert "Delay before the first retry" in explain.stdout
+
+
+async def test_kubectl_scale_sets_parallelism(kubeconfig: Path, namespace: str, batches: Batches) -> None:
+    """The /scale subresource: `kubectl scale` (and autoscalers) steer spec.parallelism."""
+    await batches.create("scaled", {"template": template(duration="1h"), "payloads": {"count": 50}, "parallelism": 5})
+    done = await kubectl(kubeconfig, "scale", "-n", namespace, "jobbatch/scaled", "--replicas=12")
+    assert done.returncode == 0, done.stderr
+    assert (await batches.get("scaled"))["spec"]["parallelism"] == 12
+    too_many = await kubectl(kubeconfig, "scale", "-n", namespace, "jb/scaled", "--replicas=100001")
+    assert too_many.returncode != 0  # the schema's bound holds through /scale too
+    assert "100000" in too_many.stderr

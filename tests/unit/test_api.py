@@ -54,7 +54,10 @@ def test_printer_columns_and_short_name() -> None:
         "Phase", "Done", "Running", "Failed", "Priority", "Age",
     ]  # fmt: skip
     assert doc["spec"]["names"]["shortNames"] == ["jb"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {"specReplicasPath": ".spec.parallelism", "statusReplicasPath": ".status.shards.running"},
+    }
 
 
 def _spec(**overrides: Any) -> dict[str, Any]:

@@ -86,12 +86,14 @@ def test_batches_count_by_phase_and_waiting_shards_by_priority_class() -> None:
     batches.seen("u3", "b", "Failed")
     batches.seen("u2", "a", "Succeeded")  # the same batch, later
     batches.seen("u4", "b", "Bogus")  # not a phase: counted as Pending, never a new label value
-    batches.waiting.update({"u1": ("high", 3), "u5": ("high", 2), "u6": ("", 7)})
+    batches.waiting.update({"u1": ("a", "high", 3), "u5": ("a", "high", 2), "u6": ("b", "", 7)})
     batches.gone("u5")
     families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples} for f in batches.collect()}
-    assert families["jobbatch_batches"] == {("a", "Running"): 1, ("a", "Succeeded"): 1, ("b", "Failed"): 1,
-                                            ("b", "Pending"): 1}  # fmt: skip
-    assert families["jobbatch_shards_waiting"] == {("",): 7, ("high",): 3}
+    phases = {k: v for k, v in families["jobbatch_batches"].items() if v}
+    assert phases == {("a", "Running"): 1, ("a", "Succeeded"): 1, ("b", "Failed"): 1, ("b", "Pending"): 1}
+    assert families["jobbatch_batches"][("a", "Suspended")] == 0  # every phase, so charts drop to 0
+    assert len(families["jobbatch_batches"]) == 2 * 5
+    assert families["jobbatch_shards_waiting"] == {("a", "high"): 3, ("b", ""): 7}
 
 
 def test_failure_reasons_are_a_fixed_set_of_label_values() -> None:
