@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import measure, report
+from bench import dashboard, measure, report
 
 
 def _sample(verb: str, resource: str, value: int, *, group: str = "", sub: str = "", code: str = "200") -> str:
@@ -323,3 +323,24 @@ def test_a_case_run_for_a_alone_reports_its_own_figures(tmp_path: Path) -> None:
     assert targets["N=100,000, P=1,000: operator peak RSS (MiB)"]["met"] is True
     text = (tmp_path / "report.md").read_text()
     assert "| N=100,000 P=1,000 D=0s | 1000.0 s | n/a | n/a |" in text
+
+
+def test_the_dashboard_picture_queries_what_grafana_would_and_draws_every_panel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expr = 'sum(rate(jobbatch_shard_retries_total{namespace=~"$namespace"}[$__rate_interval]))'
+    assert dashboard.grafana_expr(expr) == 'sum(rate(jobbatch_shard_retries_total{namespace=~".*"}[8s]))'
+    assert (
+        dashboard.legend("{{reason}} (exit {{exit_code}})", {"reason": "Error", "exit_code": "1"}) == "Error (exit 1)"
+    )
+    asked: list[str] = []
+
+    def fake_range(url: str, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        asked.append(query)
+        return [{"metric": {"state": "running"}, "values": [[start, "1"], [end, "2"]]}]
+
+    monkeypatch.setattr(dashboard, "query_range", fake_range)
+    dashboard.draw("http://prometheus", 0.0, 120.0, tmp_path / "d.png")
+    board = json.loads(dashboard.DASHBOARD.read_text())
+    assert len(asked) == sum(len(p["targets"]) for p in board["panels"])
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
