@@ -29,6 +29,9 @@ LABEL_FIRST_SHARD = "jobbatch.io/first-shard"
 LABEL_ATTEMPT = "jobbatch.io/attempt"
 # Set by Kubernetes on every pod of an Indexed Job; a pod's shard is first-shard + this index.
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+# A worker's termination message starting with this fails its shard for good, whatever the retry
+# limit (the SDK's ``worker.SkipRetry`` writes it; any worker can: it is a line in /dev/termination-log).
+SKIP_RETRY_PREFIX = "jobbatch.io/skip-retry:"
 # Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
 SHARD_FINALIZER = "jobbatch.io/shard-record"
 # kopf's own, on every JobBatch: its daemon stops before the batch goes.
@@ -345,7 +348,7 @@ class ShardFailure(_Model):
     shard: int
     attempt: int
     exit_code: int | None = None
-    reason: str = Field(description="NonRetryableExitCode, RetriesExhausted, ...")
+    reason: str = Field(description="NonRetryableExitCode, RetriesExhausted, SkipRetry, ...")
     message: str = ""
 
 

@@ -144,7 +144,8 @@ def crd() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    # `kubectl scale jobbatch NAME --replicas N` (and autoscalers) set spec.parallelism.
+                    # `kubectl scale jobbatch NAME --replicas N` sets spec.parallelism (no labelSelectorPath:
+                    # an HPA cannot target it; scaling down stops running attempts, so none should).
                     "subresources": {
                         "status": {},
                         "scale": {

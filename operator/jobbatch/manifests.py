@@ -140,12 +140,15 @@ def shard_job(
                 },
             },
         ]
-    ours = {e["name"] for e in env} | {"JOB_COMPLETION_INDEX"}
+    ours = {e["name"] for e in env} | {"JOB_COMPLETION_INDEX", "JOBBATCH_TERMINATION_LOG"}
     for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
         container["env"] = [*(e for e in container.get("env") or [] if e.get("name") not in ours), *env]
         # A worker that fails without writing /dev/termination-log still says why: its log's tail
         # becomes the message recorded in status.failures.
         container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+        # Where the SDK writes a SkipRetry (the template may have moved it).
+        path = container.get("terminationMessagePath") or "/dev/termination-log"
+        container["env"] = [*container["env"], {"name": "JOBBATCH_TERMINATION_LOG", "value": path}]
         if has_file:
             mount = {"name": PAYLOAD_VOLUME, "mountPath": PAYLOAD_DIR, "readOnly": True}
             container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]

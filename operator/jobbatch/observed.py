@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobbatch import naming
-from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD, SHARD_FINALIZER
+from jobbatch.api import (
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_COMPLETION_INDEX,
+    LABEL_FIRST_SHARD,
+    SHARD_FINALIZER,
+    SKIP_RETRY_PREFIX,
+)
 from jobbatch.ranges import IndexRanges
 
 NO_SHARDS = IndexRanges()
@@ -200,14 +207,27 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
     reason = str(status.get("reason") or "")
     message = str(status.get("message") or "")
     finished_at = None
-    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        code = terminated.get("exitCode")
-        if isinstance(code, int) and code != 0 and exit_code is None:
-            exit_code = code
-            reason = reason or str(terminated.get("reason") or "")
-            message = message or str(terminated.get("message") or "")
-            finished_at = parse_time(terminated.get("finishedAt"))
+    # Sidecars (init containers that keep running) end on SIGTERM when the pod stops: not the verdict.
+    sidecars = {c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or [] if c.get("restartPolicy")}
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    failed = [
+        terminated
+        for container in statuses
+        if container.get("name") not in sidecars
+        and isinstance((terminated := (container.get("state") or {}).get("terminated") or {}).get("exitCode"), int)
+        and terminated["exitCode"] != 0
+    ]
+    # A container that asked for no retry speaks for the pod, whichever failed first.
+    asked = [t for t in failed if str(t.get("message") or "").startswith(SKIP_RETRY_PREFIX)]
+    for terminated in asked[:1] or failed[:1]:
+        exit_code = int(terminated["exitCode"])
+        reason = reason or str(terminated.get("reason") or "")
+        message = (
+            (str(terminated.get("message") or "") or message)
+            if asked
+            else (message or str(terminated.get("message") or ""))
+        )
+        finished_at = parse_time(terminated.get("finishedAt"))
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     if finished_at is None:
         ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})

@@ -36,6 +36,7 @@ from jobbatch import naming
 from jobbatch.api import (
     MAX_ATTEMPT,
     MAX_RETRY_LIMIT,
+    SKIP_RETRY_PREFIX,
     TERMINAL_PHASES,
     Condition,
     JobBatchSpec,
@@ -341,7 +342,13 @@ def permanent_failure(
     said = f": {failed.message}" if failed.message else ""  # the worker's termination message, bounded
     if failed.disrupted:
         said = f" more often than retry.disruptionLimit allows{said}"
-    if failed.exit_code is not None and failed.exit_code in non_retryable and not failed.disrupted:
+    # One line, as the SDK writes it: a log tail (FallbackToLogsOnError) that happens to start so is not.
+    asked = failed.message.startswith(SKIP_RETRY_PREFIX) and "\n" not in failed.message.strip()
+    if asked and not failed.disrupted:
+        reason = "SkipRetry"
+        why = failed.message.removeprefix(SKIP_RETRY_PREFIX).strip()
+        message = f"attempt {failed.attempt} failed{code} and asked for no retry" + (f": {why}" if why else "")
+    elif failed.exit_code is not None and failed.exit_code in non_retryable and not failed.disrupted:
         reason = "NonRetryableExitCode"
         message = f"attempt {failed.attempt} exited with non-retryable code {failed.exit_code}{said}"
     elif failed.attempt - first_attempt >= limit:

@@ -245,7 +245,7 @@ class BatchReconciler:
             if self.dispatcher.cap:
                 self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
-        if decision.status.phase == "Running":  # accepted, its PriorityClass found: a bounded label
+        if decision.status.phase == "Running" and spec.parallelism > 0:  # accepted, its PriorityClass found
             waiting = (self.namespace, spec.priority_class_name or "", decision.status.shards.pending)
             metrics.BATCHES.waiting[self.uid] = waiting
         else:

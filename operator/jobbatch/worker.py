@@ -42,7 +42,12 @@ Typical use::
         fetch(item.url)
 
 A worker signals a failure by exiting non-zero; exit codes listed in the batch's
-``retry.nonRetryableExitCodes`` fail the shard without retries.
+``retry.nonRetryableExitCodes`` fail the shard without retries. From code, ``raise
+worker.SkipRetry("why")`` does the same whatever the exit code: uncaught in the main thread (alone or
+in an exception group), it writes ``jobbatch.io/skip-retry: why`` on one line to the termination log,
+which the operator reads, and the process exits 1 with the usual traceback. The shard fails at once
+(reason ``SkipRetry``) -- for data that no retry will fix. ``worker.skip_retry("why")`` does it from
+anywhere (a thread, inside an ``except Exception``): it writes the message and exits at once.
 
 Stopping: a pod is stopped with SIGTERM (suspend, lower parallelism, an eviction, a deleted pod), and
 a container's first process is PID 1, which the kernel spares from signals it has no handler for: a
@@ -63,11 +68,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar, overload
+from types import TracebackType
+from typing import Any, NoReturn, TypeVar, overload
 
 from pydantic import TypeAdapter
 
 from jobbatch import objectstore, records
+from jobbatch.api import SKIP_RETRY_PREFIX
 
 T = TypeVar("T")
 
@@ -91,6 +98,7 @@ class Shard:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
         stop_on_sigterm()
+        report_skip_retry()
         env = os.environ if env is None else env
         try:
             index = int(env["JOBBATCH_FIRST_SHARD"]) + int(env["JOB_COMPLETION_INDEX"])
@@ -110,6 +118,78 @@ class Shard:
             )
         except KeyError as exc:
             raise RuntimeError(f"{exc.args[0]} is not set: is this running in a JobBatch shard pod?") from None
+
+
+class SkipRetry(Exception):
+    """Raise (uncaught, in the main thread) to fail this shard for good: no retry will fix it.
+
+    ``skip_retry(why)`` does the same from anywhere: it writes the message and exits at once (a
+    ``SkipRetry`` raised in another thread, or caught by an ``except Exception``, does not end the
+    process).
+    """
+
+
+# Where the kubelet reads a container's termination message (the operator sets the variable from
+# the container's terminationMessagePath).
+TERMINATION_LOG = "/dev/termination-log"
+# Bytes of the reason kept: the kubelet keeps at most 4 KiB of a message, less with several containers.
+SKIP_RETRY_REASON_BYTES = 1024
+
+
+def skip_retry_message(exc: BaseException | str) -> str:
+    """``jobbatch.io/skip-retry: <why>`` on one line, its reason cut to whole UTF-8 characters."""
+    why = " ".join(str(exc).split()).encode()[:SKIP_RETRY_REASON_BYTES].decode(errors="ignore")
+    return f"{SKIP_RETRY_PREFIX} {why}".strip()
+
+
+def _write_skip_retry(exc: BaseException | str, path: str | None = None) -> None:
+    target = path or os.environ.get("JOBBATCH_TERMINATION_LOG") or TERMINATION_LOG
+    try:
+        with open(target, "w", encoding="utf-8") as log:
+            log.write(skip_retry_message(exc))
+    except OSError:
+        pass  # no termination log here (not in a pod): the traceback still says it
+
+
+def skip_retry(why: str) -> NoReturn:
+    """Fail this shard for good, now: write the message the operator reads and exit 1."""
+    _write_skip_retry(why)
+    print(f"SkipRetry: {why}", file=sys.stderr, flush=True)
+    os._exit(1)  # past any `except Exception` or thread: the decision is made
+
+
+def _skip_retry_of(exc: BaseException) -> BaseException | None:
+    """The SkipRetry an uncaught exception is (or, as an exception group, holds only of)."""
+    if isinstance(exc, SkipRetry):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_skip_retry_of(e) for e in exc.exceptions]
+        if found and all(found):
+            return found[0]
+    return None
+
+
+def report_skip_retry(path: str | None = None) -> None:
+    """Have an uncaught ``SkipRetry`` write its termination message before the usual traceback.
+
+    Installed when this module is imported in a shard pod (and by ``Shard.from_env``).
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_jobbatch_skip_retry", False):
+        return
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        asked = _skip_retry_of(exc)
+        if asked is not None:
+            _write_skip_retry(asked, path)
+        previous(kind, exc, tb)
+
+    hook._jobbatch_skip_retry = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+if os.environ.get("JOBBATCH_NAME"):  # in a shard pod: a SkipRetry before the first item counts too
+    report_skip_retry()
 
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM

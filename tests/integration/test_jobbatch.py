@@ -191,6 +191,26 @@ async def test_non_retryable_exit_code_fails_at_once(
     assert any("row 17: no such table" in m for m in messages(await batches.events("fatal"), "ShardFailed"))
 
 
+async def test_a_worker_asking_for_no_retry_fails_its_shard_at_once(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """What `raise worker.SkipRetry(...)` leaves behind: a termination message the operator reads."""
+    await operator()
+    spec = {
+        "template": template(exit_code="1", fail_shards="1", message="jobbatch.io/skip-retry: row 3 is not an email"),
+        "payloads": {"count": 3},
+        "parallelism": 1,
+        "retry": FAST_RETRY,  # three retries allowed, none used
+    }
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create("skipped", spec)
+        failed = await batches.wait_for("skipped", "Failed")
+    assert pods.attempts("skipped")[1] == [0]
+    (failure,) = failed["status"]["failures"]
+    assert (failure["shard"], failure["reason"], failure["exitCode"]) == (1, "SkipRetry", 1)
+    assert failure["message"].endswith("asked for no retry: row 3 is not an email")
+
+
 async def test_max_failed_shards_exceeded_stops_the_batch(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:

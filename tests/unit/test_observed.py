@@ -138,3 +138,19 @@ def test_running_or_unowned_pods_are_not_failures() -> None:
     orphan = pod()
     orphan["metadata"]["ownerReferences"] = []
     assert summarize_failed_pod(orphan) is None
+
+
+def test_a_sidecar_stopped_with_the_pod_is_not_the_verdict_and_a_skip_retry_speaks_for_the_pod() -> None:
+    sidecar = {"name": "proxy", "state": {"terminated": {"exitCode": 143, "reason": "Error", "message": "bye"}}}
+    helper = {"name": "helper", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "boom"}}}
+    worker = {"name": "worker", "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                                                         "message": "jobbatch.io/skip-retry: row 3"}}}  # fmt: skip
+    body = pod(initContainerStatuses=[sidecar], containerStatuses=[helper, worker])
+    body["spec"] = {"initContainers": [{"name": "proxy", "restartPolicy": "Always"}]}
+    f = summarize_failed_pod(body)
+    assert f is not None
+    assert (f.exit_code, f.message) == (1, "jobbatch.io/skip-retry: row 3")
+    body["status"]["containerStatuses"] = [helper]
+    f = summarize_failed_pod(body)
+    assert f is not None
+    assert (f.exit_code, f.message) == (1, "boom")  # the worker's, not the sidecar's 143

@@ -922,3 +922,18 @@ def test_a_rerun_the_batch_was_created_with_is_taken_as_answered() -> None:
     assert (rerun.id, rerun.shards, rerun.count) == ("old", 0, 0)
     done = persisted(b, plan(b, [job(0, 4, succeeded="0,2-3", failed="1")], T0, failures=failures(failure(1))))
     assert plan(done, [], T0).status.rerun == rerun
+
+
+def test_a_worker_that_asks_for_no_retry_fails_its_shard_at_once() -> None:
+    s = spec(parallelism=2, payloads={"count": 2}, retry={"limit": 3})
+    b = accepted(s, items=2)
+    chunk = job(0, 2, succeeded="1", failed="0")
+    asked = dataclasses.replace(failure(0, code=1), message="jobbatch.io/skip-retry: row 3 is not an email")
+    p = plan(b, [chunk], T0, failures=failures(asked))
+    (f,) = p.status.failures
+    assert (f.reason, f.attempt, f.exit_code) == ("SkipRetry", 0, 1)
+    assert f.message == "attempt 0 failed (exit code 1) and asked for no retry: row 3 is not an email"
+    assert p.status.phase == "Failed"
+    # Disrupted: the message is who stopped it, never the worker's verdict.
+    evicted = dataclasses.replace(asked, disrupted=True)
+    assert plan(b, [chunk], T0, failures=failures(evicted)).status.failures == []

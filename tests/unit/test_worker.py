@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -148,3 +151,62 @@ def test_a_workers_own_sigterm_handler_is_kept() -> None:
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_skip_retry_uncaught_writes_the_termination_message_and_exits_1(tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    code = (
+        "from jobbatch import worker\n"
+        f"worker.report_skip_retry({str(log)!r})\n"
+        "raise worker.SkipRetry('row 3 is not an email')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "SkipRetry: row 3 is not an email" in done.stderr  # the usual traceback too
+    assert log.read_text() == "jobbatch.io/skip-retry: row 3 is not an email"
+    log.unlink()
+    other = subprocess.run(
+        [sys.executable, "-c", code.replace("worker.SkipRetry", "ValueError")], capture_output=True, timeout=60
+    )
+    assert other.returncode == 1
+    assert not log.exists()  # any other error: a retry may fix it
+
+
+def test_a_skip_retry_message_is_one_line_of_bounded_bytes() -> None:
+    assert worker.skip_retry_message(worker.SkipRetry("bad\nrow  3")) == "jobbatch.io/skip-retry: bad row 3"
+    long = worker.skip_retry_message("é" * 5000)
+    assert long.startswith("jobbatch.io/skip-retry: ")
+    assert len(long.removeprefix("jobbatch.io/skip-retry: ").encode()) <= worker.SKIP_RETRY_REASON_BYTES
+
+
+def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    env = {**os.environ, "JOBBATCH_NAME": "b", "JOBBATCH_TERMINATION_LOG": str(log)}
+    grouped = (
+        "import asyncio\n"
+        "from jobbatch import worker\n"  # imported in a shard pod: the hook is in place already
+        "async def main():\n"
+        "    async with asyncio.TaskGroup() as tg:\n"
+        "        tg.create_task(asyncio.sleep(0))\n"
+        "        raise worker.SkipRetry('no such table')\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", grouped], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    assert log.read_text() == "jobbatch.io/skip-retry: no such table"
+    log.unlink()
+    in_thread = (
+        "import threading\n"
+        "from jobbatch import worker\n"
+        "def work():\n"
+        "    try:\n"
+        "        worker.skip_retry('bad input')\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", in_thread], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    assert "not reached" not in done.stdout
+    assert log.read_text() == "jobbatch.io/skip-retry: bad input"
