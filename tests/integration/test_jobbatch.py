@@ -167,16 +167,10 @@ async def test_non_retryable_exit_code_fails_at_once(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     await operator()
-    spec = {
-        "template": template(exit_code="3", fail_shards="1", message="row 17: no such table"),
-        "payloads": {"count": 3},
-        "parallelism": 1,
-        "retry": {**FAST_RETRY, "nonRetryableExitCodes": [3]},
-    }
-    async with PodRecorder(api, namespace) as pods:
-        await batches.create("fatal", spec)
-        failed = await batches.wait_for("fatal", "Failed")
-    assert pods.attempts("fatal")[1] == [0]  # no retry
+    bad = template(exit_code="3", fail_shards="1", message="row 17: no such table")
+    failed, pods = await _fails_once(
+        api, namespace, batches, "fatal", bad, {**FAST_RETRY, "nonRetryableExitCodes": [3]}
+    )
     # The Job controller may start shard 2 in the freed slot before the failure is seen; it is then
     # stopped. What is left is released: deleted, or kept finished for inspection (failedJobsHistoryLimit).
     await eventually(lambda: batches.released("fatal"), what="the failed batch's Jobs stopped and released")
@@ -191,21 +185,25 @@ async def test_non_retryable_exit_code_fails_at_once(
     assert any("row 17: no such table" in m for m in messages(await batches.events("fatal"), "ShardFailed"))
 
 
+async def _fails_once(
+    api: client.ApiClient, namespace: str, batches: Batches, name: str, pod: dict[str, Any], retry: dict[str, Any]
+) -> tuple[dict[str, Any], PodRecorder]:
+    """Run a 3-shard batch whose shard 1 fails; it must end Failed after that one attempt, no retry."""
+    spec = {"template": pod, "payloads": {"count": 3}, "parallelism": 1, "retry": retry}
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create(name, spec)
+        failed = await batches.wait_for(name, "Failed")
+    assert pods.attempts(name)[1] == [0]  # no retry
+    return failed, pods
+
+
 async def test_a_worker_asking_for_no_retry_fails_its_shard_at_once(
     api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     """What `raise worker.SkipRetry(...)` leaves behind: a termination message the operator reads."""
     await operator()
-    spec = {
-        "template": template(exit_code="1", fail_shards="1", message="jobbatch.io/skip-retry: row 3 is not an email"),
-        "payloads": {"count": 3},
-        "parallelism": 1,
-        "retry": FAST_RETRY,  # three retries allowed, none used
-    }
-    async with PodRecorder(api, namespace) as pods:
-        await batches.create("skipped", spec)
-        failed = await batches.wait_for("skipped", "Failed")
-    assert pods.attempts("skipped")[1] == [0]
+    asking = template(exit_code="1", fail_shards="1", message="jobbatch.io/skip-retry: row 3 is not an email")
+    failed, _ = await _fails_once(api, namespace, batches, "skipped", asking, FAST_RETRY)  # 3 retries allowed
     (failure,) = failed["status"]["failures"]
     assert (failure["shard"], failure["reason"], failure["exitCode"]) == (1, "SkipRetry", 1)
     assert failure["message"].endswith("asked for no retry: row 3 is not an email")

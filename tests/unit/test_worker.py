@@ -160,14 +160,12 @@ def test_skip_retry_uncaught_writes_the_termination_message_and_exits_1(tmp_path
         f"worker.report_skip_retry({str(log)!r})\n"
         "raise worker.SkipRetry('row 3 is not an email')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = python(code)
     assert done.returncode == 1
     assert "SkipRetry: row 3 is not an email" in done.stderr  # the usual traceback too
     assert log.read_text() == "jobbatch.io/skip-retry: row 3 is not an email"
     log.unlink()
-    other = subprocess.run(
-        [sys.executable, "-c", code.replace("worker.SkipRetry", "ValueError")], capture_output=True, timeout=60
-    )
+    other = python(code.replace("worker.SkipRetry", "ValueError"))
     assert other.returncode == 1
     assert not log.exists()  # any other error: a retry may fix it
 
@@ -177,6 +175,10 @@ def test_a_skip_retry_message_is_one_line_of_bounded_bytes() -> None:
     long = worker.skip_retry_message("é" * 5000)
     assert long.startswith("jobbatch.io/skip-retry: ")
     assert len(long.removeprefix("jobbatch.io/skip-retry: ").encode()) <= worker.SKIP_RETRY_REASON_BYTES
+
+
+def python(code: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) -> None:
@@ -191,7 +193,7 @@ def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) 
         "        raise worker.SkipRetry('no such table')\n"
         "asyncio.run(main())\n"
     )
-    done = subprocess.run([sys.executable, "-c", grouped], capture_output=True, text=True, timeout=60, env=env)
+    done = python(grouped, env)
     assert done.returncode == 1
     assert log.read_text() == "jobbatch.io/skip-retry: no such table"
     log.unlink()
@@ -206,7 +208,7 @@ def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) 
         "t = threading.Thread(target=work); t.start(); t.join()\n"
         "print('not reached')\n"
     )
-    done = subprocess.run([sys.executable, "-c", in_thread], capture_output=True, text=True, timeout=60, env=env)
+    done = python(in_thread, env)
     assert done.returncode == 1
     assert "not reached" not in done.stdout
     assert log.read_text() == "jobbatch.io/skip-retry: bad input"
