@@ -400,6 +400,12 @@ class JobBatchStatus(_Model):
     def condition(self, ctype: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == ctype), None)
 
+    def began(self) -> datetime.datetime | None:
+        """When the current run began: the latest rerun's start, else the batch's (deadlines, durations)."""
+        if self.rerun is not None and self.rerun.shards and self.rerun.start_time is not None:
+            return self.rerun.start_time
+        return self.start_time
+
 
 class JobBatch(_Model):
     """A batch of payloads run as sharded worker Jobs."""

@@ -702,19 +702,12 @@ class _Pass:
             self.out.events.append(Event("Warning", "Failed", msg))
         elif (
             deadline is not None
-            and (began := self._began()) is not None
+            and (began := self.status.began()) is not None
             and self.now >= began + datetime.timedelta(seconds=deadline)
         ):
             msg = f"the batch ran past its activeDeadlineSeconds ({deadline}s){after}"
             self.terminate("Failed", "DeadlineExceeded", msg)
             self.out.events.append(Event("Warning", "Failed", msg))
-
-    def _began(self) -> datetime.datetime | None:
-        """When the current run began: activeDeadlineSeconds counts from here (a rerun's start, if any)."""
-        rerun = self.status.rerun
-        if rerun is not None and rerun.shards and rerun.start_time is not None:
-            return rerun.start_time
-        return self.status.start_time
 
     def terminate(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
         self.status.phase = phase
@@ -1012,7 +1005,7 @@ class _Pass:
             status.phase = "Pending"
         if old.condition("Suspended") is not None:
             self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
-        deadline, began = self.spec.active_deadline_seconds, self._began()
+        deadline, began = self.spec.active_deadline_seconds, self.status.began()
         if deadline is not None and began is not None:
             ends = began + datetime.timedelta(seconds=deadline)
             self.out.wake_in((ends - self.now).total_seconds())

@@ -757,8 +757,7 @@ class BatchReconciler:
         status = decision.status
         was = (body.get("status") or {}).get("phase")
         if status.phase in TERMINAL_PHASES and was not in TERMINAL_PHASES and status.completion_time is not None:
-            rerun = status.rerun
-            began = rerun.start_time if rerun is not None and rerun.shards else status.start_time
+            began = status.began()
             if began is not None:
                 seconds = (status.completion_time - began).total_seconds()
                 metrics.batch_duration.labels(self.namespace, status.phase).observe(max(0.0, seconds))

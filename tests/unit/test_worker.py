@@ -187,9 +187,11 @@ def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) 
     grouped = (
         "import asyncio\n"
         "from jobbatch import worker\n"  # imported in a shard pod: the hook is in place already
+        "async def other():\n"
+        "    return None\n"
         "async def main():\n"
         "    async with asyncio.TaskGroup() as tg:\n"
-        "        tg.create_task(asyncio.sleep(0))\n"
+        "        tg.create_task(other())\n"
         "        raise worker.SkipRetry('no such table')\n"
         "asyncio.run(main())\n"
     )
