@@ -64,17 +64,11 @@ async def batch_changed(
         metrics.BATCHES.gone(uid)
     elif namespace:
         metrics.BATCHES.seen(uid, namespace, (body.get("status") or {}).get("phase") or "Pending")
-    if (
-        type != "DELETED"
-        and namespace
-        and uid in runtime.finished
-        and uid not in runtime.serving
-        and spec_changed(body)
-    ):
-        # kopf runs a daemon once per object and process: a finished batch's spec changed (a rerun,
-        # a TTL set afterwards), so a reconciler of its own takes over (ended by close()).
-        runtime.finished.discard(uid)
-        runtime.spawn(reconcile(runtime, name, namespace, uid, NeverStopped()))
+        if uid in runtime.finished and uid not in runtime.serving and spec_changed(body):
+            # kopf runs a daemon once per object and process: a finished batch's spec changed (a rerun,
+            # a TTL set afterwards), so a reconciler of its own takes over (ended by close()).
+            runtime.finished.discard(uid)
+            runtime.spawn(reconcile(runtime, name, namespace, uid, NeverStopped()))
     if runtime.access is not None and namespace:
         # A new batch holds kopf's finalizer: hold the RoleBinding; the last one gone: let it go.
         runtime.access.wake(namespace, gone=type == "DELETED")
