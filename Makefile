@@ -24,8 +24,8 @@ bench: $(STAMP) tools
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests e2e bench
-	$(BIN)/ruff format --check operator tests e2e bench
+	$(BIN)/ruff check operator sdk tests e2e bench
+	$(BIN)/ruff format --check operator sdk tests e2e bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -46,10 +46,10 @@ chaos: $(STAMP) tools
 e2e: $(STAMP) tools
 	$(BIN)/python -m e2e.pipeline $(E2E_ARGS)
 
-# Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart (a unit test fails on drift).
+# Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart's template (a unit test fails on drift).
 crds: $(STAMP)
 	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
-	cp crds/jobbatch.io_jobbatches.yaml charts/jobbatch-operator/crds/
+	$(BIN)/python -m jobbatch.crd --chart > charts/jobbatch-operator/templates/crd.yaml
 
 # Operator, example-worker, import-worker and pause images as docker-archive tars in ~/.cache/jobbatch/images, from a
 # Debian base made here (no registry, no Docker; e2e/images.py). images/build.sh builds them with Docker.
@@ -64,10 +64,10 @@ deps:
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
 	@command -v go >/dev/null || { echo "go (>= 1.25) is needed to build the Kubernetes binaries" >&2; exit 1; }
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e ./sdk -e '.[dev]'
 	@touch $@
 
 clean:

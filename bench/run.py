@@ -32,7 +32,8 @@ from bench.kubeapi import ApiError, LocalApi
 from e2e import tools
 from e2e.cluster import SIMULATED_PLACEMENT, LocalCluster, Settings, free_port
 from e2e.operator_process import OperatorProcess
-from jobbatch import __version__, api
+from jobbatch import api
+from jobbatch.version import __version__
 
 logger = logging.getLogger("bench")
 

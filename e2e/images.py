@@ -60,6 +60,8 @@ class AppImage:
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # path in image -> path in repo
     ports: tuple[int, ...] = ()
     requirements: tuple[str, ...] = ()  # more PyPI packages in the venv (pinned)
+    # The distribution installed: the whole operator, or only the worker SDK (sdk/: pydantic, no kopf).
+    distribution: str = "jobbatch-operator"
 
     @property
     def ref(self) -> str:
@@ -71,12 +73,14 @@ EXAMPLE_WORKER = AppImage(
     "jobbatch-example-worker",
     entrypoint=(*INIT, "python", "/app/worker.py"),
     files={"/app/worker.py": "examples/worker/worker.py"},
+    distribution="jobbatch-worker",
 )
 IMPORT_WORKER = AppImage(
     "jobbatch-import-worker",
     entrypoint=(*INIT, "python", "/app/worker.py"),
     files={"/app/worker.py": "examples/06-import/worker.py"},
     requirements=("pg8000==1.31.6",),  # pure Python: no compiler, no libpq in the image
+    distribution="jobbatch-worker",
 )
 APP_IMAGES = (OPERATOR, EXAMPLE_WORKER, IMPORT_WORKER)
 
@@ -180,6 +184,7 @@ def _source_key(image: AppImage, base: Path) -> str:
     """Hash of everything that goes into an app image's own layer."""
     digest = hashlib.sha256(f"{RECIPE_REVISION}:{base.name}:{image}".encode())
     sources = [REPO / "pyproject.toml", *sorted((REPO / "operator" / "jobbatch").rglob("*"))]
+    sources += [REPO / "sdk" / "pyproject.toml", *sorted((REPO / "sdk" / "jobbatch").rglob("*"))]
     sources += [REPO / rel for rel in image.files.values()]
     for path in sources:
         if path.is_file() and "__pycache__" not in path.parts:
@@ -215,7 +220,7 @@ def app_image(image: AppImage, wheels: Path | None = None) -> Path:
                 "--no-index",
                 "--find-links",
                 "/wheels",
-                "jobbatch-operator",
+                image.distribution,
                 *image.requirements,
             ],
             env=_CHROOT_ENV,
@@ -248,7 +253,8 @@ def build_wheels(into: Path) -> Path:
     (the same CPython minor as the base)."""
     into.mkdir(parents=True, exist_ok=True)
     extra = sorted({r for image in APP_IMAGES for r in image.requirements})
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(into), str(REPO), *extra])
+    projects = [str(REPO), str(REPO / "sdk")]  # the operator requires the SDK at its version: built here
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(into), *projects, *extra])
     return into
 
 

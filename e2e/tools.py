@@ -134,6 +134,24 @@ TOOLS: tuple[GoTool, ...] = (
             "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
         },
     ),
+    # Validates `helm template` output against JSON Schemas (made from the API server's OpenAPI by
+    # tests/integration/jsonschemas.py: kubeconform's own come from GitHub, out of reach here).
+    GoTool(
+        key="kubeconform",
+        module="github.com/yannh/kubeconform",
+        version="v0.8.0",
+        packages={"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"},
+    ),
+    # Checks and installs the `kubectl jobbatch` krew manifest and archive (e2e/krew.py) offline.
+    GoTool(
+        key="krew",
+        module="sigs.k8s.io/krew",
+        version="v0.4.3",
+        packages={
+            "krew": "sigs.k8s.io/krew/cmd/krew",
+            "validate-krew-manifest": "sigs.k8s.io/krew/cmd/validate-krew-manifest",
+        },
+    ),
     GoTool(
         key="helm",
         module="helm.sh/helm/v3",

@@ -38,7 +38,7 @@ fi
 IMPORT_REQUIREMENTS=$(python3 -m e2e.images requirements jobbatch-import-worker)  # pinned in e2e/images.py
 rm -rf images/wheels && mkdir -p images/wheels
 # shellcheck disable=SC2086  # the pins are words
-python3 -m pip wheel --quiet --wheel-dir images/wheels . $IMPORT_REQUIREMENTS
+python3 -m pip wheel --quiet --wheel-dir images/wheels . ./sdk $IMPORT_REQUIREMENTS  # sdk/: jobbatch-worker
 build() {  # NAME DOCKERFILE [BUILD-ARG...]
   local name=$1 file=$2; shift 2
   docker build --quiet --build-arg "BASE=$BASE" "$@" -f "$file" -t "$name:$TAG" . >/dev/null

@@ -1,4 +1,5 @@
-# A worker image: one worker script with the jobbatch worker SDK (and any pinned extras).
+# A worker image: one worker script with the jobbatch worker SDK alone (jobbatch-worker: pydantic, no
+# kopf, no Kubernetes client), and any pinned extras.
 #   WORKER=examples/worker/worker.py                              -> jobbatch-example-worker
 #   WORKER=examples/06-import/worker.py REQUIREMENTS=pg8000==...  -> jobbatch-import-worker
 # images/build.sh fills images/wheels/ with every wheel first, so pip needs no network here.
@@ -8,7 +9,7 @@ FROM ${BASE} AS build
 ARG REQUIREMENTS=""
 COPY images/wheels /wheels
 RUN python3 -m venv /opt/jobbatch \
- && /opt/jobbatch/bin/pip install --no-cache-dir --no-index --find-links /wheels jobbatch-operator ${REQUIREMENTS}
+ && /opt/jobbatch/bin/pip install --no-cache-dir --no-index --find-links /wheels jobbatch-worker ${REQUIREMENTS}
 
 FROM ${BASE}
 ARG WORKER=examples/worker/worker.py

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from jobbatch.worker import SKIP_RETRY_PREFIX as SKIP_RETRY_PREFIX
+
 GROUP = "jobbatch.io"
 VERSION = "v1alpha1"
 KIND = "JobBatch"
@@ -29,9 +31,9 @@ LABEL_FIRST_SHARD = "jobbatch.io/first-shard"
 LABEL_ATTEMPT = "jobbatch.io/attempt"
 # Set by Kubernetes on every pod of an Indexed Job; a pod's shard is first-shard + this index.
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-# A worker's termination message starting with this fails its shard for good, whatever the retry
-# limit (the SDK's ``worker.SkipRetry`` writes it; any worker can: it is a line in /dev/termination-log).
-SKIP_RETRY_PREFIX = "jobbatch.io/skip-retry:"
+# A worker's termination message starting with SKIP_RETRY_PREFIX fails its shard for good, whatever the
+# retry limit. The worker contract owns it (the SDK's ``worker.SkipRetry`` writes it; any worker can: it
+# is a line in /dev/termination-log); imported here so the operator's modules read it from the API.
 # Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
 SHARD_FINALIZER = "jobbatch.io/shard-record"
 # kopf's own, on every JobBatch: its daemon stops before the batch goes.

@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jobbatch import __version__
 from jobbatch.config import OperatorConfig
+from jobbatch.version import __version__
 
 
 def _env_int(name: str, default: int) -> int:

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from jobbatch import __version__
+from jobbatch.version import __version__
 
 SHARD_STATES = ("pending", "running", "retrying", "succeeded", "failed")
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")

@@ -32,8 +32,9 @@ import yaml
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from jobbatch import __version__, api
+from jobbatch import api
 from jobbatch.ranges import IndexRanges
+from jobbatch.version import __version__
 
 # Exit codes of `wait` (and of every command on error), documented in docs/kubectl-plugin.md.
 EXIT_OK = 0

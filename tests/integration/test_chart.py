@@ -14,11 +14,16 @@ import yaml
 from kubernetes_asyncio import client
 
 from e2e import tools
+from tests.integration import jsonschemas
 from tests.integration.harness import Batches, host_dir, real_template
 from tests.waiting import eventually
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "jobbatch-operator"
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "jobbatch-operator"
 KUBE_VERSION = tools.KUBERNETES_VERSION.removeprefix("v")
+# The chart version before this one and the last commit that had it: `helm upgrade` from it is tested.
+PREVIOUS_CHART = ("0.1.0", "744767ca7cfa3a82b9d7e328a543bc49da961be4")
+CRD_NAME = "jobbatches.jobbatch.io"
 
 
 def run(*cmd: str, kubeconfig: Path, stdin: str | None = None) -> str:
@@ -42,8 +47,11 @@ async def release_namespace(api: client.ApiClient) -> AsyncIterator[str]:
         await core.delete_namespace(name)
 
 
-def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None) -> None:
+def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None, tmp_path: Path) -> None:
     run("helm", "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, kubeconfig=kubeconfig)
+    schemas = tmp_path / "schemas"
+    openapi = json.loads(run("kubectl", "get", "--raw", "/openapi/v2", kubeconfig=kubeconfig))
+    assert jsonschemas.write(openapi, schemas) > 100
     everything = [
         "--set", "operator.watchNamespaces={default}", "--set", "priorityClasses.create=true",
         "--set", "image.registry=registry.example.com/team", "--set", f"image.digest=sha256:{'a' * 64}",
@@ -59,9 +67,16 @@ def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None) -> N
             "helm", "template", "check", str(CHART), "--namespace", "default", "--kube-version", KUBE_VERSION,
             *values, kubeconfig=kubeconfig,
         )  # fmt: skip
+        # kubeconform, strict: no field the schemas do not name, no duplicate key.
+        _kubeconform(rendered, schemas)
         # The real API server validates every object against its schemas (and admission) without storing it.
         run("kubectl", "apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=rendered)
     objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+    # The schemas bite: a misspelt field of the operator's container is refused.
+    typo = json.loads(json.dumps(objects[("Deployment", "check-jobbatch-operator")]))
+    typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(AssertionError, match="imagePullPolcy"):
+        _kubeconform(yaml.safe_dump(typo), schemas)
     pod = objects[("Deployment", "check-jobbatch-operator")]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"registry.example.com/team/jobbatch-operator@sha256:{'a' * 64}"
@@ -115,16 +130,17 @@ async def test_the_chart_runs_the_operator_as_real_pods(
     real_node: str,
     tmp_path: Path,
 ) -> None:
-    """`helm install` as a user does it: two replicas of the image built here, on the real node, reaching
-    the API server through the `kubernetes` Service with the chart's ServiceAccount. A rule missing from
-    the chart's RBAC fails the batches; a replica that cannot lead, probe or serve metrics fails the rest."""
+    """`helm install` of the previous chart version, then `helm upgrade` to this one, as a user does it:
+    two replicas of the image built here, on the real node, reaching the API server through the
+    `kubernetes` Service with the chart's ServiceAccount. A rule missing from the chart's RBAC fails the
+    batches; a replica that cannot lead, probe or serve metrics fails the rest."""
     release = "jb"
     fullname = f"{release}-jobbatch-operator"
     core = client.CoreV1Api(api)
+    values = ["--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "operator.leaseDurationSeconds=5"]
     run(
-        "helm", "install", release, str(CHART), "--namespace", release_namespace,
-        "--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "operator.leaseDurationSeconds=5",
-        "--wait", "--timeout", "100s", kubeconfig=kubeconfig,  # within run()'s own 120 s
+        "helm", "install", release, str(_previous_chart(tmp_path / "previous")), "--namespace", release_namespace,
+        *values, "--wait", "--timeout", "100s", kubeconfig=kubeconfig,  # within run()'s own 120 s
     )  # fmt: skip
     try:
         deployment = await client.AppsV1Api(api).read_namespaced_deployment(fullname, release_namespace)
@@ -176,8 +192,27 @@ async def test_the_chart_runs_the_operator_as_real_pods(
             await batches.wait_for("first", "Complete")
             assert "Completed" in [e["reason"] for e in await batches.events("first")]
             await eventually(lambda: _gone(batches), what="the batch deleted after its TTL, by the chart's RBAC")
-
             _no_denials(run("kubectl", "logs", "-n", release_namespace, leader, kubeconfig=kubeconfig))
+
+            # The upgrade, as docs/operations.md tells it: 0.1.0 installed the CRD from crds/ (here it
+            # was there before, as it is for any second release), so it is marked as the release's first.
+            run("kubectl", "label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", kubeconfig=kubeconfig)
+            owner = [f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={release_namespace}"]
+            run("kubectl", "annotate", "crd", CRD_NAME, *owner, kubeconfig=kubeconfig)
+            run(
+                "helm", "upgrade", release, str(CHART), "--namespace", release_namespace, *values,
+                "--wait", "--timeout", "100s", kubeconfig=kubeconfig,
+            )  # fmt: skip
+            crd = await client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD_NAME)
+            assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+            chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+            assert crd.metadata.labels["helm.sh/chart"] == f"jobbatch-operator-{chart['version']}"
+            template = (await client.AppsV1Api(api).read_namespaced_deployment(fullname, release_namespace)).spec
+            assert template.template.metadata.labels["helm.sh/chart"] == f"jobbatch-operator-{chart['version']}"
+            leader = await eventually(
+                lambda: _leader(leases, core, release_namespace, fullname, not_=leader),
+                what="a leader after the upgrade",
+            )
 
             # The leader's pod goes; the standby takes the Lease and runs the next batch.
             await core.delete_namespaced_pod(leader, release_namespace)
@@ -205,6 +240,35 @@ async def test_the_chart_runs_the_operator_as_real_pods(
         await asyncio.to_thread(
             run, "helm", "uninstall", release, "--namespace", release_namespace, "--wait", kubeconfig=kubeconfig
         )
+    # `helm.sh/resource-policy: keep`: uninstalling never takes the CRD, and every JobBatch, with it.
+    crd = await client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD_NAME)
+    assert crd.metadata.deletion_timestamp is None
+
+
+def _previous_chart(into: Path) -> Path:
+    """The previous chart version, from git history (a clone holds it; no chart repository exists yet)."""
+    version, commit = PREVIOUS_CHART
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit, "charts/jobbatch-operator"], capture_output=True, timeout=60
+    )
+    assert archive.returncode == 0, f"chart {version} needs commit {commit} in the clone: {archive.stderr!r}"
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=60)
+    chart = into / "charts" / "jobbatch-operator"
+    assert yaml.safe_load((chart / "Chart.yaml").read_text())["version"] == version
+    return chart
+
+
+def _kubeconform(rendered: str, schemas: Path) -> None:
+    kubeconform = str(tools.bin_dir() / "kubeconform")
+    location = f"{schemas}/{jsonschemas.LOCATION}"
+    args = [kubeconform, "-strict", "-summary", "-output", "json", "-schema-location", location, "-"]
+    result = subprocess.run(args, input=rendered, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
+    assert summary["valid"] == len([d for d in yaml.safe_load_all(rendered) if d]) > len(kinds) > 5, summary
+    assert summary["skipped"] == summary["invalid"] == summary["errors"] == 0, summary
 
 
 def _no_denials(log: str) -> None:

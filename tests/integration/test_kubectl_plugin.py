@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from kubernetes_asyncio import client
 
-from e2e import tools
+from e2e import krew, tools
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import Batches, real_template, template
 from tests.waiting import eventually
@@ -154,3 +157,60 @@ async def test_logs_of_a_shards_attempt_on_the_real_node(
     gone = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "0", "-n", namespace)
     assert gone.returncode == 4
     assert "no pod of shard 0 of jobbatch talk is kept" in gone.stderr
+
+
+async def test_the_krew_package_installs_a_plugin_that_runs(
+    kubeconfig: Path, namespace: str, batches: Batches, tmp_path: Path
+) -> None:
+    """The release archive and manifest (e2e/krew.py) as krew-index checks them and as a user installs
+    them: krew downloads the archive from its URL, checks its SHA-256, and the plugin's first run builds
+    its private venv from the wheels inside and talks to the cluster; uninstalling removes it all."""
+    served = tmp_path / "release"
+    archive = krew.build_archive(served)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}/{archive.name}"
+        manifest = tmp_path / "jobbatch.yaml"  # krew wants the file named as the plugin
+        manifest.write_text(krew.manifest(uri=uri, sha256=krew.sha256_of(archive), homepage="https://example.com"))
+        # kubectl runs krew as its `kubectl-krew` plugin; the plugin finds kubectl and python3 on PATH.
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "kubectl-krew").symlink_to(tools.bin_dir() / "krew")
+        krew_root = tmp_path / "krew"
+        path = os.pathsep.join(
+            [str(krew_root / "bin"), str(bin_dir), str(tools.bin_dir()), "/usr/local/bin:/usr/bin:/bin"]
+        )
+        env = {"PATH": path, "KREW_ROOT": str(krew_root), "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)}
+
+        def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+        # What krew-index's CI runs on a manifest: its schema, then an install for each platform it selects
+        # (linux and darwin), which must also unpack a LICENSE.
+        checked = await asyncio.to_thread(
+            run, str(tools.bin_dir() / "validate-krew-manifest"), "-manifest", str(manifest)
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "all 1 spec.platforms installed fine" in checked.stderr
+
+        installed = await asyncio.to_thread(run, "kubectl", "krew", "install", f"--manifest={manifest}")
+        assert installed.returncode == 0, installed.stderr
+        await batches.create("seen", {"template": template(), "payloads": {"count": 2}})
+        status = await asyncio.to_thread(run, "kubectl", "jobbatch", "status", "-n", namespace)
+        assert status.returncode == 0, status.stderr
+        assert "first run, installing the plugin" in status.stderr
+        assert status.stdout.splitlines()[1].split()[0] == "seen"
+        venv = krew_root / "store" / "jobbatch" / krew.VERSION / "venv"
+        assert (venv / "bin" / "kubectl-jobbatch").exists()
+        again = await asyncio.to_thread(run, "kubectl", "jobbatch", "--version")
+        assert (again.returncode, again.stdout.strip(), again.stderr) == (0, f"kubectl-jobbatch {krew.VERSION[1:]}", "")
+
+        removed = await asyncio.to_thread(run, "kubectl", "krew", "uninstall", "jobbatch")
+        assert removed.returncode == 0, removed.stderr
+        assert not venv.exists()
+        assert not (krew_root / "bin" / "kubectl-jobbatch").exists()
+    finally:
+        server.shutdown()

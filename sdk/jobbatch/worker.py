@@ -1,4 +1,7 @@
-"""Worker SDK: what a shard's pod uses to read its items.
+"""Worker SDK: what a shard's pod uses to read its items (``pip install jobbatch-worker``).
+
+The SDK is its own distribution (``sdk/``: this module, ``records`` and ``objectstore``; pydantic is
+its one dependency), so a worker image carries neither kopf nor a Kubernetes client.
 
 Shards run as pods of Indexed Jobs, several shards per Job. Every pod finds its place by one rule,
 whichever Job runs it::
@@ -74,7 +77,10 @@ from typing import Any, NoReturn, TypeVar, overload
 from pydantic import TypeAdapter
 
 from jobbatch import objectstore, records
-from jobbatch.api import SKIP_RETRY_PREFIX
+
+# A termination message starting with this fails the shard for good, whatever the retry limit; the
+# operator (jobbatch.api re-exports it) reads it from the pod's last container status.
+SKIP_RETRY_PREFIX = "jobbatch.io/skip-retry:"
 
 T = TypeVar("T")
 
