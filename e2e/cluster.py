@@ -344,6 +344,8 @@ class LocalCluster:
                 f"iptables); stop it first: python -m e2e.cluster down --name {other}"
             )
         tools.ensure()
+        if s.real_nodes:  # before the API server's guard below: that needs iptables, a fresh machine lacks it
+            realnode.ensure_packages()
         self.state.mkdir(parents=True)
         if self.logs.exists():
             shutil.rmtree(self.logs)

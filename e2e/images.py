@@ -202,7 +202,7 @@ def app_image(image: AppImage, wheels: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=images_dir()) as tmp:
         work = Path(tmp)
         if wheels is None:
-            wheels = build_wheels(work / "wheels")
+            wheels = image_wheels(work / "wheels")
         rootfs = work / "rootfs"
         rootfs.mkdir()
         _run(["tar", "--numeric-owner", "-C", str(rootfs), "-xf", str(base)])
@@ -248,14 +248,49 @@ def app_image(image: AppImage, wheels: Path | None = None) -> Path:
     return out
 
 
-def build_wheels(into: Path) -> Path:
-    """Wheels of the package, every image's extra requirements and their dependencies, made on the host
-    (the same CPython minor as the base)."""
+# Fixed zip timestamps in the wheels (the wheel package reads it): the same sources, the same bytes.
+SOURCE_DATE_EPOCH = 315532800  # 1980-01-01, the earliest a zip entry can carry
+_BUILT = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.pyc")
+
+
+def clean_projects(into: Path) -> list[Path]:
+    """Copies of the two projects (operator, then SDK) holding only what their wheels are built from.
+
+    Building in the checkout would reuse whatever an earlier build left in ``build/`` (setuptools never
+    clears it: a wheel made after the SDK moved out still carried the old modules). Files get fixed
+    modes, so a umask does not change the wheels either.
+    """
+    operator, sdk = into / "jobbatch-operator", into / "jobbatch-worker"
+    operator.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copyfile(REPO / name, operator / name)
+    shutil.copytree(REPO / "operator", operator / "operator", ignore=_BUILT)
+    shutil.copytree(REPO / "sdk", sdk, ignore=_BUILT)
+    shutil.copyfile(REPO / "LICENSE", sdk / "LICENSE")
+    for path in (operator, sdk):
+        for item in path.rglob("*"):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+    return [operator, sdk]
+
+
+def build_wheels(into: Path, extra: Iterable[str] = (), *, deps: bool = True) -> Path:
+    """Wheels of both distributions (and, with ``deps``, of ``extra`` and every dependency), into ``into``.
+
+    Built with the pinned setuptools of the dev environment (no build isolation: nothing fetched for
+    the build itself), from clean copies; made on the host (the same CPython minor as the images' base).
+    """
     into.mkdir(parents=True, exist_ok=True)
-    extra = sorted({r for image in APP_IMAGES for r in image.requirements})
-    projects = [str(REPO), str(REPO / "sdk")]  # the operator requires the SDK at its version: built here
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(into), *projects, *extra])
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)}
+    with tempfile.TemporaryDirectory() as tmp:
+        projects = [str(p) for p in clean_projects(Path(tmp))]  # the operator requires the SDK: built here
+        pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--wheel-dir", str(into)]
+        _run([*pip, *([] if deps else ["--no-deps"]), *projects, *extra], env=env)
     return into
+
+
+def image_wheels(into: Path) -> Path:
+    """The wheels every image installs from: both distributions, the images' extra requirements, deps."""
+    return build_wheels(into, sorted({r for image in APP_IMAGES for r in image.requirements}))
 
 
 def pause_image() -> Path:
@@ -285,7 +320,7 @@ def build_all() -> list[Path]:
     base = base_layer()
     missing = [i for i in APP_IMAGES if not (images_dir() / f"{i.repository}-{_source_key(i, base)}.tar").exists()]
     with tempfile.TemporaryDirectory(dir=images_dir()) as tmp:
-        wheels = build_wheels(Path(tmp) / "wheels") if missing else None
+        wheels = image_wheels(Path(tmp) / "wheels") if missing else None
         archives += [app_image(image, wheels) for image in APP_IMAGES]
     return archives
 

@@ -1,7 +1,8 @@
 """Package ``kubectl jobbatch`` for krew: the release archive and its manifest.
 
 The archive holds the launcher (``plugins/krew/kubectl-jobbatch``), the wheels of both distributions
-(the plugin is in jobbatch-operator, which requires jobbatch-worker) and the LICENSE; the manifest is
+(the plugin is in jobbatch-operator, which requires jobbatch-worker), the versions of their
+dependencies tested here (``constraints.txt``) and the LICENSE; the manifest is
 ``plugins/krew/jobbatch.yaml`` with the version, the archive's URL and SHA-256 filled in. Upload the
 archive to the release and send the manifest to krew-index::
 
@@ -14,34 +15,34 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import importlib.metadata
 import io
-import os
 import string
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from e2e import images
 from jobbatch.version import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "plugins" / "krew"
 VERSION = f"v{__version__}"  # krew wants semver with its `v`
 ARCHIVE = f"kubectl-jobbatch-{VERSION}.tar.gz"
-# Fixed times and owners: the same sources give the same archive bytes, whatever the checkout's mtimes.
-_EPOCH = 315532800  # 1980-01-01, the earliest time a wheel's zip entries can carry
 
 
 def build_archive(out_dir: Path) -> Path:
     """``out_dir/kubectl-jobbatch-vX.Y.Z.tar.gz``, from the working tree."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = Path(tmp)
-        env = {**os.environ, "SOURCE_DATE_EPOCH": str(_EPOCH)}
-        pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels)]
-        subprocess.run([*pip, str(REPO), str(REPO / "sdk")], check=True, env=env, timeout=600)
-        members = [("kubectl-jobbatch", PLUGIN / "kubectl-jobbatch", 0o755), ("LICENSE", REPO / "LICENSE", 0o644)]
+        wheels = images.build_wheels(Path(tmp) / "wheels", deps=False)
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text(_constraints())
+        members = [
+            ("kubectl-jobbatch", PLUGIN / "kubectl-jobbatch", 0o755),
+            ("LICENSE", REPO / "LICENSE", 0o644),
+            ("constraints.txt", constraints, 0o644),
+        ]
         members += [(f"wheels/{w.name}", w, 0o644) for w in sorted(wheels.glob("*.whl"))]
         archive = out_dir / ARCHIVE
         buffer = io.BytesIO()
@@ -49,10 +50,21 @@ def build_archive(out_dir: Path) -> Path:
             for name, path, mode in members:
                 info = tarfile.TarInfo(name)
                 data = path.read_bytes()
-                info.size, info.mode, info.mtime = len(data), mode, _EPOCH
+                info.size, info.mode, info.mtime = len(data), mode, images.SOURCE_DATE_EPOCH
                 tar.addfile(info, io.BytesIO(data))
         archive.write_bytes(gzip.compress(buffer.getvalue(), mtime=0))  # no time in the gzip header either
     return archive
+
+
+def _constraints() -> str:
+    """The versions tested here of everything the plugin may install (pip ignores the lines it does not need),
+    so a first run a year later installs what was released, not whatever is newest."""
+    pins = sorted(
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions()
+        if not dist.metadata["Name"].lower().startswith("jobbatch")
+    )
+    return "\n".join(sorted(set(pins), key=str.lower)) + "\n"
 
 
 def manifest(*, uri: str, sha256: str, homepage: str) -> str:

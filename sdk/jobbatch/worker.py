@@ -1,7 +1,8 @@
-"""Worker SDK: what a shard's pod uses to read its items (``pip install jobbatch-worker``).
+"""Worker SDK: what a shard's pod uses to read its items (the ``jobbatch-worker`` distribution).
 
 The SDK is its own distribution (``sdk/``: this module, ``records`` and ``objectstore``; pydantic is
-its one dependency), so a worker image carries neither kopf nor a Kubernetes client.
+its one dependency; ``pip install ./sdk`` from a clone, not yet on PyPI), so a worker image carries
+neither kopf nor a Kubernetes client.
 
 Shards run as pods of Indexed Jobs, several shards per Job. Every pod finds its place by one rule,
 whichever Job runs it::

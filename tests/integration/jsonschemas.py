@@ -3,7 +3,7 @@
 kubeconform's own schemas are downloaded from GitHub, which these machines cannot reach. The API
 server publishes the same definitions (built-in kinds and every served CRD, the JobBatch one
 included) at ``/openapi/v2``; this turns each kind into a standalone schema file at
-``<dir>/<group>/<version>/<kind>.json`` (core kinds under ``<dir>/v1``), which kubeconform reads with
+``<dir>/<group>/<version>/<kind>.json`` (core kinds under ``<dir>/v1/v1``), which kubeconform reads with
 ``-schema-location '<dir>/{{ .Group }}/{{ .ResourceAPIVersion }}/{{ .ResourceKind }}.json'``.
 
 The conversion follows openapi2jsonschema, which made kubeconform's upstream schemas: references
@@ -34,7 +34,9 @@ def write(openapi: dict[str, Any], directory: Path, *, strict: bool = True) -> i
         for gvk in definition.get("x-kubernetes-group-version-kind", []):
             schema = _convert(definition, definitions, strict, seen=(name,))
             schema["$schema"] = "http://json-schema.org/schema#"
-            path = directory / gvk["group"] / gvk["version"] / f"{gvk['kind'].lower()}.json"
+            # kubeconform's {{ .Group }} of a core kind (apiVersion "v1") is "v1", not "".
+            group = gvk["group"] or gvk["version"]
+            path = directory / group / gvk["version"] / f"{gvk['kind'].lower()}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(schema))
             written += 1

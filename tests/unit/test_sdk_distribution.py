@@ -3,33 +3,55 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from e2e import images
+
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk"
 
 
-def test_the_sdk_wheel_holds_the_sdk_alone_and_needs_only_pydantic(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), str(SDK)],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = tmp_path.glob("jobbatch_worker-*.whl")
+def _contents(wheel: Path) -> tuple[list[str], list[str]]:
+    """(package files, Requires-Dist lines) of a wheel."""
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         requires = [line for line in archive.read(metadata).decode().splitlines() if line.startswith("Requires-Dist")]
-    package = sorted(n for n in names if not n.startswith("jobbatch_worker-"))
-    # No jobbatch/__init__.py: `jobbatch` is a namespace package the operator's distribution shares.
-    assert package == ["jobbatch/objectstore.py", "jobbatch/py.typed", "jobbatch/records.py", "jobbatch/worker.py"]
-    assert requires == ["Requires-Dist: pydantic<3,>=2.10"]
-    operator = (ROOT / "pyproject.toml").read_text()
+    return sorted(n for n in names if n.startswith("jobbatch/")), requires
+
+
+def test_the_two_wheels_split_the_package_and_the_sdk_needs_only_pydantic(tmp_path: Path) -> None:
+    """Built as images and krew build them (offline, from clean copies); a stale build/ in the checkout
+    (as an earlier build leaves it) must not bring the SDK's modules back into the operator's wheel."""
+    build = ROOT / "build"
+    existed = build.exists()
+    stale = build / "lib" / "jobbatch" / "worker.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("raise ImportError('a stale build/ reached the wheel')\n")
+    try:
+        images.build_wheels(tmp_path, deps=False)
+    finally:  # build/ is ignored by git; only what this test put there goes
+        shutil.rmtree(build) if not existed else stale.unlink()
+    (sdk_wheel,) = tmp_path.glob("jobbatch_worker-*.whl")
+    (operator_wheel,) = tmp_path.glob("jobbatch_operator-*.whl")
+    sdk_files, sdk_requires = _contents(sdk_wheel)
+    # No jobbatch/__init__.py: `jobbatch` is a namespace package the two distributions share.
+    assert sdk_files == ["jobbatch/objectstore.py", "jobbatch/py.typed", "jobbatch/records.py", "jobbatch/worker.py"]
+    assert sdk_requires == ["Requires-Dist: pydantic<3,>=2.10"]
+    operator_files, operator_requires = _contents(operator_wheel)
+    assert not set(operator_files) & {*sdk_files, "jobbatch/__init__.py"}
+    assert "jobbatch/api.py" in operator_files
     version = next(line for line in (SDK / "pyproject.toml").read_text().splitlines() if line.startswith("version"))
-    assert f'"jobbatch-worker=={version.split(chr(34))[1]}"' in operator  # the operator requires this very SDK
+    assert f"Requires-Dist: jobbatch-worker=={version.split(chr(34))[1]}" in operator_requires
+    # The same sources make the same bytes (krew's manifest pins the archive's SHA-256).
+    again = tmp_path / "again"
+    images.build_wheels(again, deps=False)
+    for wheel in (sdk_wheel, operator_wheel):
+        assert (again / wheel.name).read_bytes() == wheel.read_bytes()
 
 
 def test_a_worker_runs_on_the_sdk_without_any_operator_module(tmp_path: Path) -> None:
