@@ -48,8 +48,10 @@ e2e: $(STAMP) tools
 
 # Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart's template (a unit test fails on drift).
 crds: $(STAMP)
-	$(BIN)/python -m jobbatch.crd > crds/jobbatch.io_jobbatches.yaml
-	$(BIN)/python -m jobbatch.crd --chart > charts/jobbatch-operator/templates/crd.yaml
+	for plural in jobbatches cronjobbatches; do \
+	  $(BIN)/python -m jobbatch.crd $$plural > crds/jobbatch.io_$$plural.yaml && \
+	  $(BIN)/python -m jobbatch.crd --chart $$plural > charts/jobbatch-operator/templates/crd-$$plural.yaml || exit 1; \
+	done
 
 # Operator, example-worker, import-worker and pause images as docker-archive tars in ~/.cache/jobbatch/images, from a
 # Debian base made here (no registry, no Docker; e2e/images.py). images/build.sh builds them with Docker.

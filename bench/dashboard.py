@@ -35,7 +35,7 @@ from e2e.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "charts" / "jobbatch-operator" / "files" / "dashboard.json"
-CRD = ROOT / "crds" / "jobbatch.io_jobbatches.yaml"
+CRDS = ROOT / "crds"
 SCRAPE_SECONDS = 2
 NAMESPACES = ("team-a", "team-b")
 
@@ -178,9 +178,11 @@ async def record(minutes: float, out: Path, keep: bool) -> None:
     prometheus: subprocess.Popen[bytes] | None = None
     operator: OperatorProcess | None = None
     try:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
         wait_until(
-            lambda: cluster.kubectl("get", "jobbatches", "-A", check=False).returncode == 0, timeout=60, what="the CRD"
+            lambda: cluster.kubectl("get", "jobbatches,cronjobbatches", "-A", check=False).returncode == 0,
+            timeout=60,
+            what="the CRD",
         )
         for namespace in NAMESPACES:
             cluster.kubectl("create", "namespace", namespace, check=False)

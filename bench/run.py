@@ -38,7 +38,7 @@ from jobbatch.version import __version__
 logger = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD_FILE = ROOT / "crds" / "jobbatch.io_jobbatches.yaml"
+CRDS = ROOT / "crds"
 System = Literal["A", "B"]
 
 # Control planes compared: the controller-manager as Kubernetes ships it, and with its
@@ -119,8 +119,8 @@ class Bench:
     profile: bool = False  # sample the operator with py-spy (collapsed stacks in workdir)
 
     async def prepare(self) -> None:
-        """The CRD, served (idempotent: server-side apply)."""
-        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+        """The CRDs, served (idempotent: server-side apply)."""
+        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
         await self.api.wait_for(f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}", exists=True, timeout=60)
 
     async def _namespace(self, name: str) -> None:

@@ -21,7 +21,7 @@ from e2e.operator_process import healthy
 
 LIVENESS = "http://127.0.0.1:18081/healthz"
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT / "crds" / "jobbatch.io_jobbatches.yaml"
+CRDS = ROOT / "crds"  # JobBatch and CronJobBatch
 EXAMPLE = ROOT / "examples" / "01-minimal" / "jobbatch.yaml"
 
 
@@ -48,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         print(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
-        _say("installing the JobBatch CRD: kubectl apply -f crds/")
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+        _say("installing the CRDs: kubectl apply -f crds/")
+        cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
         wait_until(
-            lambda: cluster.kubectl("get", "jobbatches", check=False).returncode == 0, timeout=60, what="the CRD"
+            lambda: cluster.kubectl("get", "jobbatches,cronjobbatches", check=False).returncode == 0,
+            timeout=60,
+            what="the CRDs",
         )
         _say("starting the operator: jobbatch run")
         operator = subprocess.Popen(

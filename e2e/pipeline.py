@@ -37,7 +37,7 @@ from jobbatch.ranges import IndexRanges
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "06-import"
-CRD = ROOT / "crds" / "jobbatch.io_jobbatches.yaml"
+CRDS = ROOT / "crds"
 BATCH = "import-users"
 TIMEOUT = 900.0
 
@@ -295,8 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(Settings(name="pipeline", nodes=1, real_nodes=1))
     cluster.up()
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        wait_until(lambda: cluster.kubectl("get", "jobbatches", check=False).returncode == 0, timeout=60, what="CRD")
+        cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
+        wait_until(
+            lambda: cluster.kubectl("get", "jobbatches,cronjobbatches", check=False).returncode == 0,
+            timeout=60,
+            what="CRD",
+        )
         namespace = cluster.kubectl("create", "namespace", "import", "--dry-run=client", "-o", "json").stdout
         cluster.kubectl("apply", "-f", "-", input=namespace)
         # Logs of the operator, versitygw and PostgreSQL stay here for a look afterwards.

@@ -419,3 +419,107 @@ class JobBatch(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: JobBatchSpec
     status: JobBatchStatus = Field(default_factory=JobBatchStatus)
+
+
+# -- CronJobBatch: JobBatches on a schedule, as a CronJob makes Jobs ---------------------------------
+
+CRON_KIND = "CronJobBatch"
+CRON_PLURAL = "cronjobbatches"
+CRON_SINGULAR = "cronjobbatch"
+CRON_SHORT_NAMES = ["cjb"]
+# On every JobBatch a CronJobBatch creates (with an ownerReference to it, which is what is trusted).
+LABEL_CRON = "jobbatch.io/cron-job-batch"
+ANNOTATION_SCHEDULED_TIME = "jobbatch.io/scheduled-time"
+# A created batch is named <cron>-<scheduled time in Unix minutes> (8 digits until 2160), as CronJob's Jobs.
+MAX_CRON_NAME = 52
+ConcurrencyPolicy = Literal["Allow", "Forbid", "Replace"]
+
+
+class JobBatchTemplateMetadata(_Model):
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of every created JobBatch.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of every created JobBatch.")
+
+
+class JobBatchTemplate(_Model):
+    """The JobBatch each scheduled run creates."""
+
+    metadata: JobBatchTemplateMetadata = Field(default_factory=JobBatchTemplateMetadata)
+    spec: JobBatchSpec
+
+
+class CronJobBatchSpec(_Model):
+    """When to create JobBatches, and what they run: the CronJob API, making JobBatches instead of Jobs."""
+
+    schedule: str = Field(
+        min_length=1,
+        max_length=200,
+        description='Cron schedule, as a CronJob\'s: "minute hour day-of-month month day-of-week" or @hourly, '
+        "@daily, @weekly, @monthly, @yearly.",
+    )
+    time_zone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="IANA time zone of the schedule (e.g. Europe/Berlin); default UTC.",
+    )
+    concurrency_policy: ConcurrencyPolicy = Field(
+        default="Allow",
+        description="When a run is due while an earlier batch is still running: Allow (run both), Forbid (skip the "
+        "new run) or Replace (delete the running batch, then run).",
+    )
+    starting_deadline_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="A run that could not start within this many seconds of its time is skipped (counted as "
+        "missed). Default: no deadline; after an outage only the latest missed run starts.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="No new runs while true; running batches go on. On resuming, the latest run missed meanwhile "
+        "starts (within startingDeadlineSeconds), as with a CronJob.",
+    )
+    successful_batches_history_limit: int = Field(
+        default=3, ge=0, le=100, description="Succeeded batches kept; older ones are deleted."
+    )
+    failed_batches_history_limit: int = Field(
+        default=1, ge=0, le=100, description="Failed batches kept; older ones are deleted."
+    )
+    job_batch_template: JobBatchTemplate = Field(description="The JobBatch each run creates.")
+
+
+class CronJobBatchStatus(_Model):
+    """What the operator last did. Bounded: at most 20 active batch names."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    active: list[str] = Field(
+        default_factory=list, max_length=20, description="Running batches it created (the oldest 20)."
+    )
+    active_count: int = Field(default=0, description="Running batches it created.")
+    last_schedule_time: datetime.datetime | None = Field(
+        default=None, description="The time of the latest run created (its scheduled time, not when it started)."
+    )
+    last_successful_time: datetime.datetime | None = Field(
+        default=None, description="When the latest batch it created succeeded."
+    )
+    observed_generation: int | None = Field(default=None, description="The spec generation last acted upon.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Scheduled: True while the schedule and time zone can be read (reason InvalidSchedule or "
+        "InvalidTimeZone otherwise).",
+        json_schema_extra=_extra(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+    )
+
+    def condition(self, ctype: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == ctype), None)
+
+
+class CronJobBatch(_Model):
+    """JobBatches created on a schedule."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = CRON_KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: CronJobBatchSpec
+    status: CronJobBatchStatus = Field(default_factory=CronJobBatchStatus)

@@ -1,8 +1,8 @@
 """Generate the JobBatch CustomResourceDefinition from the pydantic models in ``jobbatch.api``.
 
-``python -m jobbatch.crd`` prints it; ``crds/`` holds the committed copy, and
-``python -m jobbatch.crd --chart`` the chart's template of it (behind ``crds.install``, kept on
-uninstall). A unit test fails when either drifts (regenerate with ``make crds``).
+``python -m jobbatch.crd [PLURAL]`` prints one (jobbatches, cronjobbatches); ``crds/`` holds the
+committed copies, and ``python -m jobbatch.crd --chart PLURAL`` the chart's templates of them (behind
+``crds.install``, kept on uninstall). A unit test fails when any drifts (regenerate with ``make crds``).
 
 pydantic emits JSON Schema with ``$ref``s, ``anyOf: [X, null]`` for optionals and
 ``additionalProperties``; Kubernetes needs a *structural* schema, so this module
@@ -85,8 +85,7 @@ def _schema_of(model: type[api._Model]) -> dict[str, Any]:
     return dict(_resolve(raw, raw.get("$defs", {})))
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The structural schema of a JobBatch object."""
+def _job_batch_spec() -> dict[str, Any]:
     spec = _schema_of(api.JobBatchSpec)
     validations = spec["properties"]["template"].get("x-kubernetes-validations", [])
     spec["properties"]["template"] = {
@@ -99,10 +98,13 @@ def openapi_schema() -> dict[str, Any]:
     for name in ("retry",):
         spec["properties"][name]["default"] = {}
     spec["properties"]["retry"]["properties"]["backoff"]["default"] = {}
-    status = _schema_of(api.JobBatchStatus)
+    return spec
+
+
+def _object(model: type[api._Model], spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
-        "description": api.JobBatch.__doc__,
+        "description": model.__doc__,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -112,6 +114,37 @@ def openapi_schema() -> dict[str, Any]:
             "status": status,
         },
     }
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural schema of a JobBatch object."""
+    return _object(api.JobBatch, _job_batch_spec(), _schema_of(api.JobBatchStatus))
+
+
+def _mutable(node: Any) -> Any:
+    """``node`` without transition rules (``oldSelf``): a CronJobBatch's template may change at any time."""
+    if isinstance(node, list):
+        return [_mutable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _mutable(v) for k, v in node.items()}
+    if "x-kubernetes-validations" in out:
+        rules = [r for r in out.pop("x-kubernetes-validations") if "oldSelf" not in r["rule"]]
+        if rules:
+            out["x-kubernetes-validations"] = rules
+    return out
+
+
+def cron_openapi_schema() -> dict[str, Any]:
+    """The structural schema of a CronJobBatch object: its template holds a whole JobBatch spec."""
+    spec = _schema_of(api.CronJobBatchSpec)
+    template = spec["properties"]["jobBatchTemplate"]["properties"]
+    template["spec"] = {**_mutable(_job_batch_spec()), "description": "Spec of every JobBatch created."}
+    schema = _object(api.CronJobBatch, spec, _schema_of(api.CronJobBatchStatus))
+    # Its batches are named <name>-<8 digits>, and a batch's name must stay a valid label value (63).
+    rule = f"self.metadata.name.size() <= {api.MAX_CRON_NAME}"
+    schema["x-kubernetes-validations"] = [{"rule": rule, "message": f"name must be at most {api.MAX_CRON_NAME} chars"}]
+    return schema
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -124,68 +157,102 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-def crd() -> dict[str, Any]:
+CRON_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+    {"name": "Timezone", "type": "string", "jsonPath": ".spec.timeZone"},
+    {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+    {"name": "Active", "type": "integer", "jsonPath": ".status.activeCount"},
+    {"name": "Last Schedule", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _definition(
+    *, kind: str, plural: str, singular: str, short_names: list[str], version: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "metadata": {"name": f"{plural}.{api.GROUP}"},
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": api.SHORT_NAMES,
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
                 "categories": ["all"],
             },
-            "versions": [
-                {
-                    "name": api.VERSION,
-                    "served": True,
-                    "storage": True,
-                    # `kubectl scale jobbatch NAME --replicas N` sets spec.parallelism (no labelSelectorPath:
-                    # an HPA cannot target it; scaling down stops running attempts, so none should).
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.parallelism",
-                            "statusReplicasPath": ".status.shards.running",
-                        },
-                    },
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                }
-            ],
+            "versions": [{"name": api.VERSION, "served": True, "storage": True, **version}],
         },
     }
+
+
+def crd() -> dict[str, Any]:
+    return _definition(
+        kind=api.KIND,
+        plural=api.PLURAL,
+        singular=api.SINGULAR,
+        short_names=api.SHORT_NAMES,
+        version={
+            # `kubectl scale jobbatch NAME --replicas N` sets spec.parallelism (no labelSelectorPath:
+            # an HPA cannot target it; scaling down stops running attempts, so none should).
+            "subresources": {
+                "status": {},
+                "scale": {"specReplicasPath": ".spec.parallelism", "statusReplicasPath": ".status.shards.running"},
+            },
+            "additionalPrinterColumns": PRINTER_COLUMNS,
+            "schema": {"openAPIV3Schema": openapi_schema()},
+        },
+    )
+
+
+def cron_crd() -> dict[str, Any]:
+    return _definition(
+        kind=api.CRON_KIND,
+        plural=api.CRON_PLURAL,
+        singular=api.CRON_SINGULAR,
+        short_names=api.CRON_SHORT_NAMES,
+        version={
+            "subresources": {"status": {}},
+            "additionalPrinterColumns": CRON_PRINTER_COLUMNS,
+            "schema": {"openAPIV3Schema": cron_openapi_schema()},
+        },
+    )
+
+
+# The CRDs by plural: crds/jobbatch.io_<plural>.yaml and the chart's templates/crd-<plural>.yaml.
+CRDS = {api.PLURAL: crd, api.CRON_PLURAL: cron_crd}
 
 
 def _dump(obj: dict[str, Any]) -> str:
     return yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False, width=120)
 
 
-def render() -> str:
-    header = "# Generated by `python -m jobbatch.crd` from operator/jobbatch/api.py. Do not edit.\n"
-    return header + _dump(crd())
+def render(plural: str = api.PLURAL) -> str:
+    header = f"# Generated by `python -m jobbatch.crd {plural}` from operator/jobbatch/api.py. Do not edit.\n"
+    return header + _dump(CRDS[plural]())
 
 
-def render_chart_template() -> str:
+def render_chart_template(plural: str = api.PLURAL) -> str:
     """The CRD as a chart template, so `helm upgrade` upgrades it (Helm never upgrades a chart's `crds/`).
 
     `helm.sh/resource-policy: keep` leaves it, and so every JobBatch, in place on `helm uninstall`;
     `crds.install=false` leaves it to whoever manages CRDs (GitOps, `kubectl apply -f crds/`).
     """
-    body = crd()
+    body = CRDS[plural]()
     metadata = {"name": body["metadata"]["name"], "annotations": {"helm.sh/resource-policy": "keep"}}
     head = _dump({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": metadata})
     spec = _dump({"spec": body["spec"]})
     if "{{" in head + spec:  # Helm would read it as a template action
         raise ValueError("the CRD holds '{{': escape it before templating")
     return (
-        "{{- /* Generated by `python -m jobbatch.crd --chart` from operator/jobbatch/api.py. Do not edit. */}}\n"
-        "{{- if .Values.crds.install }}\n"
+        f"{{{{- /* Generated by `python -m jobbatch.crd --chart {plural}` from operator/jobbatch/api.py. "
+        "Do not edit. */}}\n"
+        # `dig`: a `helm upgrade --reuse-values` from chart 0.1.0 brings values without `crds`.
+        '{{- if dig "crds" "install" true .Values.AsMap }}\n'
         + head
         + '  labels:\n    {{- include "jobbatch.labels" . | nindent 4 }}\n'
         + spec
@@ -193,5 +260,12 @@ def render_chart_template() -> str:
     )
 
 
+def main(argv: list[str]) -> None:
+    """``python -m jobbatch.crd [--chart] [PLURAL]``: a CRD, or the chart's template of it."""
+    chart = "--chart" in argv
+    plurals = [a for a in argv if a != "--chart"] or [api.PLURAL]
+    sys.stdout.write((render_chart_template if chart else render)(*plurals))
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render_chart_template() if sys.argv[1:] == ["--chart"] else render())
+    main(sys.argv[1:])

@@ -1,4 +1,5 @@
-"""kopf registrations: one daemon per JobBatch and wake-ups on its watch events; shard Job events.
+"""kopf registrations: one daemon per JobBatch and wake-ups on its watch events; shard Job events;
+one loop per CronJobBatch, started and woken by its events and its batches'.
 
 Only daemon and event handlers are used: kopf then never writes its
 last-handled-configuration annotation (a large inline payload list would overflow
@@ -16,6 +17,7 @@ from typing import Any
 import kopf
 
 from jobbatch import api, metrics
+from jobbatch.cronreconciler import CronReconciler
 from jobbatch.reconciler import BatchReconciler, release_orphan
 from jobbatch.state import Runtime
 
@@ -72,6 +74,33 @@ async def batch_changed(
     if runtime.access is not None and namespace:
         # A new batch holds kopf's finalizer: hold the RoleBinding; the last one gone: let it go.
         runtime.access.wake(namespace, gone=type == "DELETED")
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == api.CRON_KIND and (cron := runtime.crons.get(ref.get("uid", ""))) is not None:
+            # One of its runs changed phase or went: its history, Forbid, lastSuccessfulTime.
+            phase = (body.get("status") or {}).get("phase") or "Pending"
+            cron.batch_changed(
+                uid, phase, deleted=type == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
+            )
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.CRON_PLURAL)
+async def cron_changed(uid: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A CronJobBatch's loop runs as a task of its own, not a kopf daemon: a daemon needs a finalizer,
+    and a deleted CronJobBatch has nothing to clean up (the garbage collector deletes its batches)."""
+    runtime: Runtime = memo["runtime"]
+    reconciler = runtime.crons.get(uid)
+    if reconciler is not None:
+        reconciler.changed()
+    elif namespace:
+        runtime.crons[uid] = reconciler = CronReconciler(runtime.kube, namespace, name, uid)
+        runtime.spawn(_run_cron(runtime, reconciler))
+
+
+async def _run_cron(runtime: Runtime, reconciler: CronReconciler) -> None:
+    try:
+        await reconciler.run()
+    finally:
+        runtime.crons.pop(reconciler.uid, None)
 
 
 def spec_changed(body: Mapping[str, Any]) -> bool:

@@ -262,6 +262,67 @@ class Kube:
             if exc.status not in (404, 409):
                 raise
 
+    async def create_batch(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a JobBatch; False if one of that name already exists (a CronJobBatch's run, created before)."""
+        try:
+            await self._call(
+                f"create jobbatch {namespace}/{body['metadata']['name']}",
+                self._raw(
+                    self.custom.create_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL, body
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def list_cron_batches(self, namespace: str, cron_name: str) -> list[dict[str, Any]]:
+        """The JobBatches labelled as created by CronJobBatch ``cron_name`` (the caller checks ownership)."""
+        selector = f"{api.LABEL_CRON}={naming.label_value(cron_name)}"
+        call = self._raw(
+            self.custom.list_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            label_selector=selector,
+        )
+        return list(json.loads(await self._call(f"list jobbatches of {namespace}/{cron_name}", call))["items"])
+
+    # -- CronJobBatch -------------------------------------------------------------------------
+    async def get_cron(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = await self._call(
+                f"get cronjobbatch {namespace}/{name}",
+                lambda: self.custom.get_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.CRON_PLURAL, name
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body)
+
+    async def patch_cron_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str, old: dict[str, Any]
+    ) -> dict[str, Any]:
+        """As ``patch_batch_status``, for a CronJobBatch: Conflict if it changed since read."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": merge_patch(old, status)}
+        try:
+            result = await self._call(
+                f"patch cronjobbatch {namespace}/{name} status",
+                lambda: self.custom.patch_namespaced_custom_object_status(
+                    api.GROUP, api.VERSION, namespace, api.CRON_PLURAL, name, body, **_MERGE_PATCH
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"cronjobbatch {namespace}/{name} changed since it was read") from None
+            raise
+        return dict(result)
+
     # -- shard Jobs ---------------------------------------------------------------------------
     async def create_job(self, namespace: str, body: dict[str, Any], *, dry_run: bool = False) -> bool:
         """Create a Job; False if it already existed (deterministic names make that "already done").
@@ -577,15 +638,18 @@ class Kube:
         await self._guarded(what, call, 409, f"rolebinding {namespace}/{name} changed since it was read")
 
     # -- Events -------------------------------------------------------------------------------
-    async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the JobBatch (``kubectl describe`` shows it). Failures are logged, not raised."""
+    async def post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, *, kind: str = api.KIND
+    ) -> None:
+        """A core/v1 Event on the JobBatch, or on a ``kind`` object (``kubectl describe`` shows it).
+        Failures are logged, not raised."""
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         event = {
             "metadata": {"name": naming.event_name(meta["name"]), "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
+                "kind": kind,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from jobbatch.access import AccessGuard
+    from jobbatch.cronreconciler import CronReconciler
     from jobbatch.jobwatch import ShardWatch
     from jobbatch.reconciler import BatchReconciler
 
@@ -33,6 +34,7 @@ class Runtime:
     # ... and of batches whose reconciler ended with nothing left to do: a spec change revives it.
     finished: set[str] = dataclasses.field(default_factory=set)
     access: AccessGuard | None = None  # holds the operator's RoleBindings (a namespace-scoped install)
+    crons: dict[str, CronReconciler] = dataclasses.field(default_factory=dict)  # by the CronJobBatch's UID
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     def spawn(self, call: Coroutine[Any, Any, None]) -> None:

@@ -15,7 +15,7 @@ from kubernetes_asyncio import client, config
 from e2e import tools
 from e2e.cluster import LocalCluster, Settings, wait_until
 from e2e.operator_process import OperatorProcess
-from tests.integration.harness import CRD_FILE, Batches
+from tests.integration.harness import CRDS, Batches
 from tests.waiting import eventually
 
 _CLUSTER: LocalCluster | None = None
@@ -98,13 +98,15 @@ async def _fresh_namespace(api: client.ApiClient, name: str) -> AsyncIterator[st
 
 @pytest.fixture(scope="session")
 def crd(kubeconfig: Path) -> None:
-    """The JobBatch CRD, installed once and served."""
+    """The CRDs, installed once and served."""
     kubectl = [str(tools.bin_dir() / "kubectl"), f"--kubeconfig={kubeconfig}"]
-    subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE)], check=True)
+    subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(CRDS)], check=True)
     wait_until(
-        lambda: subprocess.run([*kubectl, "get", "jobbatches", "-A"], capture_output=True).returncode == 0,
+        lambda: (
+            subprocess.run([*kubectl, "get", "jobbatches,cronjobbatches", "-A"], capture_output=True).returncode == 0
+        ),
         timeout=60,
-        what="the jobbatches resource to be served",
+        what="the jobbatches and cronjobbatches resources to be served",
     )
 
 

@@ -19,7 +19,7 @@ from jobbatch import api
 from tests.waiting import TIMEOUT, eventually
 
 MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "jobbatch.io_jobbatches.yaml"
+CRDS = Path(__file__).resolve().parents[2] / "crds"  # JobBatch and CronJobBatch
 
 
 def template(**annotations: str) -> dict[str, Any]:

@@ -23,7 +23,10 @@ from tests.waiting import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Examples that need more than the cluster (an S3 server, a database) run in a test of their own.
-OWN_TESTS = {"06-import": Path(__file__).parent / "test_pipeline.py"}
+OWN_TESTS = {
+    "06-import": Path(__file__).parent / "test_pipeline.py",
+    "07-cron": Path(__file__).parent / "test_cronjobbatch.py",
+}
 assert all(test.exists() for test in OWN_TESTS.values())
 CASES = sorted(p for p in EXAMPLES.iterdir() if p.is_dir() and p.name[:2].isdigit() and p.name not in OWN_TESTS)
 FILES = {case: sorted(case.glob("*.yaml")) for case in CASES}
