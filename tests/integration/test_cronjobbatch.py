@@ -225,3 +225,51 @@ async def test_bad_schedules_and_names_are_refused_with_a_reason(crons: Crons, o
 async def _reason(crons: Crons, name: str, reason: str) -> dict[str, Any] | None:
     condition = await crons.condition(name)
     return condition if condition.get("reason") == reason else None
+
+
+async def test_replace_stops_the_running_run_and_forbid_waits_for_it(
+    batches: Batches, crons: Crons, operator: OperatorFactory
+) -> None:
+    """Two every-minute CronJobBatches whose runs outlast a minute: at the next minute Replace starts the
+    new run and deletes the old one; Forbid says it waits, and starts the waiting run once the running
+    one is gone (within startingDeadlineSeconds)."""
+    spec = {
+        "schedule": "* * * * *", "startingDeadlineSeconds": 50,
+        "jobBatchTemplate": simulated_template(duration="600s"),
+    }  # fmt: skip
+    replace = await crons.create("replace", {**spec, "concurrencyPolicy": "Replace"})
+    forbid = await crons.create("forbid", {**spec, "concurrencyPolicy": "Forbid"})
+    await operator()
+
+    async def runs(cron_body: dict[str, Any], count: int) -> list[dict[str, Any]] | None:
+        owned = sorted((b for b in await batches.all() if owned_by(b, cron_body)), key=lambda b: b["metadata"]["name"])
+        return owned if len(owned) >= count else None
+
+    (first,) = await eventually(functools.partial(runs, replace, 1), what="replace's first run", timeout=150)
+    (held,) = await eventually(functools.partial(runs, forbid, 1), what="forbid's first run", timeout=150)
+
+    # The next minute: Replace's second run, and its first deleted.
+    async def replaced() -> list[dict[str, Any]] | None:
+        owned = await runs(replace, 1)
+        names = [b["metadata"]["name"] for b in owned or [] if not b["metadata"].get("deletionTimestamp")]
+        return owned if first["metadata"]["name"] not in names and len(names) == 1 else None
+
+    await eventually(replaced, what="replace's next run, its first one deleted", timeout=150)
+    reasons = [r for _, r, _ in await crons.events("replace")]
+    assert reasons.count("Created") == 2
+    assert "Replaced" in reasons
+
+    # Forbid: the same minute's run waits (a condition and an Event) while the first one runs...
+    waiting = await eventually(lambda: _reason(crons, "forbid", "Waiting"), what="forbid waiting", timeout=150)
+    assert held["metadata"]["name"] in waiting["message"]
+    assert [b["metadata"]["name"] for b in await runs(forbid, 1) or []] == [held["metadata"]["name"]]
+    # ...and starts once it is gone.
+    await batches.delete(held["metadata"]["name"])
+
+    async def started() -> list[dict[str, Any]] | None:
+        owned = await runs(forbid, 1)
+        return [b for b in owned or [] if b["metadata"]["name"] != held["metadata"]["name"]] or None
+
+    (second,) = await eventually(started, what="forbid's waiting run started", timeout=60)
+    scheduled = second["metadata"]["annotations"][api.ANNOTATION_SCHEDULED_TIME]
+    assert f"run of {scheduled} waits" in waiting["message"]
