@@ -184,16 +184,7 @@ class Kube:
 
     # -- JobBatch -----------------------------------------------------------------------------
     async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body = await self._call(
-                f"get jobbatch {namespace}/{name}",
-                lambda: self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(body)
+        return await self._get_custom(api.PLURAL, namespace, name)
 
     async def patch_batch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str, old: dict[str, Any]
@@ -203,17 +194,41 @@ class Kube:
         ``old`` is the status as read: fields it has that ``status`` lacks are removed (a merge patch
         of the new status alone would keep them, e.g. the completionTime of a batch rerun).
         """
+        return await self._patch_custom_status(api.PLURAL, namespace, name, status, resource_version, old)
+
+    async def _get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A JobBatch or CronJobBatch; None if there is none."""
+        try:
+            body = await self._call(
+                f"get {plural} {namespace}/{name}",
+                lambda: self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, name),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body)
+
+    async def _patch_custom_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str,
+        old: dict[str, Any],
+    ) -> dict[str, Any]:
         body = {"metadata": {"resourceVersion": resource_version}, "status": merge_patch(old, status)}
         try:
             result = await self._call(
-                f"patch jobbatch {namespace}/{name} status",
+                f"patch {plural} {namespace}/{name} status",
                 lambda: self.custom.patch_namespaced_custom_object_status(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, name, body, **_MERGE_PATCH
+                    api.GROUP, api.VERSION, namespace, plural, name, body, **_MERGE_PATCH
                 ),
             )
         except ApiException as exc:
             if exc.status == 409:
-                raise Conflict(f"jobbatch {namespace}/{name} changed since it was read") from None
+                raise Conflict(f"{plural} {namespace}/{name} changed since it was read") from None
             raise
         return dict(result)
 
@@ -292,36 +307,13 @@ class Kube:
 
     # -- CronJobBatch -------------------------------------------------------------------------
     async def get_cron(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body = await self._call(
-                f"get cronjobbatch {namespace}/{name}",
-                lambda: self.custom.get_namespaced_custom_object(
-                    api.GROUP, api.VERSION, namespace, api.CRON_PLURAL, name
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(body)
+        return await self._get_custom(api.CRON_PLURAL, namespace, name)
 
     async def patch_cron_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str, old: dict[str, Any]
     ) -> dict[str, Any]:
         """As ``patch_batch_status``, for a CronJobBatch: Conflict if it changed since read."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": merge_patch(old, status)}
-        try:
-            result = await self._call(
-                f"patch cronjobbatch {namespace}/{name} status",
-                lambda: self.custom.patch_namespaced_custom_object_status(
-                    api.GROUP, api.VERSION, namespace, api.CRON_PLURAL, name, body, **_MERGE_PATCH
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(f"cronjobbatch {namespace}/{name} changed since it was read") from None
-            raise
-        return dict(result)
+        return await self._patch_custom_status(api.CRON_PLURAL, namespace, name, status, resource_version, old)
 
     # -- shard Jobs ---------------------------------------------------------------------------
     async def create_job(self, namespace: str, body: dict[str, Any], *, dry_run: bool = False) -> bool:
