@@ -463,8 +463,9 @@ class CronJobBatchSpec(_Model):
     )
     concurrency_policy: ConcurrencyPolicy = Field(
         default="Allow",
-        description="When a run is due while an earlier batch is still running: Allow (run both), Forbid (skip the "
-        "new run) or Replace (delete the running batch, then run).",
+        description="When a run is due while an earlier batch is still running: Allow (run both), Forbid (the new "
+        "run waits until no batch runs, within startingDeadlineSeconds) or Replace (start the new run, then delete "
+        "the running batches).",
     )
     starting_deadline_seconds: int | None = Field(
         default=None,

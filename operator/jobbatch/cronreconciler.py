@@ -110,7 +110,7 @@ class CronReconciler:
         self._changed.set()
 
     def changed(self) -> None:
-        """The cron or one of its batches changed: look again now."""
+        """The CronJobBatch itself changed: look again now."""
         self._changed.set()
 
     async def run(self) -> None:
@@ -130,7 +130,7 @@ class CronReconciler:
                 logger.warning("%s/%s: %s; again in %.0fs", self.namespace, self.name, error_message(exc), delay)
                 wake_at = self._now() + datetime.timedelta(seconds=delay)
             else:
-                if wake_at is None and self._gone:
+                if self._gone:
                     return
                 failures = 0
             timeout = POLL_SECONDS
@@ -170,15 +170,14 @@ class CronReconciler:
         for delete in decision.deletes:
             logger.info("%s/%s: deleting JobBatch %s (%s)", self.namespace, self.name, delete.name, delete.why)
             await self.kube.delete_batch(self.namespace, delete.name, uids[delete.name])
-        events = decision.events
         if decision.waiting:
             logger.info("%s/%s: %s", self.namespace, self.name, decision.waiting)
         new_status = decision.status.dump()
-        if new_status != api.CronJobBatchStatus.model_validate(old_status).dump():
+        if new_status != status.dump():  # the plan works on a copy: `status` is still as read
             await self.kube.patch_cron_status(
                 self.namespace, self.name, new_status, meta["resourceVersion"], old_status
             )
-        for event in events:
+        for event in decision.events:
             await self.kube.post_event(body, event.type, event.reason, event.message, kind=api.CRON_KIND)
         return decision.wake_at
 
@@ -223,7 +222,7 @@ class CronReconciler:
         message = f"jobBatchTemplate is not a valid JobBatch: {error_message(exc)}"
         meta = body["metadata"]
         decision = cronplan.refused(status, meta.get("generation"), "InvalidTemplate", message, self._now())
-        if decision.status.dump() != api.CronJobBatchStatus.model_validate(old_status).dump():
+        if decision.status.dump() != status.dump():
             await self.kube.patch_cron_status(
                 self.namespace, self.name, decision.status.dump(), meta["resourceVersion"], old_status
             )
