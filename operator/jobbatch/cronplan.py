@@ -45,16 +45,17 @@ class CreateBatch:
 
 
 @dataclasses.dataclass(frozen=True)
-class DeleteBatch:
-    name: str
-    why: str  # Replaced, or History
-
-
-@dataclasses.dataclass(frozen=True)
 class Event:
     type: str
     reason: str
     message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteBatch:
+    name: str
+    why: str  # Replaced, or History
+    event: Event | None = None  # said before the delete, so a later conflict cannot lose it
 
 
 @dataclasses.dataclass
@@ -178,8 +179,8 @@ def _start_due_run(
     if running and spec.concurrency_policy == "Replace":
         for b in running:
             if not b.deleting:
-                out.deletes.append(DeleteBatch(b.name, "Replaced"))
-                out.events.append(Event("Normal", "Replaced", f"deleting running JobBatch {b.name} for {batch}"))
+                event = Event("Normal", "Replaced", f"deleting running JobBatch {b.name} for {batch}")
+                out.deletes.append(DeleteBatch(b.name, "Replaced", event))
         out.status.active, out.status.active_count = [], 0
     if missed > cron.MISSED_CAP:
         message = f"more than {cron.MISSED_CAP} runs missed since {earliest.isoformat()}: only the latest starts"

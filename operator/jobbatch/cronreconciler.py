@@ -5,10 +5,10 @@ A pass reads everything fresh from the API server (a GET and a labelled LIST; a 
 cron's only if its controller ownerReference names the cron's UID, never by label alone), so a
 restarted or newly elected operator carries on from what the API server holds. Order of effects:
 the create (and its Event at once; AlreadyExists is "done before" if the batch is the cron's own),
-then deletes (so Replace never stops a run for one that cannot start), the status write guarded by
-the resourceVersion read, then the other Events. A status write that conflicts re-plans at once. A
-create the API server refuses (a quota, a webhook, a bad label) is Scheduled=False, reason
-FailedCreate, with a Warning Event, and is tried again at the next wake-up.
+then deletes, each after its Event (so Replace never stops a run for one that cannot start), the
+status write guarded by the resourceVersion read, then the other Events. A status write that
+conflicts re-plans at once. A create the API server refuses (a quota, a webhook, a bad label) is
+Scheduled=False, reason FailedCreate, with a Warning Event, and is tried again at the next wake-up.
 """
 
 from __future__ import annotations
@@ -169,6 +169,9 @@ class CronReconciler:
         uids = {i["metadata"]["name"]: i["metadata"]["uid"] for i in items}
         for delete in decision.deletes:
             logger.info("%s/%s: deleting JobBatch %s (%s)", self.namespace, self.name, delete.name, delete.why)
+            if delete.event is not None:
+                event = delete.event
+                await self.kube.post_event(body, event.type, event.reason, event.message, kind=api.CRON_KIND)
             await self.kube.delete_batch(self.namespace, delete.name, uids[delete.name])
         if decision.waiting:
             logger.info("%s/%s: %s", self.namespace, self.name, decision.waiting)

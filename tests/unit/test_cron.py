@@ -185,8 +185,12 @@ def test_forbid_waits_for_the_running_batch_then_starts_the_due_run() -> None:
 def test_replace_deletes_the_running_batch_and_starts_the_new_one() -> None:
     status = api.CronJobBatchStatus(last_schedule_time=at(2026, 12, 2, 9, 5))
     plan = run(at(2026, 12, 2, 9, 10, 1), owned=[batch(5)], status=status, concurrency_policy="Replace")
-    assert plan.deletes == [cronplan.DeleteBatch(batch(5).name, "Replaced")]
     assert plan.create is not None
+    message = f"deleting running JobBatch {batch(5).name} for {plan.create.name}"
+    assert plan.deletes == [
+        cronplan.DeleteBatch(batch(5).name, "Replaced", cronplan.Event("Normal", "Replaced", message))
+    ]
+    assert "Replaced" not in [e.reason for e in plan.events]  # said with the delete, not after the status write
     assert plan.status.active == [plan.create.name]
 
 
