@@ -48,7 +48,7 @@ e2e: $(STAMP) tools
 
 # Regenerate the CRD from operator/jobbatch/api.py into crds/ and the chart's template (a unit test fails on drift).
 crds: $(STAMP)
-	for plural in jobbatches cronjobbatches; do \
+	for plural in jobbatches cronjobbatches batchqueues; do \
 	  $(BIN)/python -m jobbatch.crd $$plural > crds/jobbatch.io_$$plural.yaml && \
 	  $(BIN)/python -m jobbatch.crd --chart $$plural > charts/jobbatch-operator/templates/crd-$$plural.yaml || exit 1; \
 	done

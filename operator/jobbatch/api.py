@@ -42,6 +42,12 @@ KOPF_FINALIZER = "jobbatch.io/kopf-finalizer"
 # there holds one of the two finalizers above (jobbatch.access).
 ACCESS_FINALIZER = "jobbatch.io/namespace-access"
 
+# On shard Jobs: the batch's queue when the Job was made. Only read for a batch whose reconciler has not
+# reported yet (just after a restart), to count its running shards against the right queue's caps.
+LABEL_QUEUE = "jobbatch.io/queue"
+DEFAULT_QUEUE = "default"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
@@ -282,6 +288,14 @@ class JobBatchSpec(_Model):
         max_length=253,
         description="PriorityClass of every worker pod; higher-priority batches dispatch first when the "
         "operator's --max-running-shards cap is reached.",
+    )
+    queue_name: str = Field(
+        default=DEFAULT_QUEUE,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="BatchQueue whose share of the cluster's running shards this batch draws from. A named queue "
+        "that does not exist holds the batch (Stalled, reason QueueNotFound) until it does; the queue 'default' "
+        "needs no object (weight 1, no cap of its own). May change at any time: it applies to shards started next.",
     )
     suspend: bool = Field(
         default=False,
@@ -524,3 +538,67 @@ class CronJobBatch(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: CronJobBatchSpec
     status: CronJobBatchStatus = Field(default_factory=CronJobBatchStatus)
+
+
+# -- BatchQueue: a cluster-wide share of running shards ---------------------------------------------
+
+QUEUE_KIND = "BatchQueue"
+QUEUE_PLURAL = "batchqueues"
+QUEUE_SINGULAR = "batchqueue"
+QUEUE_SHORT_NAMES = ["bq"]
+
+
+class BatchQueueSpec(_Model):
+    """A queue's weight and caps. Batches name it in spec.queueName."""
+
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Share of the operator's --max-running-shards among queues with work waiting: a queue of "
+        "weight 6 next to ones of 3 and 1 holds 60 % of the running shards while all three have work.",
+    )
+    max_running_shards: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="Most shards of this queue's batches running at once, whatever the free capacity. 0 holds "
+        "the queue. Lowering it stops nothing: it applies as running shards end.",
+    )
+    max_running_shards_per_namespace: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Most shards of this queue running at once for the batches of any one namespace, so one "
+        "tenant cannot take the whole queue.",
+    )
+
+
+class BatchQueueStatus(_Model):
+    """What the operator's dispatcher holds for the queue, written every few seconds while it changes."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    running_shards: int = Field(default=0, description="Shards of its batches running (slots held).")
+    waiting_shards: int = Field(
+        default=0, description="Shards its batches could start now but a cap or the other queues' shares hold back."
+    )
+    fair_share: int = Field(
+        default=0,
+        description="Running shards it is entitled to now: its weight's part of --max-running-shards among the "
+        "queues with work, within its own cap (0 when there is no cluster-wide cap).",
+    )
+    admitted_batches: int = Field(default=0, description="Its batches with shards running.")
+    waiting_batches: int = Field(default=0, description="Its batches with shards waiting and none running.")
+
+
+class BatchQueue(_Model):
+    """A weighted share of the cluster's running shards, with optional caps, for the JobBatches that name it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = QUEUE_KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: BatchQueueSpec = Field(default_factory=BatchQueueSpec)
+    status: BatchQueueStatus = Field(default_factory=BatchQueueStatus)

@@ -154,6 +154,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Failed", "type": "integer", "jsonPath": ".status.shards.failed"},
     {"name": "Priority", "type": "string", "jsonPath": ".spec.priorityClassName"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.queueName", "priority": 1},
 ]
 
 
@@ -167,8 +168,25 @@ CRON_PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+QUEUE_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Weight", "type": "integer", "jsonPath": ".spec.weight"},
+    {"name": "Max", "type": "integer", "jsonPath": ".spec.maxRunningShards"},
+    {"name": "Share", "type": "integer", "jsonPath": ".status.fairShare", "description": "entitled running shards"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.runningShards"},
+    {"name": "Waiting", "type": "integer", "jsonPath": ".status.waitingShards"},
+    {"name": "Admitted", "type": "integer", "jsonPath": ".status.admittedBatches"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
 def _definition(
-    *, kind: str, plural: str, singular: str, short_names: list[str], version: dict[str, Any]
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: list[str],
+    version: dict[str, Any],
+    scope: str = "Namespaced",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -176,7 +194,7 @@ def _definition(
         "metadata": {"name": f"{plural}.{api.GROUP}"},
         "spec": {
             "group": api.GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
@@ -223,8 +241,33 @@ def cron_crd() -> dict[str, Any]:
     )
 
 
+def queue_openapi_schema() -> dict[str, Any]:
+    """The structural schema of a BatchQueue: spec optional (all defaults), name a DNS label (queueName's form)."""
+    spec, status = _schema_of(api.BatchQueueSpec), _schema_of(api.BatchQueueStatus)
+    schema = _object(api.BatchQueue, {**spec, "default": {}}, status)
+    del schema["required"]
+    rule = f"self.metadata.name.size() <= 63 && self.metadata.name.matches('{api.DNS_LABEL}')"
+    schema["x-kubernetes-validations"] = [{"rule": rule, "message": "name must be a DNS label (what queueName holds)"}]
+    return schema
+
+
+def queue_crd() -> dict[str, Any]:
+    return _definition(
+        kind=api.QUEUE_KIND,
+        plural=api.QUEUE_PLURAL,
+        singular=api.QUEUE_SINGULAR,
+        short_names=api.QUEUE_SHORT_NAMES,
+        scope="Cluster",
+        version={
+            "subresources": {"status": {}},
+            "additionalPrinterColumns": QUEUE_PRINTER_COLUMNS,
+            "schema": {"openAPIV3Schema": queue_openapi_schema()},
+        },
+    )
+
+
 # The CRDs by plural: crds/jobbatch.io_<plural>.yaml and the chart's templates/crd-<plural>.yaml.
-CRDS = {api.PLURAL: crd, api.CRON_PLURAL: cron_crd}
+CRDS = {api.PLURAL: crd, api.CRON_PLURAL: cron_crd, api.QUEUE_PLURAL: queue_crd}
 
 
 def _dump(obj: dict[str, Any]) -> str:

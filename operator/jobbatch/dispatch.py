@@ -1,10 +1,28 @@
-"""The cluster-wide cap on running shards, shared by all batches in priority order.
+"""Who may start shards now: the cluster-wide cap, BatchQueues' weighted shares and caps, priority.
 
-With ``--max-running-shards`` set, a batch may only launch into free cluster slots,
-and free slots go first to the batch with the highest PriorityClass value (then the
-oldest). Each batch reports its running count and unmet demand after every pass;
-grants are reserved at once, so passes of different batches cannot spend the same
-slot twice within this process.
+Every batch registers (queue, namespace, priority) and reports after each pass what it runs and what it
+could start but was not granted (its unmet demand). A pass asks ``budget`` how many shards it may start.
+Grants are reserved at once, so passes of different batches cannot spend one slot twice within this
+process. The decision, for a batch of queue q and namespace n:
+
+1. **Shares.** Each queue's *want* is what it runs plus its batches' unmet demand, within its own
+   ``maxRunningShards`` (and each namespace's part within ``maxRunningShardsPerNamespace``). The
+   cluster cap C is water-filled over the queues that want anything, by weight: a queue wanting less
+   than its weighted part gets what it wants, the rest is shared again among the others. The parts are
+   rounded to whole shards by largest remainder (they sum to C), and a queue left with 0 takes one
+   from the largest, so no queue with work starves.
+2. **Reservation.** Of the free slots, those other queues are entitled to but do not run yet are theirs:
+   q may take ``free - sum over other queues of max(0, share - running)``. So a queue below its share
+   gets every slot that frees until it reaches it, and a queue over its share (it borrowed while the
+   others were idle) gets none until it is back under. Borrowing is what is left over: capacity no
+   queue with work is entitled to and not using. Nothing running is ever stopped.
+3. **Caps.** Never past C, the queue's ``maxRunningShards``, or n's ``maxRunningShardsPerNamespace``.
+4. **Priority inside a queue.** The unmet demand of the queue's batches ranked ahead (higher
+   PriorityClass value, then older) is held for them, in each limited pool they share (none when
+   nothing limits the queue), as far as they can use it (their namespace's limit).
+
+Without a cluster cap, only steps 3 and 4 apply (there is nothing to share). The outcome over time is
+deficit round-robin on running shards: each freed slot goes to the queue furthest below its share.
 """
 
 from __future__ import annotations
@@ -12,51 +30,159 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
+
+from jobbatch.api import DEFAULT_QUEUE
+from jobbatch.observed import ShardJob
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueLimits:
+    """A BatchQueue's spec, as the dispatcher uses it (the implicit default queue: all defaults)."""
+
+    weight: int = 1
+    max_running: int | None = None
+    per_namespace: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """Shards a batch's Jobs hold, as the Job index shows (the queue from the Jobs' label)."""
+
+    namespace: str
+    queue: str
+    running: int
+
+
+def observed_from(by_batch: Mapping[tuple[str, str], Iterable[ShardJob]]) -> dict[str, Observed]:
+    """The Job index (by namespace and batch UID) as the dispatcher counts it: slots held per batch."""
+    out = {}
+    for (namespace, uid), jobs in by_batch.items():
+        listed = list(jobs)
+        out[uid] = Observed(namespace, next((j.queue for j in listed if j.queue), ""), sum(j.slots for j in listed))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueSummary:
+    """What a BatchQueue's status shows."""
+
+    running: int = 0
+    waiting: int = 0
+    share: int = 0
+    admitted: int = 0
+    waiting_batches: int = 0
 
 
 @dataclasses.dataclass
 class _Entry:
     priority: int
     created: datetime.datetime
+    queue: str = DEFAULT_QUEUE
+    namespace: str = ""
     running: int = 0
     demand: int = 0
     wake: asyncio.Event | None = None
 
 
+@dataclasses.dataclass
+class _Load:
+    """One queue's running shards and unmet demand, in total and by namespace."""
+
+    running: int = 0
+    demand: int = 0
+    by_namespace: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # ns -> [running, demand]
+
+    def namespace_running(self, namespace: str) -> int:
+        return self.by_namespace.get(namespace, [0, 0])[0]
+
+
 class Dispatcher:
     def __init__(self, cap: int) -> None:
-        self.cap = cap  # 0 = no cap
+        self.cap = cap  # 0 = no cluster-wide cap
+        self.queues: dict[str, QueueLimits] = {}  # the BatchQueues that exist, by name
+        self.queues_listed = False  # the BatchQueue watch has listed them all once
         self._batches: dict[str, _Entry] = {}
 
-    def register(self, uid: str, priority: int, created: datetime.datetime, wake: asyncio.Event) -> None:
+    # -- queues -------------------------------------------------------------------------------------
+    def set_queues(self, queues: Mapping[str, QueueLimits]) -> None:
+        """The BatchQueues changed: a queue created, a raised weight or cap may let any batch start (rare: wake all)."""
+        self.queues = dict(queues)
+        self.queues_listed = True
+        for entry in self._batches.values():
+            if entry.wake is not None:
+                entry.wake.set()
+
+    def queue_missing(self, name: str) -> bool:
+        """A batch names a queue that does not exist (the default queue always does)."""
+        return name != DEFAULT_QUEUE and name not in self.queues
+
+    @property
+    def active(self) -> bool:
+        """Whether anything limits starts: a cluster cap, or a queue with a cap of its own."""
+        return bool(self.cap) or any(
+            q.max_running is not None or q.per_namespace is not None for q in self.queues.values()
+        )
+
+    def limits(self, queue: str) -> QueueLimits:
+        return self.queues.get(queue, QueueLimits())
+
+    # -- batches ------------------------------------------------------------------------------------
+    def register(
+        self,
+        uid: str,
+        priority: int,
+        created: datetime.datetime,
+        wake: asyncio.Event,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        namespace: str = "",
+    ) -> None:
         entry = self._batches.setdefault(uid, _Entry(priority, created))
         entry.priority, entry.created, entry.wake = priority, created, wake
+        entry.queue, entry.namespace = queue, namespace
 
     def forget(self, uid: str) -> None:
         self._batches.pop(uid, None)
         self._wake_waiting()
 
-    def budget(self, uid: str, wanted: int, observed_running: Mapping[str, int] | None = None) -> int | None:
-        """How many shards ``uid`` may launch now (None: no cap). The grant is reserved at once.
+    def budget(self, uid: str, wanted: int, observed: Mapping[str, Observed] | None = None) -> int | None:
+        """How many shards ``uid`` may start now (None: nothing limits it). The grant is reserved at once.
 
-        ``observed_running`` is what the Job index shows running per batch; it covers batches whose
-        first pass has not reported yet (right after a restart) and reports that lag behind.
+        ``observed`` is what the Job index shows running per batch; it covers batches whose first pass has
+        not reported yet (right after a restart) and reports that lag behind.
         """
-        if not self.cap:
+        if not self.active:
             return None
         me = self._batches[uid]
-        observed = observed_running or {}
-        busy = {other: e.running for other, e in self._batches.items()}
-        for other, count in observed.items():
-            busy[other] = max(busy.get(other, 0), count)
-        free = self.cap - sum(busy.values())
-        ahead = sum(
-            e.demand
-            for other, e in self._batches.items()
-            if other != uid and (-e.priority, e.created) < (-me.priority, me.created)
-        )
-        grant = max(0, min(wanted, free - ahead))
+        loads = self._loads(observed or {}, asking=(uid, wanted))
+        load = loads.get(me.queue, _Load())
+        limits = self.limits(me.queue)
+        # What the batches of the queue ranked ahead still wait for: in every pool they share with this
+        # one (the cluster's and the queue's; the namespace's only with those of its namespace), but never
+        # more than each can start (a batch at its namespace's limit holds nothing back for others).
+        ahead_queue = ahead_namespace = 0
+        for other, e in self._batches.items():
+            if other == uid or e.queue != me.queue or (-e.priority, e.created) >= (-me.priority, me.created):
+                continue
+            demand = e.demand
+            if limits.per_namespace is not None:
+                demand = min(demand, max(0, limits.per_namespace - load.namespace_running(e.namespace)))
+            ahead_queue += demand
+            if e.namespace == me.namespace:
+                ahead_namespace += demand
+        rooms = []
+        if self.cap:
+            shares = self._shares(loads)
+            free = self.cap - sum(q.running for q in loads.values())
+            owed = sum(max(0, shares.get(q, 0) - other.running) for q, other in loads.items() if q != me.queue)
+            rooms.append(free - owed - ahead_queue)
+        if limits.max_running is not None:
+            rooms.append(limits.max_running - load.running - ahead_queue)
+        if limits.per_namespace is not None:
+            rooms.append(limits.per_namespace - load.namespace_running(me.namespace) - ahead_namespace)
+        grant = max(0, min([wanted, *rooms]))
         me.running += grant
         return grant
 
@@ -69,7 +195,98 @@ class Dispatcher:
         if freed:
             self._wake_waiting()
 
+    def summary(self, observed: Mapping[str, Observed] | None = None) -> dict[str, QueueSummary]:
+        """Per queue with batches: running and waiting shards, its share now, admitted and waiting batches."""
+        loads = self._loads(observed or {})
+        shares = self._shares(loads) if self.cap else {}
+        admitted: dict[str, int] = {}
+        waiting: dict[str, int] = {}
+        for entry in self._batches.values():
+            if entry.running:
+                admitted[entry.queue] = admitted.get(entry.queue, 0) + 1
+            elif entry.demand:
+                waiting[entry.queue] = waiting.get(entry.queue, 0) + 1
+        return {
+            q: QueueSummary(load.running, load.demand, shares.get(q, 0), admitted.get(q, 0), waiting.get(q, 0))
+            for q, load in loads.items()
+        }
+
+    # -- the arithmetic -----------------------------------------------------------------------------
+    def _loads(self, observed: Mapping[str, Observed], asking: tuple[str, int] | None = None) -> dict[str, _Load]:
+        """Each queue's running shards and unmet demand (the asking batch's demand: what it asks for now)."""
+        loads: dict[str, _Load] = {}
+
+        def add(queue: str, namespace: str, running: int, demand: int) -> None:
+            load = loads.setdefault(queue, _Load())
+            ns = load.by_namespace.setdefault(namespace, [0, 0])
+            load.running += running
+            ns[0] += running
+            ns[1] += demand
+
+        for uid, entry in self._batches.items():
+            seen = observed.get(uid)
+            running = max(entry.running, seen.running if seen is not None else 0)
+            demand = asking[1] if asking is not None and asking[0] == uid else entry.demand
+            add(entry.queue, entry.namespace, running, demand)
+        for uid, seen in observed.items():
+            if uid not in self._batches and seen.running:
+                add(seen.queue or DEFAULT_QUEUE, seen.namespace, seen.running, 0)
+        for queue, load in loads.items():
+            per_ns = self.limits(queue).per_namespace
+            load.demand = sum(
+                max(0, min(d, per_ns - r)) if per_ns is not None else d for r, d in load.by_namespace.values()
+            )
+        return loads
+
+    def _shares(self, loads: Mapping[str, _Load]) -> dict[str, int]:
+        """Water-fill the cluster cap over the queues by weight, within what each wants (module docstring)."""
+        wants: dict[str, int] = {}
+        for queue, load in loads.items():
+            want = load.running + load.demand
+            cap = self.limits(queue).max_running
+            if cap is not None:
+                want = min(want, max(cap, load.running))
+            if want > 0:
+                wants[queue] = want
+        return water_fill(self.cap, wants, {q: self.limits(q).weight for q in wants})
+
     def _wake_waiting(self) -> None:
         for entry in self._batches.values():
             if entry.demand and entry.wake is not None:
                 entry.wake.set()
+
+
+def water_fill(capacity: int, wants: Mapping[str, int], weights: Mapping[str, int]) -> dict[str, int]:
+    """Whole shares of ``capacity`` by weight, none above its want, summing to min(capacity, sum of wants).
+
+    Rounded by largest remainder (ties: the larger weight, then the name); a queue that wants something
+    and would get 0 takes one from the largest share, if that share has more than one.
+    """
+    exact: dict[str, float] = {}
+    left, open_ = float(capacity), set(wants)
+    while open_ and left > 1e-9:
+        total = sum(weights[q] for q in open_)
+        part = {q: left * weights[q] / total for q in open_}
+        full = {q for q in open_ if wants[q] - exact.get(q, 0.0) <= part[q]}
+        if not full:
+            for q in open_:
+                exact[q] = exact.get(q, 0.0) + part[q]
+            break
+        for q in full:
+            left -= wants[q] - exact.get(q, 0.0)
+            exact[q] = float(wants[q])
+        open_ -= full
+    shares = {q: math.floor(v + 1e-9) for q, v in exact.items()}
+    target = min(capacity, sum(wants.values()))
+    spare = target - sum(shares.values())
+    order = sorted(shares, key=lambda q: (-(exact[q] - shares[q]), -weights[q], q))
+    for q in order[: max(0, spare)]:  # remainders add at most one per queue
+        if shares[q] < wants[q]:
+            shares[q] += 1
+    for q in sorted(wants):
+        if shares.get(q, 0) == 0:
+            donor = max(shares, key=lambda d: (shares[d], d), default=None)
+            if donor is not None and shares[donor] > 1:
+                shares[donor] -= 1
+                shares[q] = 1
+    return {q: v for q, v in shares.items() if v > 0}

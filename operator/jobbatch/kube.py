@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import os
@@ -315,6 +316,20 @@ class Kube:
         """As ``patch_batch_status``, for a CronJobBatch: Conflict if it changed since read."""
         return await self._patch_custom_status(api.CRON_PLURAL, namespace, name, status, resource_version, old)
 
+    async def patch_queue_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge ``status`` into a BatchQueue's (no resourceVersion: this process is its only writer); a queue
+        deleted meanwhile is no error."""
+        try:
+            await self._call(
+                f"patch batchqueue {name} status",
+                lambda: self.custom.patch_cluster_custom_object_status(
+                    api.GROUP, api.VERSION, api.QUEUE_PLURAL, name, {"status": status}, **_MERGE_PATCH
+                ),
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     # -- shard Jobs ---------------------------------------------------------------------------
     async def create_job(self, namespace: str, body: dict[str, Any], *, dry_run: bool = False) -> bool:
         """Create a Job; False if it already existed (deterministic names make that "already done").
@@ -336,7 +351,11 @@ class Kube:
     def _listers(
         self, kind: str
     ) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]], dict[str, Any]]:
-        """(namespaced list, cluster-wide list, selectors) of what the operator watches: shard Jobs or failed pods."""
+        """(namespaced list, cluster-wide list, selectors) of what the operator watches: shard Jobs, failed pods, or
+        BatchQueues (cluster-scoped: only the cluster-wide list)."""
+        if kind == api.QUEUE_PLURAL:
+            everywhere = functools.partial(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION, kind)
+            return everywhere, everywhere, {}
         selectors: dict[str, Any] = {"label_selector": api.LABEL_BATCH_UID}
         if kind == "jobs":
             return self.batch.list_namespaced_job, self.batch.list_job_for_all_namespaces, selectors

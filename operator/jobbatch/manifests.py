@@ -93,6 +93,7 @@ def shard_job(
         **batch_labels(name, uid),
         api.LABEL_FIRST_SHARD: str(first_shard),
         api.LABEL_ATTEMPT: str(attempt),
+        api.LABEL_QUEUE: spec.queue_name,
     }
     template = copy.deepcopy(spec.template)
     meta = template.setdefault("metadata", {})

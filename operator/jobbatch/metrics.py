@@ -50,6 +50,12 @@ attempt_failures = Counter(
     "when its batch ends is not).",
     ["namespace", "reason", "exit_code"],
 )
+queue_shards = Gauge(
+    "jobbatch_queue_shards",
+    "Shards of each BatchQueue's batches: running, waiting (could start but a cap or the other queues' shares "
+    "hold them back), and share (what the queue is entitled to run now).",
+    ["queue", "state"],
+)
 build_info = Gauge("jobbatch_build_info", "The operator's version; always 1.", ["version", "python"])
 build_info.labels(__version__, platform.python_version()).set(1)
 leader = Gauge(

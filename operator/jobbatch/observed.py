@@ -21,6 +21,7 @@ from jobbatch.api import (
     LABEL_ATTEMPT,
     LABEL_COMPLETION_INDEX,
     LABEL_FIRST_SHARD,
+    LABEL_QUEUE,
     SHARD_FINALIZER,
     SKIP_RETRY_PREFIX,
 )
@@ -61,6 +62,7 @@ class ShardJob:
     confirmed: bool = True
     # Its succeeded pods were deleted to keep finished pods bounded (annotation PODS_COLLECTED).
     pods_collected: bool = False
+    queue: str = ""  # its batch's queue when it was made (label LABEL_QUEUE; "" on Jobs of older versions)
 
     @property
     def last(self) -> int:
@@ -178,6 +180,7 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         deleting=bool(meta.get("deletionTimestamp")),
         deleted_at=parse_time(meta.get("deletionTimestamp")),
         pods_collected=(meta.get("annotations") or {}).get(PODS_COLLECTED) == "true",
+        queue=str(labels.get(LABEL_QUEUE) or ""),
     )
 
 

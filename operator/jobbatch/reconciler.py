@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from jobbatch import manifests, metrics, naming, objectstore, payloads
 from jobbatch.api import KIND, SHARD_FINALIZER, TERMINAL_PHASES, Backoff, Condition, JobBatchSpec, JobBatchStatus
 from jobbatch.backoff import retry_delay
-from jobbatch.dispatch import Dispatcher
+from jobbatch.dispatch import Dispatcher, Observed, observed_from
 from jobbatch.expectations import Expectations, JobCalls
 from jobbatch.kube import Conflict, Kube, error_message
 from jobbatch.observed import PODS_COLLECTED, PodFailure, ShardJob, controller_of
@@ -225,25 +225,20 @@ class BatchReconciler:
             await self._check_snapshot(body, spec, status)
         observed = self.observed()
         failures = self._failures([j.uid for j in observed if j.uid])
-        budget = None
-        if self.dispatcher.cap:
-            created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
-            self.dispatcher.register(self.uid, await self._priority_value(spec), created, self.wake)
-            running = {uid: sum(j.slots for j in jobs) for (_, uid), jobs in self._running_index()}
-            running[self.uid] = sum(j.slots for j in observed)
-            budget = self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid]), running)
+        budget, queue_missing = await self._budget(meta, spec, observed)
         decision = plan(
             batch, observed, self._clock(),
             failures=failures, acceptance=acceptance, launch_budget=budget, failed_create=self.failed_create,
-            snapshot_lost=self._snapshot_lost,
+            snapshot_lost=self._snapshot_lost, queue_missing=queue_missing,
         )  # fmt: skip
         if self.failed_create is not None and not decision.creates_wanted and not self._creating:
             self.failed_create = None  # nothing left to create (a retry no longer due, the batch done)
         try:
             requeue = await self._apply(decision, body, spec, observed)
         finally:
-            if self.dispatcher.cap:
-                self.dispatcher.report(self.uid, decision.status.shards.running, decision.unmet_demand)
+            # A batch held by a missing queue is no demand: it must not win that queue a share.
+            demand = 0 if queue_missing is not None else decision.unmet_demand
+            self.dispatcher.report(self.uid, decision.status.shards.running, demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
         if decision.status.phase == "Running" and spec.parallelism > 0:  # accepted, its PriorityClass found
             waiting = (self.namespace, spec.priority_class_name or "", decision.status.shards.pending)
@@ -265,9 +260,26 @@ class BatchReconciler:
             self._body_read = self._monotonic()
         return self._body
 
-    def _running_index(self) -> list[tuple[tuple[str, str], list[ShardJob]]]:
-        index = self._all_jobs() if self._all_jobs is not None else {}
-        return [(key, list(jobs)) for key, jobs in index.items()]
+    async def _budget(
+        self, meta: Mapping[str, Any], spec: JobBatchSpec, observed: list[ShardJob]
+    ) -> tuple[int | None, str | None]:
+        """Shards this pass may start (None: no limit) from the dispatcher; and why its queue holds it, if so."""
+        created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+        priority = await self._priority_value(spec) if self.dispatcher.active else 0
+        self.dispatcher.register(
+            self.uid, priority, created, self.wake, queue=spec.queue_name, namespace=self.namespace
+        )
+        if self.dispatcher.queue_missing(spec.queue_name):
+            if self.dispatcher.queues_listed:
+                why = f'BatchQueue "{spec.queue_name}" does not exist: no shard starts until it does'
+            else:
+                why = f'BatchQueue "{spec.queue_name}" is not known yet (BatchQueues could not be listed)'
+            return 0, why
+        if not self.dispatcher.active:
+            return None, None
+        running = observed_from(self._all_jobs() if self._all_jobs is not None else {})
+        running[self.uid] = Observed(self.namespace, spec.queue_name, sum(j.slots for j in observed))
+        return self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid].running), running), None
 
     async def _release_all(self) -> None:
         jobs = [j for j in self._jobs().values() if j.has_finalizer]

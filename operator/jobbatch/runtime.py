@@ -19,10 +19,10 @@ from aiohttp import web
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from jobbatch import access, api, handlers, metrics
+from jobbatch import access, api, dispatch, handlers, metrics, queues
 from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher
-from jobbatch.jobwatch import ShardWatch
+from jobbatch.jobwatch import ListWatch, ShardWatch
 from jobbatch.kube import Kube, new_api_client
 from jobbatch.sandbox import Sandbox
 from jobbatch.state import Runtime
@@ -64,8 +64,18 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         sandbox=Sandbox(timeout=config.payload_validation_timeout),
         indexer=Sandbox(timeout=config.payload_indexing_timeout),
     )
-    # Daemons start after this: every Job and failed pod is known.
-    await watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime))
+    # Daemons start after this: every Job, failed pod and BatchQueue is known.
+    queue_index = queues.QueueIndex(runtime.dispatcher)
+    runtime.queues = ListWatch(kube, api.QUEUE_PLURAL, (), queue_index)
+    await asyncio.gather(
+        watch.start(handlers.on_shard_job_event(runtime), handlers.on_failed_pod_event(runtime)),
+        runtime.queues.start(lambda kind, uid, body: None),
+    )
+    runtime.spawn(
+        queues.write_status(
+            kube, runtime.dispatcher, queue_index, lambda: dispatch.observed_from(watch.jobs.by_batch())
+        )
+    )
     memo["runtime"] = runtime
     if config.access_binding:
         runtime.access = access.AccessGuard(kube, config.namespaces, config.access_binding)

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from jobbatch.access import AccessGuard
     from jobbatch.cronreconciler import CronReconciler
-    from jobbatch.jobwatch import ShardWatch
+    from jobbatch.jobwatch import ListWatch, ShardWatch
     from jobbatch.reconciler import BatchReconciler
 
 
@@ -35,6 +35,7 @@ class Runtime:
     finished: set[str] = dataclasses.field(default_factory=set)
     access: AccessGuard | None = None  # holds the operator's RoleBindings (a namespace-scoped install)
     crons: dict[str, CronReconciler] = dataclasses.field(default_factory=dict)  # by the CronJobBatch's UID
+    queues: ListWatch | None = None  # the BatchQueue watch, feeding the dispatcher
     _tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     def spawn(self, call: Coroutine[Any, Any, None]) -> None:
@@ -53,6 +54,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.watch.stop()
+        if self.queues is not None:
+            await self.queues.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

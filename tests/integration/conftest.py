@@ -105,10 +105,13 @@ def crd(kubeconfig: Path) -> None:
     subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(CRDS)], check=True)
     wait_until(
         lambda: (
-            subprocess.run([*kubectl, "get", "jobbatches,cronjobbatches", "-A"], capture_output=True).returncode == 0
+            subprocess.run(
+                [*kubectl, "get", "jobbatches,cronjobbatches,batchqueues", "-A"], capture_output=True
+            ).returncode
+            == 0
         ),
         timeout=60,
-        what="the jobbatches and cronjobbatches resources to be served",
+        what="the jobbatches, cronjobbatches and batchqueues resources to be served",
     )
 
 

@@ -25,7 +25,7 @@ CHART = ROOT / "charts" / "jobbatch-operator"
 KUBE_VERSION = tools.KUBERNETES_VERSION.removeprefix("v")
 # The chart version before this one and the last commit that had it: `helm upgrade` from it is tested.
 PREVIOUS_CHART = ("0.1.0", "744767ca7cfa3a82b9d7e328a543bc49da961be4")
-CRD_NAMES = ("jobbatches.jobbatch.io", "cronjobbatches.jobbatch.io")
+CRD_NAMES = ("jobbatches.jobbatch.io", "cronjobbatches.jobbatch.io", "batchqueues.jobbatch.io")
 
 
 def run(*cmd: str, kubeconfig: Path, stdin: str | None = None) -> str:
@@ -203,11 +203,13 @@ async def test_the_chart_runs_the_operator_as_real_pods(
             await batches.wait_for("first", "Complete")
             assert "Completed" in [e["reason"] for e in await batches.events("first")]
             await eventually(lambda: _gone(batches), what="the batch deleted after its TTL, by the chart's RBAC")
-            # No denial check here: kopf was refused CronJobBatches until the rules above were added.
+            # No denial check here: kopf was refused CronJobBatches until the rules above were added, and
+            # 0.1.0's RBAC has no BatchQueues (batches of the default queue run without them).
 
             # The upgrade, as docs/operations.md tells it: 0.1.0 installed the JobBatch CRD from crds/,
-            # so it is marked as the release's first. (The CronJobBatch CRD, new in 0.2.0, is marked too
-            # only because the test session applied it before; on a 0.1.0 cluster the upgrade creates it.)
+            # so it is marked as the release's first. (The CronJobBatch and BatchQueue CRDs, new in 0.2.0, are
+            # marked too only because the test session applied them before; on a 0.1.0 cluster the upgrade
+            # creates them.)
             owner = [f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={release_namespace}"]
             # The CRD as an older version left it (a printer column fewer): the upgrade must bring it back.
             drop_priority = '[{"op": "remove", "path": "/spec/versions/0/additionalPrinterColumns/4"}]'

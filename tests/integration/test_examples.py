@@ -29,6 +29,7 @@ OWN_TESTS = {
 }
 assert all(test.exists() for test in OWN_TESTS.values())
 CASES = sorted(p for p in EXAMPLES.iterdir() if p.is_dir() and p.name[:2].isdigit() and p.name not in OWN_TESTS)
+CLUSTER_SCOPED = {"PriorityClass", "BatchQueue"}  # made by an example, deleted after it
 FILES = {case: sorted(case.glob("*.yaml")) for case in CASES}
 DOCS = {case: [d for f in FILES[case] for d in yaml.safe_load_all(f.read_text()) if d] for case in CASES}
 
@@ -64,8 +65,8 @@ async def test_example_completes(
     `sim.jobbatch.io/*` annotations play out (02's retries among them)."""
     names = [d["metadata"]["name"] for d in DOCS[example] if d["kind"] == "JobBatch"]
     assert names, f"{example} has no JobBatch"
-    cluster_scoped = [d["metadata"]["name"] for d in DOCS[example] if d["kind"] == "PriorityClass"]
-    await operator("--max-running-shards", "10")  # the priorities example competes for this cap
+    cluster_scoped = [(d["kind"], d["metadata"]["name"]) for d in DOCS[example] if d["kind"] in CLUSTER_SCOPED]
+    await operator("--max-running-shards", "10")  # the priorities and queues examples compete for this cap
     try:
         async with PodRecorder(api, namespace) as pods:
             if placement == "real":
@@ -98,5 +99,5 @@ async def test_example_completes(
         out = kubectl(kubeconfig, "get", "jobbatches", "-n", namespace)
         assert out.split("\n")[0].split() == ["NAME", "PHASE", "DONE", "RUNNING", "FAILED", "PRIORITY", "AGE"]
     finally:
-        for name in cluster_scoped:
-            kubectl(kubeconfig, "delete", "priorityclass", name, "--ignore-not-found")
+        for kind, name in cluster_scoped:
+            kubectl(kubeconfig, "delete", kind.lower(), name, "--ignore-not-found")

@@ -54,13 +54,34 @@ def test_printer_columns_and_short_name() -> None:
     doc = yaml.safe_load(CRD_FILE.read_text())
     version = doc["spec"]["versions"][0]
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Done", "Running", "Failed", "Priority", "Age",
+        "Phase", "Done", "Running", "Failed", "Priority", "Age", "Queue",
     ]  # fmt: skip
+    assert [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")] == ["Queue"]  # -o wide
     assert doc["spec"]["names"]["shortNames"] == ["jb"]
     assert version["subresources"] == {
         "status": {},
         "scale": {"specReplicasPath": ".spec.parallelism", "statusReplicasPath": ".status.shards.running"},
     }
+
+
+def test_batch_queues_are_cluster_scoped_and_need_no_spec() -> None:
+    doc = crd.queue_crd()
+    assert doc["spec"]["scope"] == "Cluster"
+    assert doc["spec"]["names"]["shortNames"] == ["bq"]
+    version = doc["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Weight", "Max", "Share", "Running", "Waiting", "Admitted", "Age",
+    ]  # fmt: skip
+    schema = version["schema"]["openAPIV3Schema"]
+    assert "required" not in schema
+    assert schema["properties"]["spec"]["default"] == {}
+    assert api.BatchQueueSpec().weight == 1
+    with pytest.raises(ValidationError):
+        api.BatchQueueSpec.model_validate({"weight": 0})
+    # A batch names its queue with a DNS label; no name means the default queue.
+    assert api.JobBatchSpec.model_validate(_spec()).queue_name == "default"
+    with pytest.raises(ValidationError):
+        api.JobBatchSpec.model_validate(_spec(queueName="Not_A_Label"))
 
 
 def _spec(**overrides: Any) -> dict[str, Any]:

@@ -374,6 +374,24 @@ def test_a_lost_snapshot_holds_every_pod_back_and_uses_no_retry() -> None:
     assert stalled.status == "False"
 
 
+def test_a_missing_queue_starts_nothing_and_says_so_once() -> None:
+    """The reconciler gives a batch of a missing queue no budget; what runs goes on, the rest waits, Stalled."""
+    b = accepted(spec(parallelism=4, queueName="nightly"), items=10)
+    chunk = job(0, 2, parallelism=2, active=2)
+    why = 'BatchQueue "nightly" does not exist: no shard starts until it does'
+    p = plan(b, [chunk], T0, launch_budget=0, queue_missing=why)
+    assert (p.create, p.scale, p.suspend) == ([], [], [])
+    assert cond(p, "Stalled") == ("True", "QueueNotFound")
+    assert [e.reason for e in p.events if e.type == "Warning"] == ["QueueNotFound"]
+    assert p.unmet_demand == 2  # what the reconciler keeps out of the queue's demand
+    again = plan(persisted(b, p), [chunk], T0, launch_budget=0, queue_missing=why)
+    assert "QueueNotFound" not in [e.reason for e in again.events]
+    # The queue exists: the batch goes on.
+    p3 = plan(persisted(b, again), [chunk], T0)
+    assert p3.create
+    assert cond(p3, "Stalled") == ("False", "Running")
+
+
 def test_a_failure_waits_a_little_for_its_pod_then_counts_without_it() -> None:
     b = accepted(spec(retry={"limit": 0, "nonRetryableExitCodes": [3]}), items=1)
     failed = [job(0, 1, failed="0", at=1)]

@@ -1,0 +1,121 @@
+"""BatchQueues: watched into the dispatcher, and their status written back from it.
+
+The queues are read by a list+watch of their own (``jobwatch.ListWatch``, cluster-scoped), started
+before any batch is reconciled, so a batch naming a queue never plans from an empty view of them. Only
+a change of a queue's spec reaches the dispatcher (the operator's own status writes come back as watch
+events too, and each would wake every batch).
+
+The status is the dispatcher's view (``Dispatcher.summary``), written every few seconds for each queue
+whose numbers changed: one merge patch per changed queue, none when nothing moves. The same numbers
+are the gauge ``jobbatch_queue_shards{queue,state}`` (one series per existing queue and state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobbatch import api, metrics
+from jobbatch.dispatch import Dispatcher, Observed, QueueLimits, QueueSummary
+from jobbatch.kube import Kube, error_message
+
+logger = logging.getLogger(__name__)
+
+STATUS_SECONDS = 5.0  # how often queue status is brought up to date
+
+
+class QueueIndex:
+    """The BatchQueues by name; hands their limits to the dispatcher when a spec changes."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self._limits: dict[str, QueueLimits] = {}
+        self.status: dict[str, dict[str, Any]] = {}  # each queue's status as last seen
+
+    def apply(self, kind: str, body: Mapping[str, Any]) -> str | None:
+        name = str((body.get("metadata") or {}).get("name") or "")
+        if not name:
+            return None
+        limits = dict(self._limits)
+        if kind == "DELETED":
+            limits.pop(name, None)
+            self.status.pop(name, None)
+        else:
+            limits[name] = _limits(name, body.get("spec") or {})
+            self.status[name] = dict(body.get("status") or {})
+        self._publish(limits)
+        return None
+
+    def replace(self, namespace: str | None, bodies: Iterable[Mapping[str, Any]]) -> set[str]:
+        self.status.clear()
+        limits = {}
+        for body in bodies:
+            name = str((body.get("metadata") or {}).get("name") or "")
+            limits[name] = _limits(name, body.get("spec") or {})
+            self.status[name] = dict(body.get("status") or {})
+        self._limits = {}  # a fresh list is always published: it marks the queues listed
+        self._publish(limits)
+        return set()
+
+    def _publish(self, limits: dict[str, QueueLimits]) -> None:
+        if limits != self._limits or not self.dispatcher.queues_listed:
+            self._limits = limits
+            self.dispatcher.set_queues(limits)
+
+
+def _limits(name: str, spec: Mapping[str, Any]) -> QueueLimits:
+    try:
+        parsed = api.BatchQueueSpec.model_validate(spec)
+    except ValidationError as exc:  # the CRD's schema forbids it; an older schema may not have
+        logger.warning("BatchQueue %s: spec not understood (%s); its batches get weight 1, no caps", name, exc)
+        return QueueLimits()
+    return QueueLimits(parsed.weight, parsed.max_running_shards, parsed.max_running_shards_per_namespace)
+
+
+def status_of(summary: QueueSummary | None) -> dict[str, Any]:
+    summary = summary or QueueSummary()
+    return api.BatchQueueStatus(
+        running_shards=summary.running,
+        waiting_shards=summary.waiting,
+        fair_share=summary.share,
+        admitted_batches=summary.admitted,
+        waiting_batches=summary.waiting_batches,
+    ).model_dump(by_alias=True, mode="json")
+
+
+async def write_status(
+    kube: Kube,
+    dispatcher: Dispatcher,
+    index: QueueIndex,
+    observed: Callable[[], Mapping[str, Observed]],
+    *,
+    every: float = STATUS_SECONDS,
+) -> None:
+    """Forever: each queue's status, from the dispatcher, whenever it differs from what the queue shows."""
+    exported: set[str] = set()
+    while True:
+        summary = dispatcher.summary(observed())
+        for name in exported - set(dispatcher.queues):
+            for state in ("running", "waiting", "share"):
+                metrics.queue_shards.remove(name, state)
+        exported = set(dispatcher.queues)
+        for name in exported:
+            numbers = summary.get(name) or QueueSummary()
+            for state, value in (("running", numbers.running), ("waiting", numbers.waiting), ("share", numbers.share)):
+                metrics.queue_shards.labels(name, state).set(value)
+        for name in list(dispatcher.queues):
+            status = status_of(summary.get(name))
+            shown = index.status.get(name)
+            if shown is None or {k: shown.get(k) for k in status} == status:
+                continue  # gone, or already right
+            try:
+                await kube.patch_queue_status(name, status)
+            except Exception as exc:  # noqa: BLE001  # tried again next round
+                logger.warning("BatchQueue %s: writing status failed: %s", name, error_message(exc))
+            else:
+                index.status[name] = {**shown, **status}
+        await asyncio.sleep(every)
