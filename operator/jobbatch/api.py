@@ -286,16 +286,18 @@ class JobBatchSpec(_Model):
     priority_class_name: str | None = Field(
         default=None,
         max_length=253,
-        description="PriorityClass of every worker pod; higher-priority batches dispatch first when the "
-        "operator's --max-running-shards cap is reached.",
+        description="PriorityClass of every worker pod; under a cap (--max-running-shards, a queue's own), "
+        "higher-priority batches of the same queue start first.",
     )
     queue_name: str = Field(
         default=DEFAULT_QUEUE,
         max_length=63,
         pattern=DNS_LABEL,
         description="BatchQueue whose share of the cluster's running shards this batch draws from. A named queue "
-        "that does not exist holds the batch (Stalled, reason QueueNotFound) until it does; the queue 'default' "
-        "needs no object (weight 1, no cap of its own). May change at any time: it applies to shards started next.",
+        "that does not exist, or does not admit the batch's namespace, holds the batch (Stalled, reason "
+        "QueueNotFound or QueueNotAllowed); the queue 'default' needs no object (weight 1, no cap of its own, "
+        "unless a BatchQueue named default sets them). Changing it moves the batch, running shards included, to "
+        "the other queue at once; nothing running stops.",
     )
     suspend: bool = Field(
         default=False,
@@ -571,6 +573,13 @@ class BatchQueueSpec(_Model):
         le=1_000_000,
         description="Most shards of this queue running at once for the batches of any one namespace, so one "
         "tenant cannot take the whole queue.",
+    )
+    namespaces: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Namespaces whose batches may use this queue; empty: every namespace. A batch elsewhere that "
+        "names it is held (Stalled, reason QueueNotAllowed): without this list, any tenant may name any queue.",
+        json_schema_extra=_extra(items={"type": "string", "maxLength": 63, "pattern": DNS_LABEL}),
     )
 
 

@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-running-shards",
         type=int,
         default=_env_int("JOBBATCH_MAX_RUNNING_SHARDS", defaults.max_running_shards),
-        help="cluster-wide cap on running shard attempts; higher-priority batches dispatch first "
-        "when it is reached (0 = no cap; env JOBBATCH_MAX_RUNNING_SHARDS)",
+        help="cluster-wide cap on running shard attempts, shared among BatchQueues by weight; inside a queue "
+        "higher-priority batches start first (0 = no cap; env JOBBATCH_MAX_RUNNING_SHARDS)",
     )
     run.add_argument(
         "--metrics-port",

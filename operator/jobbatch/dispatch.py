@@ -11,18 +11,20 @@ process. The decision, for a batch of queue q and namespace n:
    than its weighted part gets what it wants, the rest is shared again among the others. The parts are
    rounded to whole shards by largest remainder (they sum to C), and a queue left with 0 takes one
    from the largest, so no queue with work starves.
-2. **Reservation.** Of the free slots, those other queues are entitled to but do not run yet are theirs:
-   q may take ``free - sum over other queues of max(0, share - running)``. So a queue below its share
-   gets every slot that frees until it reaches it, and a queue over its share (it borrowed while the
-   others were idle) gets none until it is back under. Borrowing is what is left over: capacity no
-   queue with work is entitled to and not using. Nothing running is ever stopped.
+2. **Who gets the free slots.** They are handed out one at a time, each to the queue with work that
+   is furthest below its share (lowest running/share), and q may start its part. So a queue over its
+   share (it borrowed while the others were idle) gets none while any queue with work is below its
+   own, the queues below theirs fill up in step (a low-weight queue is served from the first freed
+   slot, not after the others are full), and no slot stays free while some queue can use it.
+   Borrowing is what is left: slots no queue below its share wants. Nothing running is ever stopped.
 3. **Caps.** Never past C, the queue's ``maxRunningShards``, or n's ``maxRunningShardsPerNamespace``.
 4. **Priority inside a queue.** The unmet demand of the queue's batches ranked ahead (higher
    PriorityClass value, then older) is held for them, in each limited pool they share (none when
    nothing limits the queue), as far as they can use it (their namespace's limit).
 
 Without a cluster cap, only steps 3 and 4 apply (there is nothing to share). The outcome over time is
-deficit round-robin on running shards: each freed slot goes to the queue furthest below its share.
+deficit round-robin on running shards. A queue's ``namespaces`` (if set) admit only those namespaces'
+batches; the others are held (``holds``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 
@@ -44,6 +47,7 @@ class QueueLimits:
     weight: int = 1
     max_running: int | None = None
     per_namespace: int | None = None
+    namespaces: frozenset[str] = frozenset()  # empty: any namespace may use it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +118,17 @@ class Dispatcher:
             if entry.wake is not None:
                 entry.wake.set()
 
-    def queue_missing(self, name: str) -> bool:
-        """A batch names a queue that does not exist (the default queue always does)."""
-        return name != DEFAULT_QUEUE and name not in self.queues
+    def holds(self, queue: str, namespace: str) -> tuple[str, str] | None:
+        """(reason, message) when the batch's queue keeps it from starting anything: it does not exist (the
+        default queue always does), or it does not admit the batch's namespace."""
+        if queue != DEFAULT_QUEUE and queue not in self.queues:
+            if self.queues_listed:
+                return "QueueNotFound", f'BatchQueue "{queue}" does not exist: no shard starts until it does'
+            return "QueueNotFound", f'BatchQueue "{queue}" is not known yet (BatchQueues could not be listed)'
+        allowed = self.limits(queue).namespaces
+        if allowed and namespace not in allowed:
+            return "QueueNotAllowed", f'BatchQueue "{queue}" does not admit namespace {namespace} (spec.namespaces)'
+        return None
 
     @property
     def active(self) -> bool:
@@ -139,9 +151,12 @@ class Dispatcher:
         queue: str = DEFAULT_QUEUE,
         namespace: str = "",
     ) -> None:
-        entry = self._batches.setdefault(uid, _Entry(priority, created))
+        entry = self._batches.setdefault(uid, _Entry(priority, created, queue, namespace))
+        moved = entry.queue != queue  # its shards now count in another queue: the old one has room
         entry.priority, entry.created, entry.wake = priority, created, wake
         entry.queue, entry.namespace = queue, namespace
+        if moved:
+            self._wake_waiting()
 
     def forget(self, uid: str) -> None:
         self._batches.pop(uid, None)
@@ -159,25 +174,10 @@ class Dispatcher:
         loads = self._loads(observed or {}, asking=(uid, wanted))
         load = loads.get(me.queue, _Load())
         limits = self.limits(me.queue)
-        # What the batches of the queue ranked ahead still wait for: in every pool they share with this
-        # one (the cluster's and the queue's; the namespace's only with those of its namespace), but never
-        # more than each can start (a batch at its namespace's limit holds nothing back for others).
-        ahead_queue = ahead_namespace = 0
-        for other, e in self._batches.items():
-            if other == uid or e.queue != me.queue or (-e.priority, e.created) >= (-me.priority, me.created):
-                continue
-            demand = e.demand
-            if limits.per_namespace is not None:
-                demand = min(demand, max(0, limits.per_namespace - load.namespace_running(e.namespace)))
-            ahead_queue += demand
-            if e.namespace == me.namespace:
-                ahead_namespace += demand
+        ahead_queue, ahead_namespace = self._ahead(uid, me, load, limits)
         rooms = []
         if self.cap:
-            shares = self._shares(loads)
-            free = self.cap - sum(q.running for q in loads.values())
-            owed = sum(max(0, shares.get(q, 0) - other.running) for q, other in loads.items() if q != me.queue)
-            rooms.append(free - owed - ahead_queue)
+            rooms.append(self._part_of_free(loads, me.queue) - ahead_queue)
         if limits.max_running is not None:
             rooms.append(limits.max_running - load.running - ahead_queue)
         if limits.per_namespace is not None:
@@ -187,12 +187,17 @@ class Dispatcher:
         return grant
 
     def report(self, uid: str, running: int, demand: int) -> None:
+        """What a pass left the batch holding (slots its Jobs hold, stopping pods included) and waiting for.
+
+        Fewer running, or less waiting (held back for it by priority or by its queue's share), may let
+        others start: the waiting batches are woken.
+        """
         entry = self._batches.get(uid)
         if entry is None:
             return
-        freed = running < entry.running
+        released = running < entry.running or demand < entry.demand
         entry.running, entry.demand = running, demand
-        if freed:
+        if released:
             self._wake_waiting()
 
     def summary(self, observed: Mapping[str, Observed] | None = None) -> dict[str, QueueSummary]:
@@ -212,6 +217,52 @@ class Dispatcher:
         }
 
     # -- the arithmetic -----------------------------------------------------------------------------
+    def _ahead(self, uid: str, me: _Entry, load: _Load, limits: QueueLimits) -> tuple[int, int]:
+        """What the batches of the queue ranked ahead of ``uid`` still wait for: in the queue's pools (its
+        part of the cluster, its cap) and in the namespace's, but never more than a namespace can start
+        (batches at their namespace's limit hold nothing back for the others)."""
+        by_namespace: dict[str, int] = {}
+        for other, e in self._batches.items():
+            if other != uid and e.queue == me.queue and (-e.priority, e.created) < (-me.priority, me.created):
+                by_namespace[e.namespace] = by_namespace.get(e.namespace, 0) + e.demand
+        if limits.per_namespace is not None:
+            for namespace, demand in by_namespace.items():
+                room = max(0, limits.per_namespace - load.namespace_running(namespace))
+                by_namespace[namespace] = min(demand, room)
+        return sum(by_namespace.values()), by_namespace.get(me.namespace, 0)
+
+    def _part_of_free(self, loads: Mapping[str, _Load], queue: str) -> int:
+        """How many of the cluster's free slots are ``queue``'s: handed out one at a time, each to the
+        queue with work that is furthest below its share (the lowest running/share; queues at their
+        want or their cap take none; ties: the larger weight, then the name). Only the asking queue's
+        part is counted: the others take theirs when they ask."""
+        free = self.cap - sum(q.running for q in loads.values())
+        if free <= 0:
+            return 0
+        shares = self._shares(loads)
+        heap: list[tuple[int, float, int, str, int]] = []  # (no share, level, -weight, name, room left)
+        for name, load in loads.items():
+            limits = self.limits(name)
+            room = load.demand
+            if limits.max_running is not None:
+                room = min(room, limits.max_running - load.running)
+            if room > 0:
+                heap.append(_key(name, load.running, shares.get(name, 0), limits.weight, room))
+        heapq.heapify(heap)
+        mine = 0
+        given: dict[str, int] = {}
+        for _ in range(free):
+            if not heap:
+                break
+            _, _, _, name, room = heapq.heappop(heap)
+            given[name] = given.get(name, 0) + 1
+            if name == queue:
+                mine += 1
+            if room > 1:
+                running = loads[name].running + given[name]
+                heapq.heappush(heap, _key(name, running, shares.get(name, 0), self.limits(name).weight, room - 1))
+        return mine
+
     def _loads(self, observed: Mapping[str, Observed], asking: tuple[str, int] | None = None) -> dict[str, _Load]:
         """Each queue's running shards and unmet demand (the asking batch's demand: what it asks for now)."""
         loads: dict[str, _Load] = {}
@@ -254,6 +305,14 @@ class Dispatcher:
         for entry in self._batches.values():
             if entry.demand and entry.wake is not None:
                 entry.wake.set()
+
+
+def _key(name: str, running: int, share: int, weight: int, room: int) -> tuple[int, float, int, str, int]:
+    """A queue's place in line for the next free slot: below its share first, by how far (running/share);
+    a queue without a share (the cap is smaller than the number of queues) after those, by running/weight."""
+    if share > 0:
+        return (0, running / share, -weight, name, room)
+    return (1, running / weight, -weight, name, room)
 
 
 def water_fill(capacity: int, wants: Mapping[str, int], weights: Mapping[str, int]) -> dict[str, int]:

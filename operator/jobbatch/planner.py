@@ -1048,14 +1048,14 @@ def plan(
     launch_budget: int | None = None,
     failed_create: FailedCreate | None = None,
     snapshot_lost: str | None = None,
-    queue_missing: str | None = None,
+    queue_held: tuple[str, str] | None = None,
 ) -> Plan:
     """Decide everything one reconcile pass does.
 
     ``failures`` holds the failed worker pods by (shard, attempt); ``launch_budget`` caps the slots
     this pass may grant (the cluster-wide cap); ``failed_create`` says the API server refuses
     the batch's Job creates, until one succeeds; ``snapshot_lost`` says why the payload snapshot
-    is gone for good (its pods cannot start); ``queue_missing`` says why the batch's queue holds it
+    is gone for good (its pods cannot start); ``queue_held`` says (reason, message) why the batch's queue holds it
     (the reconciler gives it no budget then).
     """
     step = _Pass(batch, now, failed_create)
@@ -1076,8 +1076,8 @@ def plan(
         step.report_failed_creates()
         if snapshot_lost is not None:
             step.report_stall("PayloadSnapshotLost", snapshot_lost)
-        elif queue_missing is not None:
-            step.report_stall("QueueNotFound", queue_missing)
+        elif queue_held is not None:
+            step.report_stall(*queue_held)
     step.note_attempts(observed)
     step.count(total, running, retrying)
     return step.finish()

@@ -6,7 +6,10 @@ a change of a queue's spec reaches the dispatcher (the operator's own status wri
 events too, and each would wake every batch).
 
 The status is the dispatcher's view (``Dispatcher.summary``), written every few seconds for each queue
-whose numbers changed: one merge patch per changed queue, none when nothing moves. The same numbers
+whose numbers changed: one merge patch per changed queue, none when nothing moves. A queue none of this
+process's batches use is written only while it has no status at all (zeros) or to clear numbers this
+process wrote: several operator releases in one cluster each enforce a queue's caps on their own batches,
+and only a queue used by two of them at once shows whichever wrote last. The same numbers
 are the gauge ``jobbatch_queue_shards{queue,state}`` (one series per existing queue and state).
 """
 
@@ -73,7 +76,9 @@ def _limits(name: str, spec: Mapping[str, Any]) -> QueueLimits:
     except ValidationError as exc:  # the CRD's schema forbids it; an older schema may not have
         logger.warning("BatchQueue %s: spec not understood (%s); its batches get weight 1, no caps", name, exc)
         return QueueLimits()
-    return QueueLimits(parsed.weight, parsed.max_running_shards, parsed.max_running_shards_per_namespace)
+    return QueueLimits(
+        parsed.weight, parsed.max_running_shards, parsed.max_running_shards_per_namespace, frozenset(parsed.namespaces)
+    )
 
 
 def status_of(summary: QueueSummary | None) -> dict[str, Any]:
@@ -97,6 +102,7 @@ async def write_status(
 ) -> None:
     """Forever: each queue's status, from the dispatcher, whenever it differs from what the queue shows."""
     exported: set[str] = set()
+    written: set[str] = set()  # queues whose status holds numbers of this process's batches
     while True:
         summary = dispatcher.summary(observed())
         for name in exported - set(dispatcher.queues):
@@ -112,10 +118,16 @@ async def write_status(
             shown = index.status.get(name)
             if shown is None or {k: shown.get(k) for k in status} == status:
                 continue  # gone, or already right
+            if name not in summary and name not in written and shown:
+                continue  # none of ours in it: another release's numbers are not ours to overwrite
             try:
                 await kube.patch_queue_status(name, status)
             except Exception as exc:  # noqa: BLE001  # tried again next round
                 logger.warning("BatchQueue %s: writing status failed: %s", name, error_message(exc))
             else:
                 index.status[name] = {**shown, **status}
+                if name in summary:
+                    written.add(name)
+                else:
+                    written.discard(name)  # back to nothing: another release may write it now
         await asyncio.sleep(every)

@@ -225,11 +225,11 @@ class BatchReconciler:
             await self._check_snapshot(body, spec, status)
         observed = self.observed()
         failures = self._failures([j.uid for j in observed if j.uid])
-        budget, queue_missing = await self._budget(meta, spec, observed)
+        budget, queue_held = await self._budget(meta, spec, status, observed)
         decision = plan(
             batch, observed, self._clock(),
             failures=failures, acceptance=acceptance, launch_budget=budget, failed_create=self.failed_create,
-            snapshot_lost=self._snapshot_lost, queue_missing=queue_missing,
+            snapshot_lost=self._snapshot_lost, queue_held=queue_held,
         )  # fmt: skip
         if self.failed_create is not None and not decision.creates_wanted and not self._creating:
             self.failed_create = None  # nothing left to create (a retry no longer due, the batch done)
@@ -237,8 +237,11 @@ class BatchReconciler:
             requeue = await self._apply(decision, body, spec, observed)
         finally:
             # A batch held by a missing queue is no demand: it must not win that queue a share.
-            demand = 0 if queue_missing is not None else decision.unmet_demand
-            self.dispatcher.report(self.uid, decision.status.shards.running, demand)
+            demand = 0 if queue_held is not None else decision.unmet_demand
+            # Slots are free once the pods are gone, not once the plan stops them (suspension, a
+            # lowered parallelism): what the Jobs hold counts until the watch shows it released.
+            held = max(decision.status.shards.running, sum(j.slots for j in observed))
+            self.dispatcher.report(self.uid, held, demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
         if decision.status.phase == "Running" and spec.parallelism > 0:  # accepted, its PriorityClass found
             waiting = (self.namespace, spec.priority_class_name or "", decision.status.shards.pending)
@@ -261,25 +264,28 @@ class BatchReconciler:
         return self._body
 
     async def _budget(
-        self, meta: Mapping[str, Any], spec: JobBatchSpec, observed: list[ShardJob]
-    ) -> tuple[int | None, str | None]:
+        self, meta: Mapping[str, Any], spec: JobBatchSpec, status: JobBatchStatus, observed: list[ShardJob]
+    ) -> tuple[int | None, tuple[str, str] | None]:
         """Shards this pass may start (None: no limit) from the dispatcher; and why its queue holds it, if so."""
         created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
         priority = await self._priority_value(spec) if self.dispatcher.active else 0
         self.dispatcher.register(
             self.uid, priority, created, self.wake, queue=spec.queue_name, namespace=self.namespace
         )
-        if self.dispatcher.queue_missing(spec.queue_name):
-            if self.dispatcher.queues_listed:
-                why = f'BatchQueue "{spec.queue_name}" does not exist: no shard starts until it does'
-            else:
-                why = f'BatchQueue "{spec.queue_name}" is not known yet (BatchQueues could not be listed)'
-            return 0, why
+        held = self.dispatcher.holds(spec.queue_name, self.namespace)
+        if held is not None:
+            return 0, held
         if not self.dispatcher.active:
             return None, None
         running = observed_from(self._all_jobs() if self._all_jobs is not None else {})
         running[self.uid] = Observed(self.namespace, spec.queue_name, sum(j.slots for j in observed))
-        return self.dispatcher.budget(self.uid, max(0, spec.parallelism - running[self.uid].running), running), None
+        idle = (
+            spec.suspend
+            or status.phase in TERMINAL_PHASES
+            or (spec.start_after is not None and self._clock() < spec.start_after)
+        )  # it starts nothing this pass: it must hold no grant while the pass's calls run
+        wanted = 0 if idle else max(0, spec.parallelism - running[self.uid].running)
+        return self.dispatcher.budget(self.uid, wanted, running), None
 
     async def _release_all(self) -> None:
         jobs = [j for j in self._jobs().values() if j.has_finalizer]

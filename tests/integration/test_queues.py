@@ -99,9 +99,9 @@ async def test_three_saturated_queues_hold_the_cap_in_the_ratio_of_their_weights
     api: client.ApiClient, batches: Batches, queues: Queues, operator: OperatorFactory
 ) -> None:
     """Queues weighted 6/3/1 under --max-running-shards 100, each with far more work than its share: over a
-    minute of saturation they hold 60/30/10 running shards (each within 10 % of its share, measured from the
-    pod watch), shards of the low queue start in every 20 seconds of it (twice a shard's duration: its pods
-    start in waves, one per duration), and the cap is never passed."""
+    minute of saturation they hold running shards in the ratio 6:3:1 (each share within 10 % of its weight's
+    part, measured from the pod watch), shards of the low queue start in every 20 seconds of it (twice a
+    shard's duration: its pods start in waves, one per duration), and the cap is never passed."""
     for short, weight in WEIGHTS.items():
         await queues.create(short, {"weight": weight})
     port = free_port()
@@ -179,8 +179,9 @@ async def test_a_missing_queue_holds_its_batch_and_queue_caps_bound_each_namespa
     queues: Queues,
     operator: OperatorFactory,
 ) -> None:
-    """A batch naming a queue that does not exist starts nothing (Stalled, QueueNotFound) until it does; then
-    the queue's caps hold with no cluster cap at all: at most 5 of its shards run, at most 3 per namespace."""
+    """A batch naming a queue that does not exist starts nothing (Stalled, QueueNotFound) until it does, nor
+    one naming a queue that does not admit its namespace (QueueNotAllowed); then the queue's caps hold with
+    no cluster cap at all: at most 5 of its shards run, at most 3 per namespace."""
     await operator("--namespace", other_namespace)
     tenant = Batches(api, other_namespace)
     spec = {
@@ -196,6 +197,19 @@ async def test_a_missing_queue_holds_its_batch_and_queue_caps_bound_each_namespa
     assert queues.name("capped") in reason["message"]
     assert await batches.jobs() == []  # nothing half-started
     assert "QueueNotFound" in [e["reason"] for e in await batches.events("mine")]
+
+    # A queue that admits only the other namespace holds this one's batch.
+    await queues.create("theirs-only", {"namespaces": [other_namespace]})
+    await batches.create("refused", {**spec, "queueName": queues.name("theirs-only")})
+
+    async def not_allowed() -> dict[str, Any] | None:
+        body = await batches.get("refused")
+        found = [c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == "Stalled"]
+        return found[0] if found and found[0]["reason"] == "QueueNotAllowed" else None
+
+    held = await eventually(not_allowed, what="the batch held by a queue that does not admit its namespace")
+    assert namespace in held["message"]
+    await batches.delete("refused")
 
     async with PodRecorder(api, namespace) as mine, PodRecorder(api, other_namespace) as theirs:
         await tenant.create("theirs", spec)

@@ -154,10 +154,19 @@ def test_priority_orders_batches_inside_a_queue_only() -> None:
 
 def test_missing_queues_and_unreported_batches() -> None:
     d = Dispatcher(10)
-    assert not d.queue_missing("default")
-    assert d.queue_missing("nightly")
-    d.set_queues({"nightly": QueueLimits(max_running=3)})
-    assert not d.queue_missing("nightly")
+    assert d.holds("default", "ns") is None
+    assert d.holds("nightly", "ns") == (
+        "QueueNotFound",
+        'BatchQueue "nightly" is not known yet (BatchQueues could not be listed)',
+    )
+    d.set_queues({"nightly": QueueLimits(max_running=3), "team": QueueLimits(namespaces=frozenset({"team-a"}))})
+    assert d.holds("nightly", "ns") is None
+    assert d.holds("gone", "ns") == ("QueueNotFound", 'BatchQueue "gone" does not exist: no shard starts until it does')
+    assert d.holds("team", "team-a") is None
+    assert d.holds("team", "team-b") == (
+        "QueueNotAllowed",
+        'BatchQueue "team" does not admit namespace team-b (spec.namespaces)',
+    )
     # Right after a restart: a batch not reported yet counts against its queue through its Jobs' label.
     d.register("new", 0, T0, asyncio.Event(), queue="nightly", namespace="ns")
     observed = {"old": Observed("ns", "nightly", 2), "new": Observed("ns", "nightly", 0)}
@@ -236,3 +245,72 @@ def test_a_batch_at_its_namespace_limit_holds_nothing_back_for_the_others() -> N
     d2.register("b-low", 0, T0, asyncio.Event(), queue="q", namespace="b")
     d2.report("a-high", 1, 50)  # may start 2 more; the queue has 3 left
     assert d2.budget("b-low", 10) == 1
+
+
+def test_slots_a_borrower_frees_go_to_the_queues_furthest_below_their_shares_and_none_sits_idle() -> None:
+    # "high" borrowed all 100 slots while the others were idle; "mid" and "low" then get work.
+    d = queued(100, high=QueueLimits(6), mid=QueueLimits(3), low=QueueLimits(1))
+    for name in ("high", "mid", "low"):
+        d.register(name, 0, T0, asyncio.Event(), queue=name)
+    d.report("high", 100, 500)
+    d.report("mid", 0, 500)
+    d.report("low", 0, 500)
+    running = {"high": 100, "mid": 0, "low": 0}
+    low_first = None
+    for ended in range(1, 41):  # high's shards end one at a time; every queue asks after each
+        running["high"] -= 1
+        d.report("high", running["high"], 500)
+        for name in ("high", "mid", "low"):
+            running[name] += d.budget(name, 500) or 0
+            d.report(name, running[name], 500)
+        assert sum(running.values()) == 100  # the freed slot was taken at once: none idle
+        if low_first is None and running["low"]:
+            low_first = ended
+    assert low_first is not None
+    assert low_first <= 4  # low is served from the start, not after mid is full
+    assert running["high"] == 60  # and high, above its share, got none of them
+    assert abs(running["mid"] / running["low"] - 3) <= 0.5
+
+
+def test_ten_equal_queues_and_one_borrower_keep_the_cluster_full() -> None:
+    names = [f"q{i}" for i in range(10)]
+    d = queued(100, **{n: QueueLimits(1) for n in names})
+    for n in names:
+        d.register(n, 0, T0, asyncio.Event(), queue=n)
+        d.report(n, 0, 500)
+    d.report("q0", 100, 500)
+    running = dict.fromkeys(names, 0)
+    running["q0"] = 100
+    for _ in range(90):
+        running["q0"] -= 1
+        d.report("q0", running["q0"], 500)
+        for n in names:
+            running[n] += d.budget(n, 500) or 0
+            d.report(n, running[n], 500)
+        assert sum(running.values()) == 100
+    assert sorted(running.values()) == [10] * 10
+
+
+def test_a_batch_that_stops_wanting_wakes_the_others() -> None:
+    d = Dispatcher(10)
+    waiting = asyncio.Event()
+    d.register("high", 100, T0, asyncio.Event())
+    d.register("low", 0, T0, waiting)
+    d.report("high", 0, 10)
+    d.report("low", 0, 10)
+    waiting.clear()
+    d.report("high", 0, 0)  # suspended, say: nothing held back for it any more
+    assert waiting.is_set()
+
+
+def test_moving_a_batch_to_another_queue_wakes_the_others() -> None:
+    d = queued(0, a=QueueLimits(max_running=5), b=QueueLimits(max_running=5))
+    waiting = asyncio.Event()
+    d.register("mover", 0, T0, asyncio.Event(), queue="a")
+    d.register("other", 0, T0, waiting, queue="a")
+    d.report("mover", 5, 0)
+    d.report("other", 0, 5)
+    waiting.clear()
+    d.register("mover", 0, T0, asyncio.Event(), queue="b")
+    assert waiting.is_set()
+    assert d.budget("other", 5) == 5

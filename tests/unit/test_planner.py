@@ -379,12 +379,12 @@ def test_a_missing_queue_starts_nothing_and_says_so_once() -> None:
     b = accepted(spec(parallelism=4, queueName="nightly"), items=10)
     chunk = job(0, 2, parallelism=2, active=2)
     why = 'BatchQueue "nightly" does not exist: no shard starts until it does'
-    p = plan(b, [chunk], T0, launch_budget=0, queue_missing=why)
+    p = plan(b, [chunk], T0, launch_budget=0, queue_held=("QueueNotFound", why))
     assert (p.create, p.scale, p.suspend) == ([], [], [])
     assert cond(p, "Stalled") == ("True", "QueueNotFound")
     assert [e.reason for e in p.events if e.type == "Warning"] == ["QueueNotFound"]
     assert p.unmet_demand == 2  # what the reconciler keeps out of the queue's demand
-    again = plan(persisted(b, p), [chunk], T0, launch_budget=0, queue_missing=why)
+    again = plan(persisted(b, p), [chunk], T0, launch_budget=0, queue_held=("QueueNotFound", why))
     assert "QueueNotFound" not in [e.reason for e in again.events]
     # The queue exists: the batch goes on.
     p3 = plan(persisted(b, again), [chunk], T0)
