@@ -599,6 +599,11 @@ class BatchQueueStatus(_Model):
     )
     admitted_batches: int = Field(default=0, description="Its batches with shards running.")
     waiting_batches: int = Field(default=0, description="Its batches with shards waiting and none running.")
+    operator: str = Field(
+        default="",
+        description="The operator release that wrote these numbers (its Lease, or the namespaces it watches): with "
+        "several releases in a cluster, each counts only its own batches.",
+    )
 
 
 class BatchQueue(_Model):

@@ -10,7 +10,8 @@ process. The decision, for a batch of queue q and namespace n:
    cluster cap C is water-filled over the queues that want anything, by weight: a queue wanting less
    than its weighted part gets what it wants, the rest is shared again among the others. The parts are
    rounded to whole shards by largest remainder (they sum to C), and a queue left with 0 takes one
-   from the largest, so no queue with work starves.
+   from the largest, so no queue with work starves while C is at least the number of queues with work
+   (below that, the queues left without a share wait for the others' slots, in weight and name order).
 2. **Who gets the free slots.** They are handed out one at a time, each to the queue with work that
    is furthest below its share (lowest running/share), and q may start its part. So a queue over its
    share (it borrowed while the others were idle) gets none while any queue with work is below its
@@ -34,7 +35,7 @@ import dataclasses
 import datetime
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from jobbatch.api import DEFAULT_QUEUE
 from jobbatch.observed import ShardJob
@@ -171,6 +172,8 @@ class Dispatcher:
         if not self.active:
             return None
         me = self._batches[uid]
+        if wanted <= 0:
+            return 0
         loads = self._loads(observed or {}, asking=(uid, wanted))
         load = loads.get(me.queue, _Load())
         limits = self.limits(me.queue)
@@ -184,6 +187,7 @@ class Dispatcher:
             rooms.append(limits.per_namespace - load.namespace_running(me.namespace) - ahead_namespace)
         grant = max(0, min([wanted, *rooms]))
         me.running += grant
+        me.demand = max(0, me.demand - grant)  # what it waits for is less by that: others see it at once
         return grant
 
     def report(self, uid: str, running: int, demand: int) -> None:
@@ -196,9 +200,18 @@ class Dispatcher:
         if entry is None:
             return
         released = running < entry.running or demand < entry.demand
+        # More demand moves the shares: a slot one queue was kept from may now be another's to take.
+        reshared = demand > entry.demand and self.cap > self._running_total()
         entry.running, entry.demand = running, demand
-        if released:
+        if released or reshared:
             self._wake_waiting()
+
+    def wake_waiting(self) -> None:
+        """Slots were freed outside any batch's pass (a deleted batch's pods went): look again."""
+        self._wake_waiting()
+
+    def _running_total(self) -> int:
+        return sum(e.running for e in self._batches.values())
 
     def summary(self, observed: Mapping[str, Observed] | None = None) -> dict[str, QueueSummary]:
         """Per queue with batches: running and waiting shards, its share now, admitted and waiting batches."""
@@ -232,36 +245,21 @@ class Dispatcher:
         return sum(by_namespace.values()), by_namespace.get(me.namespace, 0)
 
     def _part_of_free(self, loads: Mapping[str, _Load], queue: str) -> int:
-        """How many of the cluster's free slots are ``queue``'s: handed out one at a time, each to the
-        queue with work that is furthest below its share (the lowest running/share; queues at their
-        want or their cap take none; ties: the larger weight, then the name). Only the asking queue's
-        part is counted: the others take theirs when they ask."""
+        """How many of the cluster's free slots are ``queue``'s (``hand_out``). Only the asking queue's part
+        is counted: the others take theirs when they ask."""
         free = self.cap - sum(q.running for q in loads.values())
         if free <= 0:
             return 0
         shares = self._shares(loads)
-        heap: list[tuple[int, float, int, str, int]] = []  # (no share, level, -weight, name, room left)
+        lines = []
         for name, load in loads.items():
             limits = self.limits(name)
             room = load.demand
             if limits.max_running is not None:
                 room = min(room, limits.max_running - load.running)
             if room > 0:
-                heap.append(_key(name, load.running, shares.get(name, 0), limits.weight, room))
-        heapq.heapify(heap)
-        mine = 0
-        given: dict[str, int] = {}
-        for _ in range(free):
-            if not heap:
-                break
-            _, _, _, name, room = heapq.heappop(heap)
-            given[name] = given.get(name, 0) + 1
-            if name == queue:
-                mine += 1
-            if room > 1:
-                running = loads[name].running + given[name]
-                heapq.heappush(heap, _key(name, running, shares.get(name, 0), self.limits(name).weight, room - 1))
-        return mine
+                lines.append(InLine(name, load.running, shares.get(name, 0), limits.weight, room))
+        return hand_out(free, lines).get(queue, 0)
 
     def _loads(self, observed: Mapping[str, Observed], asking: tuple[str, int] | None = None) -> dict[str, _Load]:
         """Each queue's running shards and unmet demand (the asking batch's demand: what it asks for now)."""
@@ -307,12 +305,68 @@ class Dispatcher:
                 entry.wake.set()
 
 
-def _key(name: str, running: int, share: int, weight: int, room: int) -> tuple[int, float, int, str, int]:
-    """A queue's place in line for the next free slot: below its share first, by how far (running/share);
-    a queue without a share (the cap is smaller than the number of queues) after those, by running/weight."""
-    if share > 0:
-        return (0, running / share, -weight, name, room)
-    return (1, running / weight, -weight, name, room)
+@dataclasses.dataclass(frozen=True)
+class InLine:
+    """A queue waiting for free slots: what it runs, its share, its weight, and how many more it can use."""
+
+    name: str
+    running: int
+    share: int
+    weight: int
+    room: int
+
+    def level(self, given: int) -> float:
+        """How far along it is with ``given`` more: running/share (below its share: under 1); a queue
+        without a share (the cap is smaller than the number of queues) comes after, by running/weight."""
+        return (self.running + given) / (self.share if self.share > 0 else self.weight)
+
+
+ONE_AT_A_TIME = 256  # up to this many free slots the handout is a plain heap walk, one step each
+
+
+def hand_out(free: int, lines: Sequence[InLine]) -> dict[str, int]:
+    """The free slots handed out one at a time, each to the queue with the lowest level (ties: the larger
+    weight, then the name), none past its room; returns what each got.
+
+    Done in O(queues) rather than one step per slot (a cap can be 100,000): queues with a share first,
+    then those without, each group filled up to the highest level whose slots all fit, found by
+    bisection (every slot below that level comes before any at or above it in the one-at-a-time order),
+    then the few slots left one at a time.
+    """
+    given = {line.name: 0 for line in lines}
+    for group in ([q for q in lines if q.share > 0], [q for q in lines if q.share <= 0]):
+        if free <= 0 or not group:
+            continue
+        if sum(q.room for q in group) <= free:
+            for q in group:
+                given[q.name] = q.room
+            free -= sum(q.room for q in group)
+            continue
+
+        def below(level: float, group: list[InLine] = group) -> dict[str, int]:
+            scale = {q.name: q.share if q.share > 0 else q.weight for q in group}
+            return {q.name: min(q.room, max(0, math.ceil(level * scale[q.name] - q.running))) for q in group}
+
+        if free > ONE_AT_A_TIME:
+            lo, hi = 0.0, max(q.level(q.room) for q in group) + 1.0
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                if sum(below(mid).values()) <= free:
+                    lo = mid
+                else:
+                    hi = mid
+            for name, count in below(lo).items():
+                given[name] = count
+                free -= count
+        heap = [(q.level(given[q.name]), -q.weight, q.name, q) for q in group if given[q.name] < q.room]
+        heapq.heapify(heap)
+        while free > 0 and heap:
+            _, _, name, q = heapq.heappop(heap)
+            given[name] += 1
+            free -= 1
+            if given[name] < q.room:
+                heapq.heappush(heap, (q.level(given[name]), -q.weight, name, q))
+    return {name: n for name, n in given.items() if n > 0}
 
 
 def water_fill(capacity: int, wants: Mapping[str, int], weights: Mapping[str, int]) -> dict[str, int]:

@@ -42,6 +42,10 @@ def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]],
         reconciler = runtime.reconcilers.get(uid)
         if reconciler is not None:
             reconciler.wake.set()
+        elif uid:
+            # A batch with no reconciler (deleted, say) whose pods stop: their slots free with no pass to
+            # report it, so the batches waiting for slots look again.
+            runtime.dispatcher.wake_waiting()
         meta = body.get("metadata") or {}
         if (
             kind != "DELETED"

@@ -6,10 +6,10 @@ a change of a queue's spec reaches the dispatcher (the operator's own status wri
 events too, and each would wake every batch).
 
 The status is the dispatcher's view (``Dispatcher.summary``), written every few seconds for each queue
-whose numbers changed: one merge patch per changed queue, none when nothing moves. A queue none of this
-process's batches use is written only while it has no status at all (zeros) or to clear numbers this
-process wrote: several operator releases in one cluster each enforce a queue's caps on their own batches,
-and only a queue used by two of them at once shows whichever wrote last. The same numbers
+whose numbers changed: one merge patch per changed queue, none when nothing moves. The status names the
+release that wrote it (``operator``): several releases in one cluster each enforce a queue's caps on
+their own batches, a release leaves another's numbers alone while none of its own batches use the
+queue, and only a queue used by two at once shows whichever wrote last. The same numbers
 are the gauge ``jobbatch_queue_shards{queue,state}`` (one series per existing queue and state).
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jobbatch import api, metrics
+from jobbatch.config import OperatorConfig
 from jobbatch.dispatch import Dispatcher, Observed, QueueLimits, QueueSummary
 from jobbatch.kube import Kube, error_message
 
@@ -81,7 +82,7 @@ def _limits(name: str, spec: Mapping[str, Any]) -> QueueLimits:
     )
 
 
-def status_of(summary: QueueSummary | None) -> dict[str, Any]:
+def status_of(summary: QueueSummary | None, operator: str) -> dict[str, Any]:
     summary = summary or QueueSummary()
     return api.BatchQueueStatus(
         running_shards=summary.running,
@@ -89,7 +90,23 @@ def status_of(summary: QueueSummary | None) -> dict[str, Any]:
         fair_share=summary.share,
         admitted_batches=summary.admitted,
         waiting_batches=summary.waiting_batches,
+        operator=operator,
     ).model_dump(by_alias=True, mode="json")
+
+
+def to_write(status: dict[str, Any], shown: Mapping[str, Any], operator: str) -> bool:
+    """Whether ``status`` (this release's numbers) should replace ``shown`` (the queue's status now)."""
+    if {k: shown.get(k) for k in status} == status:
+        return False  # already right
+    ours = bool(status["runningShards"] or status["waitingShards"])
+    return ours or not shown or shown.get("operator") == operator  # never over another release's numbers
+
+
+def release_name(config: OperatorConfig) -> str:
+    """Who writes queue status: the Lease of a leader-electing release, else the namespaces it watches."""
+    if config.leader_election:
+        return f"{config.leader_election_namespace}/{config.leader_election_lease}"
+    return "namespaces " + ",".join(config.namespaces) if config.namespaces else "cluster-wide"
 
 
 async def write_status(
@@ -97,12 +114,17 @@ async def write_status(
     dispatcher: Dispatcher,
     index: QueueIndex,
     observed: Callable[[], Mapping[str, Observed]],
+    operator: str,
     *,
     every: float = STATUS_SECONDS,
 ) -> None:
-    """Forever: each queue's status, from the dispatcher, whenever it differs from what the queue shows."""
+    """Forever: each queue's status, from the dispatcher, whenever it differs from what the queue shows.
+
+    Written for the queues this release's batches run or wait in, for those whose status it wrote last
+    (back to zero once they are idle, even after a restart), and for those with no status yet; never over
+    another release's numbers while none of this one's batches use the queue.
+    """
     exported: set[str] = set()
-    written: set[str] = set()  # queues whose status holds numbers of this process's batches
     while True:
         summary = dispatcher.summary(observed())
         for name in exported - set(dispatcher.queues):
@@ -114,20 +136,14 @@ async def write_status(
             for state, value in (("running", numbers.running), ("waiting", numbers.waiting), ("share", numbers.share)):
                 metrics.queue_shards.labels(name, state).set(value)
         for name in list(dispatcher.queues):
-            status = status_of(summary.get(name))
+            status = status_of(summary.get(name), operator)
             shown = index.status.get(name)
-            if shown is None or {k: shown.get(k) for k in status} == status:
-                continue  # gone, or already right
-            if name not in summary and name not in written and shown:
-                continue  # none of ours in it: another release's numbers are not ours to overwrite
+            if shown is None or not to_write(status, shown, operator):
+                continue
             try:
                 await kube.patch_queue_status(name, status)
             except Exception as exc:  # noqa: BLE001  # tried again next round
                 logger.warning("BatchQueue %s: writing status failed: %s", name, error_message(exc))
             else:
                 index.status[name] = {**shown, **status}
-                if name in summary:
-                    written.add(name)
-                else:
-                    written.discard(name)  # back to nothing: another release may write it now
         await asyncio.sleep(every)

@@ -282,6 +282,7 @@ class BatchReconciler:
         idle = (
             spec.suspend
             or status.phase in TERMINAL_PHASES
+            or self._snapshot_lost is not None
             or (spec.start_after is not None and self._clock() < spec.start_after)
         )  # it starts nothing this pass: it must hold no grant while the pass's calls run
         wanted = 0 if idle else max(0, spec.parallelism - running[self.uid].running)

@@ -73,7 +73,11 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     )
     runtime.spawn(
         queues.write_status(
-            kube, runtime.dispatcher, queue_index, lambda: dispatch.observed_from(watch.jobs.by_batch())
+            kube,
+            runtime.dispatcher,
+            queue_index,
+            lambda: dispatch.observed_from(watch.jobs.by_batch()),
+            queues.release_name(config),
         )
     )
     memo["runtime"] = runtime

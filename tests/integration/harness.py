@@ -190,6 +190,17 @@ class NamespaceWatch:
             raise self._task.exception()  # type: ignore[misc]
 
 
+def peak_running(*recorders: PodRecorder) -> int:
+    """The most pods holding slots at once, over every batch of the recorders (their events merged by time)."""
+    events = sorted((t, (i, batch), count) for i, r in enumerate(recorders) for t, batch, count in r.running_series)
+    current: dict[tuple[int, str], int] = {}
+    peak = 0
+    for _, key, count in events:
+        current[key] = count
+        peak = max(peak, sum(current.values()))
+    return peak
+
+
 class PodRecorder(NamespaceWatch):
     """Watches every worker pod in a namespace for a whole test and keeps what a test asserts on.
 

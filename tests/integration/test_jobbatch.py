@@ -13,7 +13,7 @@ from jobbatch import api as jb
 from jobbatch import manifests, naming
 from jobbatch.ranges import IndexRanges
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, PodRecorder, template
+from tests.integration.harness import Batches, PodRecorder, peak_running, template
 from tests.waiting import eventually
 
 FAST_RETRY = {"limit": 3, "backoff": {"initialSeconds": 0, "jitter": 0}}
@@ -454,7 +454,7 @@ async def test_priority_orders_dispatch_under_the_cluster_cap(
             await batches.wait_for("high", "Complete")
             await batches.wait_for("low", "Complete")
         # Cap of 2 across both batches, and every high-priority shard started before low's remaining ones.
-        assert _max_total_running(pods) <= 2
+        assert peak_running(pods) <= 2
         last_high = max(t for (b, _, _), t in pods.created_at.items() if b == "high")
         later_low = [t for (b, s, _), t in pods.created_at.items() if b == "low" and s >= 2]
         assert later_low
@@ -462,15 +462,6 @@ async def test_priority_orders_dispatch_under_the_cluster_cap(
     finally:
         for name in (f"{namespace}-high", f"{namespace}-low"):
             await scheduling.delete_priority_class(name)
-
-
-def _max_total_running(pods: PodRecorder) -> int:
-    current: dict[str, int] = {}
-    peak = 0
-    for _, batch, count in pods.running_series:
-        current[batch] = count
-        peak = max(peak, sum(current.values()))
-    return peak
 
 
 async def test_payload_schema_violation_is_rejected_with_a_reason(

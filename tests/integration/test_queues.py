@@ -17,7 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from e2e.cluster import free_port
 from jobbatch import api
 from tests.integration.conftest import OperatorFactory
-from tests.integration.harness import Batches, PodRecorder, template
+from tests.integration.harness import Batches, PodRecorder, peak_running, template
 from tests.integration.test_observability import scrape, total
 from tests.waiting import eventually
 
@@ -129,7 +129,7 @@ async def test_three_saturated_queues_hold_the_cap_in_the_ratio_of_their_weights
         await eventually(window_over, what="the measuring window to pass", timeout=WINDOW + 60)
         shares = time_weighted(pods, start, end)
         quietest = quietest_slice(pods, "low", start, end, 2 * DURATION)
-        peak = max_total(pods)
+        peak = peak_running(pods)
         statuses = {short: await queues.status(short) for short in WEIGHTS}
         gauges = (await asyncio.to_thread(scrape, port)).get("jobbatch_queue_shards")
     running = sum(shares.values())
@@ -160,15 +160,6 @@ async def test_three_saturated_queues_hold_the_cap_in_the_ratio_of_their_weights
 def save_figures(figures: dict[str, Any]) -> None:
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     FIGURES.write_text(json.dumps(figures, indent=2) + "\n")
-
-
-def max_total(pods: PodRecorder) -> int:
-    current: dict[str, int] = {}
-    peak = 0
-    for _, batch, count in pods.running_series:
-        current[batch] = count
-        peak = max(peak, sum(current.values()))
-    return peak
 
 
 async def test_a_missing_queue_holds_its_batch_and_queue_caps_bound_each_namespace(
@@ -218,7 +209,7 @@ async def test_a_missing_queue_holds_its_batch_and_queue_caps_bound_each_namespa
         await tenant.wait_for("theirs", "Complete", timeout=180)
     assert mine.max_running["mine"] == 3
     assert theirs.max_running["theirs"] == 3
-    assert merged_peak(mine, theirs) <= 5
+    assert peak_running(mine, theirs) <= 5
     # The status of a queue with nothing left to run.
     status = await eventually(
         lambda: _settled(queues, "capped"), what="the queue's status back to nothing running", timeout=30
@@ -229,14 +220,3 @@ async def test_a_missing_queue_holds_its_batch_and_queue_caps_bound_each_namespa
 async def _settled(queues: Queues, short: str) -> dict[str, Any] | None:
     status = await queues.status(short)
     return status if status and status.get("runningShards") == 0 and status.get("admittedBatches") == 0 else None
-
-
-def merged_peak(*recorders: PodRecorder) -> int:
-    """The most pods holding slots at once across namespaces (events merged by time)."""
-    events = sorted((t, (i, batch), count) for i, r in enumerate(recorders) for t, batch, count in r.running_series)
-    current: dict[tuple[int, str], int] = {}
-    peak = 0
-    for _, key, count in events:
-        current[key] = count
-        peak = max(peak, sum(current.values()))
-    return peak
