@@ -14,7 +14,8 @@ Try it outside Kubernetes by faking the environment the operator provides:
 One image runs every example (examples/01 to 05): an item is a page (01, 02), a thumbnail
 to make (04), or a record number from a `count` source (03, 05); anything else is bad input.
 
-With WORKER_OUTPUT_DIR set, it also writes what it processed, one line per item, to one file per
+It hands back a result, {"items": N, "first": ..., "last": ...}, which a batch with spec.results
+keeps (example 09). With WORKER_OUTPUT_DIR set, it also writes what it processed, one line per item, to one file per
 shard attempt there (<batch>-<shard>-<attempt>.txt), which is how the real-node tests check its work.
 """
 
@@ -70,6 +71,9 @@ def main() -> int:
     except ValidationError as exc:
         print(f"bad item: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # The shard's result: kept by the operator, in shard order, when the batch sets spec.results
+    # (example 09); harmless otherwise. Keep it small: it is bounded by spec.results.maxBytes.
+    worker.result({"items": len(done), "first": done[0] if done else None, "last": done[-1] if done else None})
     output_dir = os.environ.get("WORKER_OUTPUT_DIR")
     if output_dir:
         out = Path(output_dir) / f"{shard.batch}-{shard.index}-{shard.attempt}.txt"

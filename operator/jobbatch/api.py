@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from jobbatch.worker import MAX_RESULT_BYTES as MAX_RESULT_BYTES
+from jobbatch.worker import RESULT_PREFIX as RESULT_PREFIX
 from jobbatch.worker import SKIP_RETRY_PREFIX as SKIP_RETRY_PREFIX
 
 GROUP = "jobbatch.io"
@@ -23,17 +25,21 @@ SINGULAR = "jobbatch"
 SHORT_NAMES = ["jb"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# A worker's termination message starting with SKIP_RETRY_PREFIX fails its shard for good, whatever the
+# retry limit; a succeeded pod's starting with RESULT_PREFIX holds its shard's result. The worker
+# contract owns both (the SDK writes them; any worker can: a line in /dev/termination-log), imported
+# above so the operator's modules read them from the API.
+
 # Labels and finalizers the operator puts on the objects it owns.
 LABEL_BATCH = "jobbatch.io/batch"
 LABEL_BATCH_UID = "jobbatch.io/batch-uid"
+# On the ConfigMaps holding a batch's shard results ("true"), beside the two labels above.
+LABEL_RESULTS = "jobbatch.io/results"
 # On shard Jobs and their pods: the Job runs attempt ATTEMPT of shards FIRST .. FIRST + completions - 1.
 LABEL_FIRST_SHARD = "jobbatch.io/first-shard"
 LABEL_ATTEMPT = "jobbatch.io/attempt"
 # Set by Kubernetes on every pod of an Indexed Job; a pod's shard is first-shard + this index.
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-# A worker's termination message starting with SKIP_RETRY_PREFIX fails its shard for good, whatever the
-# retry limit. The worker contract owns it (the SDK's ``worker.SkipRetry`` writes it; any worker can: it
-# is a line in /dev/termination-log); imported here so the operator's modules read it from the API.
 # Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
 SHARD_FINALIZER = "jobbatch.io/shard-record"
 # kopf's own, on every JobBatch: its daemon stops before the batch goes.
@@ -231,6 +237,19 @@ class RerunStatus(_Model):
     count: int = Field(default=0, description="Reruns so far, this one included.")
 
 
+class Results(_Model):
+    """Keep each succeeded shard's result (what its worker passed to ``worker.result``) in ConfigMaps."""
+
+    max_bytes: int = Field(
+        default=1024,
+        ge=1,
+        le=MAX_RESULT_BYTES,
+        description="Most bytes of one shard's result (its JSON, UTF-8); the SDK fails a shard whose result is "
+        "larger (reason SkipRetry), and a larger one written some other way is not stored (status.results.errors). "
+        "It also sets how many shards share a result ConfigMap (about 900 KB / (maxBytes + 10)).",
+    )
+
+
 class JobBatchSpec(_Model):
     """What to run: a worker pod template, the payloads, and how to shard and retry them."""
 
@@ -328,6 +347,15 @@ class JobBatchSpec(_Model):
         ge=0,
         description="Delete the finished batch (and everything it owns) this long after it finished.",
     )
+    results: Results | None = Field(
+        default=None,
+        description="Collect every succeeded shard's result, in shard order, into ConfigMaps the batch owns "
+        "(kubectl jobbatch results NAME; docs/operations.md#shard-results). A shard counts as succeeded once its "
+        "result is stored. Immutable.",
+        json_schema_extra=_extra(
+            **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "results is immutable"}]}
+        ),
+    )
     rerun: Rerun | None = Field(
         default=None,
         description="Run failed shards of the finished batch again (docs/operations.md#rerunning-failed-shards).",
@@ -354,7 +382,9 @@ class ShardCounts(_Model):
 
     total: int = Field(default=0, description="Shards in the batch.")
     pending: int = Field(default=0, description="Not started yet.")
-    running: int = Field(default=0, description="An attempt is running.")
+    running: int = Field(
+        default=0, description="An attempt is running (with spec.results: or succeeded, its result not stored yet)."
+    )
     retrying: int = Field(default=0, description="Failed, waiting out the backoff before the next attempt.")
     succeeded: int = Field(default=0, description="Finished successfully.")
     failed: int = Field(default=0, description="Failed permanently.")
@@ -368,6 +398,33 @@ class ShardFailure(_Model):
     exit_code: int | None = None
     reason: str = Field(description="NonRetryableExitCode, RetriesExhausted, SkipRetry, ...")
     message: str = ""
+
+
+class ResultError(_Model):
+    """A succeeded shard whose result could not be stored."""
+
+    shard: int
+    reason: str = Field(description="NoResult, TooLarge, NotJSON, PodGone or PageConflict.")
+    message: str = ""
+
+
+class ResultsStatus(_Model):
+    """Where the batch's results are, and which succeeded shards have none. Bounded like the rest."""
+
+    config_map_prefix: str = Field(
+        description="Results of shards [p * shardsPerPage, (p + 1) * shardsPerPage) are in ConfigMap "
+        "<configMapPrefix><p>, one key per shard (its index) holding the result's JSON."
+    )
+    shards_per_page: int = Field(ge=1, description="Shards per result ConfigMap.")
+    stored: int = Field(default=0, description="Succeeded shards whose result is stored.")
+    missing_shards: str = Field(
+        default="",
+        description="Succeeded shards without a stored result: the worker wrote none, wrote one that is not "
+        "stored (errors), or its pod was gone before the result was read.",
+    )
+    errors: list[ResultError] = Field(
+        default_factory=list, max_length=10, description="The latest results that could not be stored (at most 10)."
+    )
 
 
 class Condition(_Model):
@@ -406,6 +463,7 @@ class JobBatchStatus(_Model):
         "no Job name is used twice.",
     )
     rerun: RerunStatus | None = Field(default=None, description="The latest rerun started.")
+    results: ResultsStatus | None = Field(default=None, description="Where the shards' results are (spec.results).")
     failures: list[ShardFailure] = Field(
         default_factory=list, max_length=10, description="The latest permanently failed shards (at most 10)."
     )

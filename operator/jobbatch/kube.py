@@ -575,6 +575,40 @@ class Kube:
             return False
         return True
 
+    async def merge_configmap_data(self, namespace: str, name: str, data: Mapping[str, str]) -> bool:
+        """Add (or replace) keys of a ConfigMap's data with a merge patch; False if there is no such ConfigMap."""
+        try:
+            await self._call(
+                f"patch configmap {namespace}/{name}",
+                self._raw(self.core.patch_namespaced_config_map, name, namespace, {"data": dict(data)}, **_MERGE_PATCH),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def list_succeeded_pods(
+        self, namespace: str, job_name: str, limit: int, token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of a Job's succeeded pods, read from etcd (consistent with the Job status read before),
+        and the continue token of the next page ("" after the last). Raises Gone if the token expired."""
+        kwargs: dict[str, Any] = {
+            "label_selector": f"{LABEL_JOB_NAME}={job_name}",
+            "field_selector": "status.phase=Succeeded",
+            "limit": limit,
+        }
+        if token:
+            kwargs["_continue"] = token
+        call = self._raw(self.core.list_namespaced_pod, namespace, **kwargs)
+        try:
+            page = json.loads(await self._call(f"list succeeded pods of job {namespace}/{job_name}", call))
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Gone("list continue token expired") from None
+            raise
+        return list(page.get("items") or []), str(page["metadata"].get("continue") or "")
+
     async def get_priority_value(self, name: str) -> int | None:
         """The value of a PriorityClass, or None if there is no such class."""
         try:

@@ -43,6 +43,11 @@ def batch_labels(name: str, uid: str) -> dict[str, str]:
     return {api.LABEL_BATCH: naming.label_value(name), api.LABEL_BATCH_UID: uid}
 
 
+def results_labels(name: str, uid: str) -> dict[str, str]:
+    """Labels of a batch's result pages: ``kubectl get cm -l jobbatch.io/results=true,jobbatch.io/batch=NAME``."""
+    return {**batch_labels(name, uid), api.LABEL_RESULTS: "true"}
+
+
 def snapshot_key(payloads: api.Payloads) -> str:
     """The payload snapshot's key: the items as JSON Lines, or an object-storage source's index."""
     return INDEX_KEY if payloads.object_store is not None else PAYLOAD_KEY
@@ -116,6 +121,8 @@ def shard_job(
         {"name": "JOBBATCH_SHARD_SIZE", "value": str(spec.shard_size)},
         {"name": "JOBBATCH_ITEM_COUNT", "value": str(item_count)},
     ]
+    if spec.results is not None:
+        env.append({"name": "JOBBATCH_RESULT_MAX_BYTES", "value": str(spec.results.max_bytes)})
     has_file = spec.payloads.count is None
     key = snapshot_key(spec.payloads)
     if spec.payloads.object_store is not None:

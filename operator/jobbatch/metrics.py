@@ -38,6 +38,12 @@ reconcile_duration = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 status_writes = Counter("jobbatch_status_writes_total", "JobBatch status writes.", ["namespace"])
+results_collected = Counter(
+    "jobbatch_results_collected_total",
+    "Shard results read from succeeded pods (spec.results), by outcome: stored in a result ConfigMap, or missing "
+    "(none written, not storable, pod gone). A collection repeated after a restart counts again.",
+    ["namespace", "outcome"],
+)
 batch_duration = Histogram(
     "jobbatch_batch_duration_seconds",
     "Time from a batch's start (or its rerun's) to its completion, by outcome.",
@@ -70,6 +76,8 @@ def touch_namespace(namespace: str) -> None:
         counter.labels(namespace)
     for outcome in ("Succeeded", "Failed"):
         batch_duration.labels(namespace, outcome)
+    for outcome in ("stored", "missing"):
+        results_collected.labels(namespace, outcome)
 
 
 def attempt_failed(namespace: str, reason: str, exit_code: int | None) -> None:

@@ -38,6 +38,11 @@ def payload_configmap_name(batch_name: str, batch_uid: str) -> str:
     return f"{_prefix(batch_name)}-{_uid_hash(batch_uid)}-payloads"
 
 
+def results_configmap_prefix(batch_name: str, batch_uid: str) -> str:
+    """``<batch>-<uidhash>-results-``: page p of the batch's results is this followed by p."""
+    return f"{_prefix(batch_name)}-{_uid_hash(batch_uid)}-results-"
+
+
 def label_value(text: str) -> str:
     """A label value (<= 63 chars) that still identifies long batch names (the UID label is exact)."""
     return text if len(text) <= 63 else f"{text[:56].rstrip('-._')}-{_uid_hash(text)}"

@@ -63,6 +63,7 @@ class ShardJob:
     # Its succeeded pods were deleted to keep finished pods bounded (annotation PODS_COLLECTED).
     pods_collected: bool = False
     queue: str = ""  # its batch's queue when it was made (label LABEL_QUEUE; "" on Jobs of older versions)
+    started_at: datetime.datetime | None = None  # status.startTime: when the Job controller first synced it
 
     @property
     def last(self) -> int:
@@ -181,6 +182,7 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         deleted_at=parse_time(meta.get("deletionTimestamp")),
         pods_collected=(meta.get("annotations") or {}).get(PODS_COLLECTED) == "true",
         queue=str(labels.get(LABEL_QUEUE) or ""),
+        started_at=parse_time(status.get("startTime")),
     )
 
 

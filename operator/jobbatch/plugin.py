@@ -591,7 +591,71 @@ async def _watch_until_changed(cluster: Cluster, name: str, batch: dict[str, Any
     return await cluster.get(name)
 
 
+def result_pages(status: dict[str, Any], wanted: IndexRanges | None) -> list[tuple[str, IndexRanges]]:
+    """(ConfigMap name, shards to print from it) of each result page holding a wanted succeeded shard, in order."""
+    results = status.get("results") or {}
+    prefix, per_page = results.get("configMapPrefix"), int(results.get("shardsPerPage") or 0)
+    if not prefix or per_page < 1:
+        return []
+    shards = IndexRanges.parse(status.get("succeededShards"))
+    if wanted is not None:
+        shards = shards.intersection(wanted)
+    pages: list[tuple[str, IndexRanges]] = []
+    for lo, hi in shards.intervals:
+        for page in range(lo // per_page, hi // per_page + 1):
+            part = shards.intersection(IndexRanges([(page * per_page, (page + 1) * per_page - 1)]))
+            if part and (not pages or pages[-1][0] != f"{prefix}{page}"):
+                pages.append((f"{prefix}{page}", part))
+    return pages
+
+
+async def cmd_results(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    batch = await cluster.get(args.name)
+    status = batch.get("status") or {}
+    if not status.get("results"):
+        raise PluginError(f"jobbatch {args.name} keeps no results (spec.results is not set, or it is not accepted yet)")
+    try:
+        wanted = IndexRanges.parse(args.shards) if args.shards else None
+    except ValueError:
+        raise PluginError(f"--shards {args.shards!r} is not index ranges (3,7-9)", EXIT_USAGE) from None
+    printed = 0
+    if args.output == "json":
+        out.write("[")
+    for name, shards in result_pages(status, wanted):  # one page (at most about 1 MB) in memory at a time
+        try:
+            page: Any = await cluster.core.read_namespaced_config_map(name, cluster.namespace)
+        except ApiException as exc:
+            if exc.status == 404:  # no result of these shards was stored
+                continue
+            raise
+        data = page.data or {}
+        for shard in shards:
+            text = data.get(str(shard))
+            if text is None:
+                continue
+            line = f'{{"shard": {shard}, "result": {text}}}'
+            if args.output == "json":
+                out.write(("," if printed else "") + "\n  " + line)
+            else:
+                out.write(line + "\n")
+            printed += 1
+    if args.output == "json":
+        out.write("\n]\n" if printed else "]\n")
+    results = status["results"]
+    missing = IndexRanges.parse(results.get("missingShards"))
+    if wanted is not None:
+        missing = missing.intersection(wanted)
+    succeeded = IndexRanges.parse(status.get("succeededShards"))
+    total = (status.get("shards") or {}).get("total", 0)
+    note = f"{printed} results of {len(succeeded)} succeeded shards (of {total})"
+    if missing:
+        note += f"; without a result: {brief_ranges(str(missing))} (kubectl describe jobbatch {args.name})"
+    print(note, file=sys.stderr)
+    return EXIT_OK
+
+
 COMMANDS = {
+    "results": cmd_results,
     "status": cmd_status,
     "failures": cmd_failures,
     "logs": cmd_logs,
@@ -630,7 +694,7 @@ def _connection_flags(default: Any) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubectl jobbatch",
-        description="Look after JobBatches: status, failures, logs, rerun, suspend/resume/scale, wait.",
+        description="Look after JobBatches: status, failures, logs, results, rerun, suspend/resume/scale, wait.",
         parents=[_connection_flags(None)],
     )
     # A subcommand's own defaults would overwrite values given before it: it has none.
@@ -663,6 +727,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--shards", help="only these failed shards, as index ranges (3,7-9)")
     p.add_argument("--id", help="the rerun's id (default: the time and a random suffix)")
     p.add_argument("--timeout", type=_duration_arg, default=30.0, help="wait this long for the operator's answer")
+    p = sub.add_parser("results", parents=[common], help="succeeded shards' results in shard order (spec.results)")
+    p.add_argument("name")
+    p.add_argument(
+        "-o", "--output", choices=["jsonl", "json"], default="jsonl", help="JSON Lines (default) or one array"
+    )
+    p.add_argument("--shards", help="only these shards, as index ranges (3,7-9)")
     p = sub.add_parser("wait", parents=[common], help="wait until Complete (exit 0) or Failed (exit 1)")
     p.add_argument("name")
     p.add_argument("--timeout", type=_duration_arg, default=_duration_arg("30m"), help="give up after this (exit 3)")

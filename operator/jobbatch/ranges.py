@@ -99,6 +99,9 @@ class IndexRanges:
                 out.append((cursor, hi))
         return IndexRanges(out)
 
+    def intersection(self, other: IndexRanges) -> IndexRanges:
+        return self.difference(self.difference(other))
+
     def gaps(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
         """The maximal runs ``(lo, hi)`` (inclusive) of ``[start, stop)`` not in this set, ascending."""
         cursor = start

@@ -38,7 +38,18 @@ from jobbatch.dispatch import Dispatcher, Observed, observed_from
 from jobbatch.expectations import Expectations, JobCalls
 from jobbatch.kube import Conflict, Kube, error_message
 from jobbatch.observed import PODS_COLLECTED, PodFailure, ShardJob, controller_of
-from jobbatch.planner import Acceptance, Batch, CreateJob, FailedCreate, Plan, ReleaseJob, plan, set_condition
+from jobbatch.planner import (
+    Acceptance,
+    Batch,
+    CollectResults,
+    CreateJob,
+    FailedCreate,
+    Plan,
+    ReleaseJob,
+    plan,
+    set_condition,
+)
+from jobbatch.results import Collected, ResultStore, shards_per_page
 from jobbatch.sandbox import Sandbox, SandboxError
 
 logger = logging.getLogger(__name__)
@@ -136,6 +147,9 @@ class BatchReconciler:
         self.calls = JobCalls(self.wake)
         self.expected = Expectations(monotonic)
         self._last_status_write = float("-inf")
+        # spec.results: what this process stored of each Job's results (by Job UID), and the writer.
+        self._collected: dict[str, Collected] = {}
+        self._result_store: ResultStore | None = None
         self._priority: tuple[float, int] = (float("-inf"), 0)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -226,10 +240,12 @@ class BatchReconciler:
         observed = self.observed()
         failures = self._failures([j.uid for j in observed if j.uid])
         budget, queue_held = await self._budget(meta, spec, status, observed)
+        live = {j.uid for j in observed}
+        self._collected = {uid: done for uid, done in self._collected.items() if uid in live}  # released: recorded
         decision = plan(
             batch, observed, self._clock(),
             failures=failures, acceptance=acceptance, launch_budget=budget, failed_create=self.failed_create,
-            snapshot_lost=self._snapshot_lost, queue_held=queue_held,
+            snapshot_lost=self._snapshot_lost, queue_held=queue_held, collected=self._collected,
         )  # fmt: skip
         if self.failed_create is not None and not decision.creates_wanted and not self._creating:
             self.failed_create = None  # nothing left to create (a retry no longer due, the batch done)
@@ -683,6 +699,14 @@ class BatchReconciler:
             self._start(job_name, functools.partial(self._clean_up, release, delete, job_name), **expect)
         for collect in decision.collect:
             self._start(collect.name, functools.partial(self._collect, collect.name), pods_collected=True)
+        for wanted in decision.results:
+            # Not a write to the Job: it runs beside the Job's own calls (a raise must not wait for a list).
+            key = f"results/{wanted.name}"
+            since = self._collected.get(wanted.uid)
+            if since is not None and since.shards.intersection(wanted.shards):
+                continue  # a collection ended while this pass ran: the next pass plans from it
+            if not self.calls.busy(key):
+                self.calls.start(key, self._collect_results(wanted, spec, decision))
         for event in decision.events:
             # Transition events are re-derived from the persisted status until it is written.
             if written or not event.on_status:
@@ -790,6 +814,33 @@ class BatchReconciler:
     async def _collect(self, job_name: str) -> None:
         await self.kube.delete_succeeded_pods(self.namespace, job_name)
         await self.kube.annotate_job(self.namespace, job_name, {PODS_COLLECTED: "true"})
+
+    async def _collect_results(self, wanted: CollectResults, spec: JobBatchSpec, decision: Plan) -> None:
+        """Store the results of a Job's succeeded shards; the next pass records them."""
+        assert spec.results is not None
+        results = decision.status.results
+        if self._result_store is None or self._result_store.max_bytes != spec.results.max_bytes:
+            self._result_store = ResultStore(
+                self.kube,
+                namespace=self.namespace,
+                batch_uid=self.uid,
+                prefix=results.config_map_prefix if results else naming.results_configmap_prefix(self.name, self.uid),
+                per_page=results.shards_per_page if results else shards_per_page(spec.results.max_bytes),
+                max_bytes=spec.results.max_bytes,
+                labels=manifests.results_labels(self.name, self.uid),
+                owner=manifests.owner_reference(self.name, self.uid),
+            )
+        started = self._monotonic()
+        done = await self._result_store.collect(wanted.name, wanted.uid, wanted.shards, self._clock())
+        logger.info(
+            "%s/%s: stored %d results of job %s (%d missing) in %.2fs", self.namespace, self.name,
+            len(done.shards) - len(done.missing), wanted.name, len(done.missing), self._monotonic() - started,
+        )  # fmt: skip
+        previous = self._collected.get(wanted.uid)
+        self._collected[wanted.uid] = previous.merge(done) if previous is not None else done
+        metrics.results_collected.labels(self.namespace, "stored").inc(len(done.shards) - len(done.missing))
+        metrics.results_collected.labels(self.namespace, "missing").inc(len(done.missing))
+        self.wake.set()
 
     async def _resume(self, job_name: str, parallelism: int) -> None:
         await self.kube.resume_job(self.namespace, job_name, parallelism)

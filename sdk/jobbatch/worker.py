@@ -28,6 +28,9 @@ whichever Job runs it::
 ``JOBBATCH_PAYLOAD_DIGEST`` that file's SHA-256 as the batch accepted it; ``items``
                             raises PayloadMismatch on any other file
 ``JOBBATCH_OBJECT_STORE_*`` (``objectStore`` source) the credentials from its Secret
+``JOBBATCH_RESULT_MAX_BYTES`` (``spec.results`` set) the most bytes of a result's JSON
+``JOBBATCH_TERMINATION_LOG``  where to write a result or a SkipRetry (the container's
+                            terminationMessagePath)
 ==========================  =====================================================
 
 With an ``objectStore`` source, ``items`` reads only this shard's bytes of the object (one ranged
@@ -44,6 +47,11 @@ Typical use::
 
     for item in worker.items(Url):
         fetch(item.url)
+
+A worker hands back a result with ``worker.result(value)`` (any JSON value, at most the batch's
+``spec.results.maxBytes``): the operator stores it in shard order (``kubectl jobbatch results NAME``),
+if the batch sets ``spec.results``. It is one line, ``jobbatch.io/result:<JSON>``, written to the
+termination log, so a worker in any language can write it too.
 
 A worker signals a failure by exiting non-zero; exit codes listed in the batch's
 ``retry.nonRetryableExitCodes`` fail the shard without retries. From code, ``raise
@@ -197,6 +205,57 @@ def report_skip_retry(path: str | None = None) -> None:
 
 if os.environ.get("JOBBATCH_NAME"):  # in a shard pod: a SkipRetry before the first item counts too
     report_skip_retry()
+
+
+# A succeeded pod's termination message starting with this holds its shard's result (JSON), which the
+# operator collects when the batch sets ``spec.results``.
+RESULT_PREFIX = "jobbatch.io/result:"
+# The most result bytes (UTF-8 JSON) any batch allows: the kubelet keeps at most 4,096 bytes of a
+# termination message, the prefix included.
+MAX_RESULT_BYTES = 4000
+
+
+class ResultTooLarge(SkipRetry):
+    """The result is over the batch's ``spec.results.maxBytes``: the shard fails for good (its next
+    attempt would produce the same result), with this message in ``status.failures``."""
+
+
+def result_message(value: Any, max_bytes: int = MAX_RESULT_BYTES) -> str:
+    """``jobbatch.io/result:<compact JSON>``; ResultTooLarge when the JSON is over ``max_bytes``."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    size = len(text.encode())
+    if size > max_bytes:
+        raise ResultTooLarge(
+            f"the shard's result is {size} bytes of JSON, over spec.results.maxBytes ({max_bytes}); "
+            "return less (a summary, or where the output was written)"
+        )
+    return RESULT_PREFIX + text
+
+
+def result(value: Any, *, env: Mapping[str, str] | None = None, path: str | None = None) -> None:
+    """Hand back this shard's result: any JSON value, stored in shard order if the batch sets ``spec.results``.
+
+    Call it once, at the end (a later call replaces the result; a failed shard has none). It writes one
+    line to the termination log, which the kubelet keeps in the pod's status and the operator copies
+    into the batch's result ConfigMaps. Raises ResultTooLarge (a SkipRetry: uncaught, it fails the shard
+    for good) when the JSON is over the batch's limit, and TypeError/ValueError for values JSON cannot
+    hold. Off a batch with results it still writes (harmlessly): the worker needs no other code path.
+    Outside a pod (no termination log) it prints the line to stderr instead.
+    """
+    env = os.environ if env is None else env
+    limit = int(env.get("JOBBATCH_RESULT_MAX_BYTES") or MAX_RESULT_BYTES)
+    message = result_message(value, min(limit, MAX_RESULT_BYTES))
+    target = path or env.get("JOBBATCH_TERMINATION_LOG")
+    if target is None:
+        if not os.path.exists(TERMINATION_LOG):  # not in a pod (a local run): say it, write nowhere
+            print(f"jobbatch: {message}", file=sys.stderr, flush=True)
+            return
+        target = TERMINATION_LOG
+    try:
+        with open(target, "w", encoding="utf-8") as log:
+            log.write(message)
+    except OSError as exc:
+        raise RuntimeError(f"cannot write the result to {target}: {exc} (is this running in a shard pod?)") from exc
 
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM

@@ -80,6 +80,8 @@ async def test_example_completes(
                 done = await batches.wait_for(name, "Complete", timeout=180)
                 assert done["status"]["shards"]["failed"] == 0
                 totals[name] = done["status"]["shards"]["total"]
+                if "results" in done["spec"]:  # every shard's result kept: the SDK's, or the simulated one
+                    assert done["status"]["results"]["stored"] == totals[name], done["status"]["results"]
 
             # Every pod's end is seen, not only those that ended before the last batch did.
             async def all_ended() -> bool:
