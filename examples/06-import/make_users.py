@@ -1,6 +1,6 @@
 """Write N user records as CSV with a header (id,name,email): the import example's input.
 
-    python examples/06-import/make_users.py 100000 > users.csv
+python examples/06-import/make_users.py 100000 > users.csv
 """
 
 from __future__ import annotations

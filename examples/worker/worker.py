@@ -71,15 +71,17 @@ def main() -> int:
     except ValidationError as exc:
         print(f"bad item: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    # The shard's result: kept by the operator, in shard order, when the batch sets spec.results
-    # (example 09); harmless otherwise. Keep it small: it is bounded by spec.results.maxBytes.
-    worker.result({"items": len(done), "first": done[0] if done else None, "last": done[-1] if done else None})
     output_dir = os.environ.get("WORKER_OUTPUT_DIR")
     if output_dir:
         out = Path(output_dir) / f"{shard.batch}-{shard.index}-{shard.attempt}.txt"
         partial = out.with_suffix(".partial")
         partial.write_text("".join(f"{line}\n" for line in done))
         partial.replace(out)  # a reader never sees half a file
+    # Last, just before exit 0: the shard's result, kept in shard order when the batch sets
+    # spec.results (example 09), a note in the log otherwise. Small: spec.results.maxBytes bounds it.
+    worker.result(
+        {"items": len(done), "first": done[0][:80] if done else None, "last": done[-1][:80] if done else None}
+    )
     return 0
 
 

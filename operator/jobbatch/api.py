@@ -253,6 +253,18 @@ class Results(_Model):
 class JobBatchSpec(_Model):
     """What to run: a worker pod template, the payloads, and how to shard and retry them."""
 
+    # A transition rule on an optional field runs only when both versions have it: this one keeps
+    # `results` from being added or removed after creation.
+    model_config = ConfigDict(
+        json_schema_extra=_extra(
+            **{
+                "x-kubernetes-validations": [
+                    {"rule": "has(self.results) == has(oldSelf.results)", "message": "results is immutable"}
+                ]
+            }
+        )
+    )
+
     template: dict[str, Any] = Field(
         description="Pod template (PodTemplateSpec) of every shard's worker. restartPolicy is forced to Never. "
         "Immutable.",
@@ -417,10 +429,17 @@ class ResultsStatus(_Model):
     )
     shards_per_page: int = Field(ge=1, description="Shards per result ConfigMap.")
     stored: int = Field(default=0, description="Succeeded shards whose result is stored.")
-    missing_shards: str = Field(
-        default="",
+    missing: int = Field(
+        default=0,
         description="Succeeded shards without a stored result: the worker wrote none, wrote one that is not "
         "stored (errors), or its pod was gone before the result was read.",
+    )
+    missing_shards: str = Field(
+        default="",
+        description="The first of those shards, as index ranges (at most 100 ranges: the status stays bounded).",
+    )
+    pending: int = Field(
+        default=0, description="Succeeded shards whose result is being stored (counted as running until then)."
     )
     errors: list[ResultError] = Field(
         default_factory=list, max_length=10, description="The latest results that could not be stored (at most 10)."

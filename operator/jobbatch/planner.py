@@ -49,13 +49,14 @@ from jobbatch.api import (
 from jobbatch.backoff import retry_delay
 from jobbatch.observed import PodFailure, ShardJob
 from jobbatch.ranges import IndexRanges
-from jobbatch.results import MAX_ERRORS, Collected, shards_per_page
+from jobbatch.results import MAX_ERRORS, MAX_MISSING_RANGES, Collected, shards_per_page
 
 # A shard Job's results are collected when it finishes, and while it runs this long after its last
 # collection (or its start): each collection lists all its succeeded pods so far, so collecting more
 # often costs the API server more than it saves (measured: a collection at every quarter of a chunk
 # made a 2,000-shard batch take twice as long on the 2-core machine).
 RESULTS_COLLECT_SECONDS = 30.0
+RESULTS_SECONDS_PER_SHARD = 0.01  # ... and at least this per shard of the Job: 100 s for 10,000
 # How often an unaccepted batch re-checks what it waits for (a ConfigMap, a PriorityClass).
 ACCEPTANCE_RECHECK_SECONDS = 10.0
 # How often a finished batch re-checks that its Jobs' last pods are gone (before it lets the Jobs go,
@@ -223,6 +224,8 @@ class Plan:
     unmet_demand: int = 0
     # The pass had a Job it would create (False: a remembered refused create no longer matters).
     creates_wanted: bool = False
+    # Succeeded shards whose results are not stored yet: counted as running, but holding no slot.
+    storing: int = 0
     # (reason, exit code) of the attempts this pass's status records as permanent failures.
     final_failures: list[tuple[str, int | None]] = dataclasses.field(default_factory=list)
 
@@ -737,7 +740,9 @@ class _Pass:
         for done in collected.values():
             missing = missing.union(done.missing.intersection(newly))
             errors += [e for e in done.errors if e.shard in newly]
-        results.missing_shards = str(IndexRanges.parse(results.missing_shards).union(missing))
+        listed = IndexRanges.parse(results.missing_shards).union(missing)
+        results.missing_shards = str(IndexRanges(listed.intervals[:MAX_MISSING_RANGES]))
+        results.missing += len(missing)
         results.stored += len(newly) - len(missing)
         results.errors = errors[-MAX_ERRORS:]
 
@@ -749,7 +754,9 @@ class _Pass:
             if not job.confirmed or not job.uid:
                 continue
             last = collected[job.uid].at if job.uid in collected else job.started_at
-            due = None if last is None else last + datetime.timedelta(seconds=RESULTS_COLLECT_SECONDS)
+            # A big Job is listed less often: each list reads all its succeeded pods so far.
+            every = max(RESULTS_COLLECT_SECONDS, job.count * RESULTS_SECONDS_PER_SHARD)
+            due = None if last is None else last + datetime.timedelta(seconds=every)
             if at_once or job.finished or job.deleting or (due is not None and self.now >= due):
                 self.out.results.append(CollectResults(job.name, job.uid, shards))
             elif due is not None:
@@ -1127,6 +1134,7 @@ def plan(
     snapshot_lost: str | None = None,
     queue_held: tuple[str, str] | None = None,
     collected: Mapping[str, Collected] | None = None,
+    results_stall: str | None = None,
 ) -> Plan:
     """Decide everything one reconcile pass does.
 
@@ -1135,7 +1143,8 @@ def plan(
     the batch's Job creates, until one succeeds; ``snapshot_lost`` says why the payload snapshot
     is gone for good (its pods cannot start); ``queue_held`` says (reason, message) why the batch's queue holds it
     (the reconciler gives it no budget then); ``collected`` says, by Job UID, what this process stored
-    of the Jobs' results (read only with ``spec.results``).
+    of the Jobs' results (read only with ``spec.results``); ``results_stall`` says why results cannot be
+    stored (collections keep failing: their shards wait, Stalled says so).
     """
     step = _Pass(batch, now, failed_create)
     if not step.accept(acceptance):
@@ -1159,7 +1168,12 @@ def plan(
             step.report_stall("PayloadSnapshotLost", snapshot_lost)
         elif queue_held is not None:
             step.report_stall(*queue_held)
+    if results_stall is not None and step._stall is None:
+        step.report_stall("ResultsNotStored", results_stall)
     step.note_attempts(observed)
     storing = len(seen.unrecorded) - len(seen.succeeded)  # succeeded, their results not stored yet
+    step.out.storing = storing
+    if step.status.results is not None:
+        step.status.results.pending = storing
     step.count(total, running + storing, retrying)
     return step.finish()

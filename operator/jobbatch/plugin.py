@@ -592,7 +592,10 @@ async def _watch_until_changed(cluster: Cluster, name: str, batch: dict[str, Any
 
 
 def result_pages(status: dict[str, Any], wanted: IndexRanges | None) -> list[tuple[str, IndexRanges]]:
-    """(ConfigMap name, shards to print from it) of each result page holding a wanted succeeded shard, in order."""
+    """(ConfigMap name, shards to print from it) of each result page holding a wanted succeeded shard, in order.
+
+    One pass over the ranges, split at page boundaries: fast however scattered the shards are.
+    """
     results = status.get("results") or {}
     prefix, per_page = results.get("configMapPrefix"), int(results.get("shardsPerPage") or 0)
     if not prefix or per_page < 1:
@@ -600,13 +603,14 @@ def result_pages(status: dict[str, Any], wanted: IndexRanges | None) -> list[tup
     shards = IndexRanges.parse(status.get("succeededShards"))
     if wanted is not None:
         shards = shards.intersection(wanted)
-    pages: list[tuple[str, IndexRanges]] = []
+    by_page: dict[int, list[tuple[int, int]]] = {}
     for lo, hi in shards.intervals:
-        for page in range(lo // per_page, hi // per_page + 1):
-            part = shards.intersection(IndexRanges([(page * per_page, (page + 1) * per_page - 1)]))
-            if part and (not pages or pages[-1][0] != f"{prefix}{page}"):
-                pages.append((f"{prefix}{page}", part))
-    return pages
+        while lo <= hi:
+            page = lo // per_page
+            end = min(hi, (page + 1) * per_page - 1)
+            by_page.setdefault(page, []).append((lo, end))
+            lo = end + 1
+    return [(f"{prefix}{page}", IndexRanges(parts)) for page, parts in sorted(by_page.items())]
 
 
 async def cmd_results(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
@@ -618,22 +622,34 @@ async def cmd_results(cluster: Cluster, args: argparse.Namespace, out: TextIO) -
         wanted = IndexRanges.parse(args.shards) if args.shards else None
     except ValueError:
         raise PluginError(f"--shards {args.shards!r} is not index ranges (3,7-9)", EXIT_USAGE) from None
+    uid = batch["metadata"]["uid"]
+    results = status["results"]
+    missing = IndexRanges.parse(results.get("missingShards"))
     printed = 0
     if args.output == "json":
         out.write("[")
-    for name, shards in result_pages(status, wanted):  # one page (at most about 1 MB) in memory at a time
+    pages = result_pages(status, wanted)
+    for name, shards in pages:  # one page (at most about 1 MB) in memory at a time
         try:
             page: Any = await cluster.core.read_namespaced_config_map(name, cluster.namespace)
         except ApiException as exc:
             if exc.status == 404:  # no result of these shards was stored
                 continue
             raise
+        owners = [o.uid for o in page.metadata.owner_references or [] if o.controller]
+        if owners != [uid]:
+            print(f"warning: ConfigMap {name} is not this batch's; its shards are skipped", file=sys.stderr)
+            continue
         data = page.data or {}
         for shard in shards:
             text = data.get(str(shard))
-            if text is None:
+            if text is None or shard in missing:
                 continue
-            line = f'{{"shard": {shard}, "result": {text}}}'
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue  # not what the operator writes
+            line = json.dumps({"shard": shard, "result": value}, ensure_ascii=False)
             if args.output == "json":
                 out.write(("," if printed else "") + "\n  " + line)
             else:
@@ -641,15 +657,16 @@ async def cmd_results(cluster: Cluster, args: argparse.Namespace, out: TextIO) -
             printed += 1
     if args.output == "json":
         out.write("\n]\n" if printed else "]\n")
-    results = status["results"]
-    missing = IndexRanges.parse(results.get("missingShards"))
+    succeeded = sum(len(shards) for _, shards in pages)
+    total = (status.get("shards") or {}).get("total", 0)
+    note = f"{printed} results of {succeeded} succeeded shards (of {total})"
     if wanted is not None:
         missing = missing.intersection(wanted)
-    succeeded = IndexRanges.parse(status.get("succeededShards"))
-    total = (status.get("shards") or {}).get("total", 0)
-    note = f"{printed} results of {len(succeeded)} succeeded shards (of {total})"
-    if missing:
-        note += f"; without a result: {brief_ranges(str(missing))} (kubectl describe jobbatch {args.name})"
+    count = int(results.get("missing") or 0) if wanted is None else len(missing)
+    if count:
+        note += (
+            f"; {count} without a result (first: {brief_ranges(str(missing))}; kubectl describe jobbatch {args.name})"
+        )
     print(note, file=sys.stderr)
     return EXIT_OK
 

@@ -150,6 +150,8 @@ class BatchReconciler:
         # spec.results: what this process stored of each Job's results (by Job UID), and the writer.
         self._collected: dict[str, Collected] = {}
         self._result_store: ResultStore | None = None
+        # Job UID -> (failures in a row, monotonic time of the next try, why) of collections that fail.
+        self._collect_failed: dict[str, tuple[int, float, str]] = {}
         self._priority: tuple[float, int] = (float("-inf"), 0)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -242,10 +244,16 @@ class BatchReconciler:
         budget, queue_held = await self._budget(meta, spec, status, observed)
         live = {j.uid for j in observed}
         self._collected = {uid: done for uid, done in self._collected.items() if uid in live}  # released: recorded
+        self._collect_failed = {uid: f for uid, f in self._collect_failed.items() if uid in live}
+        stall = None
+        if self._collect_failed:
+            count, _, why = max(self._collect_failed.values())
+            stall = f"storing shard results failed {count} times in a row, retrying with backoff: {why}"
         decision = plan(
             batch, observed, self._clock(),
             failures=failures, acceptance=acceptance, launch_budget=budget, failed_create=self.failed_create,
             snapshot_lost=self._snapshot_lost, queue_held=queue_held, collected=self._collected,
+            results_stall=stall,
         )  # fmt: skip
         if self.failed_create is not None and not decision.creates_wanted and not self._creating:
             self.failed_create = None  # nothing left to create (a retry no longer due, the batch done)
@@ -256,7 +264,8 @@ class BatchReconciler:
             demand = 0 if queue_held is not None else decision.unmet_demand
             # Slots are free once the pods are gone, not once the plan stops them (suspension, a
             # lowered parallelism): what the Jobs hold counts until the watch shows it released.
-            held = max(decision.status.shards.running, sum(j.slots for j in observed))
+            # Shards whose results are being stored count as running but hold no slot.
+            held = max(decision.status.shards.running - decision.storing, sum(j.slots for j in observed))
             self.dispatcher.report(self.uid, held, demand)
         metrics.record_shards(self.namespace, self.name, decision.status.shards.model_dump())
         if decision.status.phase == "Running" and spec.parallelism > 0:  # accepted, its PriorityClass found
@@ -705,6 +714,10 @@ class BatchReconciler:
             since = self._collected.get(wanted.uid)
             if since is not None and since.shards.intersection(wanted.shards):
                 continue  # a collection ended while this pass ran: the next pass plans from it
+            failed = self._collect_failed.get(wanted.uid)
+            if failed is not None and self._monotonic() < failed[1]:
+                requeue = min(requeue if requeue is not None else RESYNC_INTERVAL, failed[1] - self._monotonic())
+                continue
             if not self.calls.busy(key):
                 self.calls.start(key, self._collect_results(wanted, spec, decision))
         for event in decision.events:
@@ -831,7 +844,21 @@ class BatchReconciler:
                 owner=manifests.owner_reference(self.name, self.uid),
             )
         started = self._monotonic()
-        done = await self._result_store.collect(wanted.name, wanted.uid, wanted.shards, self._clock())
+        try:
+            done = await self._result_store.collect(wanted.name, wanted.uid, wanted.shards, self._clock())
+        except Exception as exc:  # noqa: BLE001  # kept apart from the batch's other calls: said in Stalled
+            count = self._collect_failed.get(wanted.uid, (0, 0.0, ""))[0] + 1
+            delay = retry_delay(CREATE_BACKOFF, self.uid, 1, count - 1)
+            self._collect_failed[wanted.uid] = (
+                count,
+                self._monotonic() + delay,
+                f"job {wanted.name}: {error_message(exc)}",
+            )
+            logger.warning("%s/%s: storing results of job %s failed (%d in a row; next try in %.0fs): %s",
+                           self.namespace, self.name, wanted.name, count, delay, error_message(exc))  # fmt: skip
+            self.wake.set()
+            return
+        self._collect_failed.pop(wanted.uid, None)
         logger.info(
             "%s/%s: stored %d results of job %s (%d missing) in %.2fs", self.namespace, self.name,
             len(done.shards) - len(done.missing), wanted.name, len(done.missing), self._monotonic() - started,

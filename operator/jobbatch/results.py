@@ -28,7 +28,11 @@ from jobbatch.ranges import IndexRanges
 
 # A ConfigMap holds at most 1 MiB of data; pages are filled to about this, whatever the results' size.
 PAGE_BYTES = 900_000
-KEY_BYTES = 10  # a shard index of up to 8 digits, and slack
+# A key costs more than its digits: the protobuf map entry, and its managedFields entry ("f:12345":{}).
+KEY_BYTES = 40
+# Merge patches over maps of many keys cost the API server: pages of tiny results stay this small.
+MAX_SHARDS_PER_PAGE = 5_000
+MAX_MISSING_RANGES = 100  # of status.results.missingShards
 LIST_PAGE = 500  # pods per list call while collecting: what one collection holds in memory at once
 WRITE_BYTES = 256_000  # results buffered before they are written out
 MAX_ERRORS = 10
@@ -37,7 +41,7 @@ NO_SHARDS = IndexRanges()  # per operator process: bounds the memory collections
 
 
 def shards_per_page(max_bytes: int) -> int:
-    return max(1, PAGE_BYTES // (max_bytes + KEY_BYTES))
+    return max(1, min(MAX_SHARDS_PER_PAGE, PAGE_BYTES // (max_bytes + KEY_BYTES)))
 
 
 def page_of(shard: int, per_page: int) -> int:
@@ -97,11 +101,16 @@ def read_result(pod: Mapping[str, Any], max_bytes: int) -> PodResult | None:
         why = f"attempt {attempt}'s result is {size} bytes, over spec.results.maxBytes ({max_bytes})"
         return PodResult(shard, attempt, None, "TooLarge", why)
     try:
-        json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         why = f"attempt {attempt}'s result is not JSON ({exc}): {text[:100]!r}"
         return PodResult(shard, attempt, None, "NotJSON", why)
-    return PodResult(shard, attempt, text)
+    # Stored compact, on one line: what readers get is strict JSON, whatever the worker's spacing.
+    return PodResult(shard, attempt, json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class PageConflict(Exception):
@@ -185,7 +194,9 @@ class ResultStore:
             while True:
                 pods, token = await self.kube.list_succeeded_pods(self.namespace, job_name, LIST_PAGE, token)
                 for pod in pods:
-                    if controller_uid(pod.get("metadata") or {}) != job_uid:
+                    meta = pod.get("metadata") or {}
+                    # The Job controller names its pods <job>-<index>-<random>.
+                    if controller_uid(meta) != job_uid or not str(meta.get("name", "")).startswith(f"{job_name}-"):
                         continue
                     found = read_result(pod, self.max_bytes)
                     if found is None or found.shard not in shards or found.shard in seen:
@@ -197,7 +208,12 @@ class ResultStore:
                         continue
                     pages.setdefault(page_of(found.shard, self.per_page), {})[str(found.shard)] = found.text
                     buffered += len(found.text) + KEY_BYTES
-                if buffered >= WRITE_BYTES or not token:
+                    if buffered >= WRITE_BYTES:
+                        for shard, error in await self._write(pages):
+                            missing.append(shard)
+                            errors.append(error)
+                        pages, buffered = {}, 0
+                if not token:
                     for shard, error in await self._write(pages):
                         missing.append(shard)
                         errors.append(error)

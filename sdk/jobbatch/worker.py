@@ -48,10 +48,10 @@ Typical use::
     for item in worker.items(Url):
         fetch(item.url)
 
-A worker hands back a result with ``worker.result(value)`` (any JSON value, at most the batch's
-``spec.results.maxBytes``): the operator stores it in shard order (``kubectl jobbatch results NAME``),
-if the batch sets ``spec.results``. It is one line, ``jobbatch.io/result:<JSON>``, written to the
-termination log, so a worker in any language can write it too.
+A worker hands back a result with ``worker.result(value)``, or returns it from ``worker.run(work)``:
+any JSON value, at most the batch's ``spec.results.maxBytes``. The operator stores it in shard order
+(``kubectl jobbatch results NAME``) if the batch sets ``spec.results``. It is one line,
+``jobbatch.io/result:<JSON>``, written to the termination log, so a worker in any language can write it too.
 
 A worker signals a failure by exiting non-zero; exit codes listed in the batch's
 ``retry.nonRetryableExitCodes`` fail the shard without retries. From code, ``raise
@@ -79,7 +79,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar, overload
 
@@ -232,18 +232,29 @@ def result_message(value: Any, max_bytes: int = MAX_RESULT_BYTES) -> str:
     return RESULT_PREFIX + text
 
 
+def run(work: Callable[[Shard], Any]) -> None:
+    """Run ``work(shard)`` and hand back what it returns as the shard's result (``None``: no result)."""
+    value = work(Shard.from_env())
+    if value is not None:
+        result(value)
+
+
 def result(value: Any, *, env: Mapping[str, str] | None = None, path: str | None = None) -> None:
     """Hand back this shard's result: any JSON value, stored in shard order if the batch sets ``spec.results``.
 
-    Call it once, at the end (a later call replaces the result; a failed shard has none). It writes one
+    Call it once, last, just before exiting 0 (a later call replaces the result; a failed shard has
+    none, and a written result takes the place of the log tail a failure would report). It writes one
     line to the termination log, which the kubelet keeps in the pod's status and the operator copies
     into the batch's result ConfigMaps. Raises ResultTooLarge (a SkipRetry: uncaught, it fails the shard
     for good) when the JSON is over the batch's limit, and TypeError/ValueError for values JSON cannot
-    hold. Off a batch with results it still writes (harmlessly): the worker needs no other code path.
-    Outside a pod (no termination log) it prints the line to stderr instead.
+    hold. On a batch without ``spec.results`` (no ``JOBBATCH_RESULT_MAX_BYTES``) it only prints a note,
+    so one worker serves both; outside a pod (no termination log) it prints the line to stderr instead.
     """
     env = os.environ if env is None else env
-    limit = int(env.get("JOBBATCH_RESULT_MAX_BYTES") or MAX_RESULT_BYTES)
+    if not env.get("JOBBATCH_RESULT_MAX_BYTES"):  # the batch keeps no results: nothing to refuse or write
+        print(f"jobbatch: result not kept (the batch has no spec.results): {str(value)[:200]}", file=sys.stderr)
+        return
+    limit = int(env["JOBBATCH_RESULT_MAX_BYTES"])
     message = result_message(value, min(limit, MAX_RESULT_BYTES))
     target = path or env.get("JOBBATCH_TERMINATION_LOG")
     if target is None:

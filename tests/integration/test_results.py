@@ -42,7 +42,8 @@ async def test_ten_thousand_results_are_collected_completely_and_in_order(
     per_page = results.shards_per_page(128)
     prefix = naming.results_configmap_prefix("many", created["metadata"]["uid"])
     assert kept == {
-        "configMapPrefix": prefix, "shardsPerPage": per_page, "stored": SHARDS, "missingShards": "", "errors": []
+        "configMapPrefix": prefix, "shardsPerPage": per_page, "stored": SHARDS, "missing": 0, "missingShards": "",
+        "pending": 0, "errors": [],
     }  # fmt: skip
     # Pages: ConfigMaps the batch owns, labelled for kubectl, each well under the 1 MiB limit.
     pages = await client.CoreV1Api(api).list_namespaced_config_map(
@@ -83,13 +84,14 @@ async def test_a_result_that_cannot_be_stored_is_named_and_the_batch_still_compl
     kept = done["status"]["results"]
     assert kept["stored"] == 0
     assert kept["missingShards"] == "0-2"
+    assert kept["missing"] == 3
     assert {e["reason"] for e in kept["errors"]} == {"TooLarge"}
     assert "over spec.results.maxBytes (20)" in kept["errors"][0]["message"]
     shown = await kubectl_jobbatch(kubeconfig, "results", "big", "-n", namespace)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == ""
     assert "0 results of 3 succeeded shards" in shown.stderr
-    assert "without a result: 0-2" in shown.stderr
+    assert "3 without a result (first: 0-2" in shown.stderr
     # A batch without spec.results says so.
     await batches.create("plain", {"template": template(), "payloads": {"count": 1}})
     await batches.wait_for("plain", "Complete")

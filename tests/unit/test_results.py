@@ -27,7 +27,7 @@ def pod(first: int, index: int, message: str | None, *, attempt: int = 0, owner:
         terminated["message"] = message
     return {
         "metadata": {
-            "name": f"p-{first}-{index}-{attempt}",
+            "name": f"j-{index}-{attempt}x",
             "labels": {
                 "jobbatch.io/first-shard": str(first),
                 "batch.kubernetes.io/job-completion-index": str(index),
@@ -42,7 +42,7 @@ def pod(first: int, index: int, message: str | None, *, attempt: int = 0, owner:
 # -- reading a pod's result ----------------------------------------------------------------------------
 def test_a_result_is_the_json_after_the_prefix() -> None:
     found = read_result(pod(10, 3, RESULT_PREFIX + '{"rows": 7}\n'), 100)
-    assert found == results.PodResult(13, 0, '{"rows": 7}')
+    assert found == results.PodResult(13, 0, '{"rows":7}')  # stored compact, on one line
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,9 @@ def test_pages_stay_under_a_configmaps_limit_for_every_max_bytes() -> None:
     for max_bytes in (1, 100, 1024, 4000):
         per_page = results.shards_per_page(max_bytes)
         assert per_page >= 1
-        assert per_page * (max_bytes + 8) <= 1_000_000  # keys of up to 8 digits, results at their limit
+        assert per_page <= results.MAX_SHARDS_PER_PAGE
+        # Each key costs its digits, its protobuf entry and its managedFields entry: ~40 bytes in all.
+        assert per_page * (max_bytes + 40) <= 1_000_000
 
 
 # -- the SDK side --------------------------------------------------------------------------------------
@@ -96,7 +98,7 @@ def test_a_result_over_the_limit_fails_the_shard_for_good(tmp_path: Any) -> None
 
 def test_a_value_json_cannot_hold_is_refused(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="Out of range float"):
-        worker.result(float("nan"), env={}, path=str(tmp_path / "log"))
+        worker.result(float("nan"), env={"JOBBATCH_RESULT_MAX_BYTES": "100"}, path=str(tmp_path / "log"))
 
 
 def test_the_pod_gets_the_limit_only_with_results() -> None:
@@ -326,3 +328,67 @@ def test_the_plugin_reads_only_pages_of_wanted_succeeded_shards() -> None:
         ("b-x-results-2", "9"),
     ]
     assert result_pages({"succeededShards": "0-3"}, None) == []
+
+
+def test_stored_results_are_strict_one_line_json() -> None:
+    found = read_result(pod(0, 0, RESULT_PREFIX + '{"a":\n  [1, 2.5, "é"]}'), 100)
+    assert found is not None
+    assert found.text == '{"a":[1,2.5,"é"]}'
+    for constant in ("NaN", "Infinity", '{"x": -Infinity}'):
+        refused = read_result(pod(0, 0, RESULT_PREFIX + constant), 100)
+        assert refused is not None
+        assert refused.reason == "NotJSON"
+
+
+def test_the_sdk_only_notes_a_result_when_the_batch_keeps_none(tmp_path: Any) -> None:
+    log = tmp_path / "termination-log"
+    worker.result("x" * 5000, env={}, path=str(log))  # no limit to break: nothing written, nothing raised
+    assert not log.exists()
+
+
+def test_run_hands_back_what_the_work_returns(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "termination-log"
+    env = {
+        "JOBBATCH_NAME": "b", "JOBBATCH_NAMESPACE": "ns", "JOBBATCH_FIRST_SHARD": "3", "JOB_COMPLETION_INDEX": "1",
+        "JOBBATCH_ATTEMPT": "0", "JOBBATCH_SHARD_COUNT": "9", "JOBBATCH_SHARD_SIZE": "1", "JOBBATCH_ITEM_COUNT": "9",
+        "JOBBATCH_RESULT_MAX_BYTES": "100", "JOBBATCH_TERMINATION_LOG": str(log),
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    worker.run(lambda shard: {"shard": shard.index})
+    assert log.read_text() == RESULT_PREFIX + '{"shard":4}'
+
+
+def test_missing_shards_stay_bounded_in_the_status() -> None:
+    b = accepted(spec(results={"maxBytes": 100}, parallelism=400), items=400)
+    chunk = job(0, 400, succeeded="0-399")
+    odd = IndexRanges.of(range(1, 400, 2))
+    out = plan(b, [chunk], NOW, collected={"job-0-0": Collected(IndexRanges.parse("0-399"), odd, (), NOW)})
+    assert out.status.results is not None
+    assert (out.status.results.stored, out.status.results.missing) == (200, 200)
+    assert len(IndexRanges.parse(out.status.results.missing_shards).intervals) == results.MAX_MISSING_RANGES
+
+
+def test_shards_being_stored_hold_no_slot_and_a_failing_store_stalls_the_batch() -> None:
+    b = results_batch()
+    out = plan(b, [job(0, 4, succeeded="0-3")], NOW, collected={}, results_stall="job j: 422 refused")
+    assert out.storing == 4
+    assert out.status.results is not None
+    assert out.status.results.pending == 4
+    stalled = out.status.condition("Stalled")
+    assert stalled is not None
+    assert (stalled.status, stalled.reason) == ("True", "ResultsNotStored")
+    assert "422 refused" in stalled.message
+    assert "ResultsNotStored" in [e.reason for e in out.events]
+
+
+def test_the_plugin_splits_scattered_shards_by_page_in_one_pass() -> None:
+    from jobbatch.plugin import result_pages
+
+    status = {
+        "succeededShards": str(IndexRanges.of(range(0, 20_000, 2))),
+        "results": {"configMapPrefix": "p-", "shardsPerPage": 5000},
+    }
+    pages = result_pages(status, None)
+    assert [n for n, _ in pages] == ["p-0", "p-1", "p-2", "p-3"]
+    assert all(len(shards) == 2500 for _, shards in pages)
