@@ -21,6 +21,7 @@ from jobbatch.dispatch import Dispatcher
 from jobbatch.kube import Conflict, merge_patch
 from jobbatch.observed import ShardJob, summarize
 from jobbatch.payloads import digest
+from jobbatch.ranges import IndexRanges
 from jobbatch.reconciler import BatchReconciler
 from tests.unit.test_object_payloads import CREDENTIALS, MemoryStore
 
@@ -631,3 +632,78 @@ def test_a_status_write_removes_the_fields_the_new_status_lacks() -> None:
         "failures": [],
     }
     assert apply_merge_patch(old, patch) == new
+
+
+class ResultsKube(FakeKube):
+    """A FakeKube whose shard Job's pods hold results, and whose pod list can be refused."""
+
+    def __init__(self, spec: dict[str, Any], job: str, shards: int) -> None:
+        super().__init__(spec)
+        self.refuse_lists = False
+        self.pods = [
+            {
+                "metadata": {
+                    "name": f"{job}-{i}-abcde",
+                    "labels": {api.LABEL_FIRST_SHARD: "0", api.LABEL_COMPLETION_INDEX: str(i), api.LABEL_ATTEMPT: "0"},
+                    "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
+                },
+                "status": {"containerStatuses": [{"state": {"terminated": {"message": f"{api.RESULT_PREFIX}{i}"}}}]},
+            }
+            for i in range(shards)
+        ]
+
+    async def list_succeeded_pods(
+        self, namespace: str, job_name: str, limit: int, token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        self.calls.append(("list-pods", job_name))
+        if self.refuse_lists:
+            raise ApiException(status=403, reason="Forbidden")
+        return copy.deepcopy(self.pods), ""
+
+    async def merge_configmap_data(self, namespace: str, name: str, data: dict[str, str]) -> bool:
+        if name not in self.configmaps:
+            return False
+        self.configmaps[name].setdefault("data", {}).update(data)
+        return True
+
+
+async def test_a_collection_that_fails_stalls_the_batch_backs_off_and_records_nothing_until_it_works() -> None:
+    job = naming.job_name("b", "uid-1", 0, 0)
+    kube = ResultsKube({"payloads": {"count": 4}, "parallelism": 4, "results": {"maxBytes": 100}}, job, 4)
+    accept(kube, 4)
+    kube.refuse_lists = True
+    finished = ShardJob(
+        name=job, first=0, count=4, attempt=0, parallelism=4, succeeded=IndexRanges.parse("0-3"), finished=True,
+        finished_at=T0, uid="job-uid",
+    )  # fmt: skip
+    clock = Clock()
+    r = reconciler(kube, {job: finished}, clock)
+
+    async def step(seconds: float) -> None:
+        clock.now += seconds
+        await r.reconcile_once()  # a failed collection is no failed call: no ActionsFailed
+        await r.calls.drain()
+
+    def lists() -> int:
+        return sum(1 for c in kube.calls if c[0] == "list-pods")
+
+    await step(0)
+    await step(1.1)  # a status write at most once a second
+    assert lists() == 1  # backing off (2 s): not listed again at once
+    status = kube.batch["status"]
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "ResultsNotStored")
+    assert "403" in stalled["message"]
+    assert status["succeededShards"] == ""  # nothing recorded without its result
+    assert ("release", job) not in kube.calls
+    assert "ResultsNotStored" in kube.events
+    kube.refuse_lists = False
+    await step(2)  # past the backoff: collected
+    await step(1.1)  # ... and recorded
+    status = kube.batch["status"]
+    assert status["succeededShards"] == "0-3"
+    assert status["results"]["stored"] == 4
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"
+    page = kube.configmaps[naming.results_configmap_prefix("b", "uid-1") + "0"]
+    assert page["data"] == {"0": "0", "1": "1", "2": "2", "3": "3"}
