@@ -832,7 +832,7 @@ class BatchReconciler:
         """Store the results of a Job's succeeded shards; the next pass records them."""
         assert spec.results is not None
         results = decision.status.results
-        if self._result_store is None or self._result_store.max_bytes != spec.results.max_bytes:
+        if self._result_store is None:  # spec.results is immutable: one writer for the batch's life
             self._result_store = ResultStore(
                 self.kube,
                 namespace=self.namespace,

@@ -23,7 +23,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from jobbatch.api import LABEL_ATTEMPT, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD, RESULT_PREFIX, ResultError
+from jobbatch.api import KIND, LABEL_ATTEMPT, LABEL_COMPLETION_INDEX, LABEL_FIRST_SHARD, RESULT_PREFIX, ResultError
+from jobbatch.observed import controller_of
 from jobbatch.ranges import IndexRanges
 
 # A ConfigMap holds at most 1 MiB of data; pages are filled to about this, whatever the results' size.
@@ -128,13 +129,6 @@ def page_body(
     }
 
 
-def controller_uid(meta: Mapping[str, Any]) -> str | None:
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller"):
-            return str(ref.get("uid") or "")
-    return None
-
-
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
@@ -196,7 +190,8 @@ class ResultStore:
                 for pod in pods:
                     meta = pod.get("metadata") or {}
                     # The Job controller names its pods <job>-<index>-<random>.
-                    if controller_uid(meta) != job_uid or not str(meta.get("name", "")).startswith(f"{job_name}-"):
+                    owner = controller_of(pod, "Job")
+                    if owner is None or owner[1] != job_uid or not str(meta.get("name", "")).startswith(f"{job_name}-"):
                         continue
                     found = read_result(pod, self.max_bytes)
                     if found is None or found.shard not in shards or found.shard in seen:
@@ -250,7 +245,8 @@ class ResultStore:
                 found = await self.kube.get_configmap_metadata(self.namespace, name)
                 if found is None:
                     continue  # deleted since: create it again
-                if controller_uid(found.get("metadata") or {}) != self.batch_uid:
+                owner = controller_of(found, KIND)
+                if owner is None or owner[1] != self.batch_uid:
                     self._conflicts.add(name)
                     raise PageConflict(
                         f"ConfigMap {name} exists and is not this batch's: results meant for it are not stored"
