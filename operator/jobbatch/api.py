@@ -38,6 +38,8 @@ LABEL_RESULTS = "jobbatch.io/results"
 # On shard Jobs and their pods: the Job runs attempt ATTEMPT of shards FIRST .. FIRST + completions - 1.
 LABEL_FIRST_SHARD = "jobbatch.io/first-shard"
 LABEL_ATTEMPT = "jobbatch.io/attempt"
+# On a Job (and its pod) running a piece of a shard's items (retry.isolate): the piece's node number.
+LABEL_ITEM_NODE = "jobbatch.io/item-node"
 # Set by Kubernetes on every pod of an Indexed Job; a pod's shard is first-shard + this index.
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # Keeps a shard Job (and its outcome) until the JobBatch status has recorded it.
@@ -193,6 +195,16 @@ class Retry(_Model):
         "retries decide what follows. 0: the first disruption fails the attempt. Preemptions count: raise it "
         "for batches meant to be preempted.",
     )
+    isolate: bool = Field(
+        default=False,
+        description="Poison-item isolation: a shard that fails for good (retries spent, a non-retryable exit code, "
+        "a SkipRetry) is not failed whole; its items are halved and each half runs once, a failing half is halved "
+        "again, down to single items, so every good item is processed and the bad ones are named "
+        "(status.failedItems). A shard with a bad item still counts as failed (maxFailedShards counts shards). "
+        "It costs at most 2 * k * ceil(log2(shardSize)) more attempts for k bad items (k at most 16 per shard: "
+        "past that, a failing piece fails whole). Workers must read their items through the SDK, or honour "
+        "JOBBATCH_ITEM_START and JOBBATCH_ITEM_END. Not with spec.results.",
+    )
 
 
 # Index ranges as the status writes them: "0-41,43".
@@ -259,7 +271,13 @@ class JobBatchSpec(_Model):
         json_schema_extra=_extra(
             **{
                 "x-kubernetes-validations": [
-                    {"rule": "has(self.results) == has(oldSelf.results)", "message": "results is immutable"}
+                    {"rule": "has(self.results) == has(oldSelf.results)", "message": "results is immutable"},
+                    {
+                        "rule": "!has(self.results) || !has(self.retry) || !has(self.retry.isolate) "
+                        "|| !self.retry.isolate",
+                        "message": "retry.isolate cannot be combined with results: a shard run in pieces has no "
+                        "one result",
+                    },
                 ]
             }
         )
@@ -412,6 +430,17 @@ class ShardFailure(_Model):
     message: str = ""
 
 
+class ItemFailure(_Model):
+    """Items that failed when run apart (retry.isolate): a single item, or a piece failed whole."""
+
+    items: str = Field(description='The items, as index ranges in the batch ("1017" or "1500-1749").')
+    shard: int
+    attempt: int
+    exit_code: int | None = None
+    reason: str = Field(default="", description="Error, OOMKilled, DeadlineExceeded, ... of the piece's pod.")
+    message: str = Field(default="", description="The worker's termination message.")
+
+
 class ResultError(_Model):
     """A succeeded shard whose result could not be stored."""
 
@@ -485,6 +514,17 @@ class JobBatchStatus(_Model):
     results: ResultsStatus | None = Field(default=None, description="Where the shards' results are (spec.results).")
     failures: list[ShardFailure] = Field(
         default_factory=list, max_length=10, description="The latest permanently failed shards (at most 10)."
+    )
+    failed_items: str = Field(
+        default="",
+        description="Items that failed when run apart (retry.isolate), as index ranges in the batch: the first "
+        "500 ranges (the status stays bounded; failedItemCount counts them all).",
+    )
+    failed_item_count: int = Field(default=0, description="Items that failed when run apart (retry.isolate).")
+    item_failures: list[ItemFailure] = Field(
+        default_factory=list,
+        max_length=10,
+        description="The first failed items' pieces, with their worker's message (at most 10).",
     )
     conditions: list[Condition] = Field(
         default_factory=list,

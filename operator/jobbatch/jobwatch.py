@@ -103,12 +103,12 @@ class FailedPodIndex:
         self._by_job: dict[str, dict[str, PodFailure]] = {}
         self._namespace: dict[str, str] = {}  # Job UID -> namespace
 
-    def failures(self, job_uids: Iterable[str]) -> dict[tuple[int, int], PodFailure]:
-        """The failed pods of these Jobs by (shard, attempt); of several pods of one index, the latest."""
-        out: dict[tuple[int, int], PodFailure] = {}
+    def failures(self, job_uids: Iterable[str]) -> dict[tuple[int, int, int], PodFailure]:
+        """The failed pods of these Jobs by (shard, attempt, piece); of several pods of one index, the latest."""
+        out: dict[tuple[int, int, int], PodFailure] = {}
         for uid in job_uids:
             for pod in self._by_job.get(uid, {}).values():
-                key = (pod.shard, pod.attempt)
+                key = (pod.shard, pod.attempt, pod.node)
                 have = out.get(key)
                 if have is None or (pod.finished_at or _EPOCH) > (have.finished_at or _EPOCH):
                     out[key] = pod

@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from jobbatch import api, naming
-from jobbatch.planner import shard_count
+from jobbatch import api, isolation, naming
+from jobbatch.planner import item_range, shard_count
 
 PAYLOAD_KEY = "payloads.jsonl"
 INDEX_KEY = "object-index.json"  # an objectStore source's snapshot: the object's index, not its items
@@ -81,6 +81,7 @@ def shard_job(
     attempt: int,
     parallelism: int,
     payload_digest: str | None = None,
+    node: int = 0,
 ) -> dict[str, Any]:
     """The Indexed Job running ``attempt`` of shards ``first_shard .. first_shard + count - 1``.
 
@@ -93,6 +94,9 @@ def shard_job(
     non-zero exit codes: the Job controller applies the podFailurePolicy even to a pod it
     deleted for suspension (measured on a real kubelet: SIGTERM, exit 143), and ``FailJob`` would
     then fail every shard of the Job; a failed index is only recorded for pods it did not delete.
+
+    ``node``: a piece of shard ``first_shard``'s items (retry.isolate, ``jobbatch.isolation``), one pod
+    whose items ``JOBBATCH_ITEM_START`` and ``JOBBATCH_ITEM_END`` give.
     """
     labels = {
         **batch_labels(name, uid),
@@ -100,6 +104,8 @@ def shard_job(
         api.LABEL_ATTEMPT: str(attempt),
         api.LABEL_QUEUE: spec.queue_name,
     }
+    if node:
+        labels[api.LABEL_ITEM_NODE] = str(node)
     template = copy.deepcopy(spec.template)
     meta = template.setdefault("metadata", {})
     meta["labels"] = {**(meta.get("labels") or {}), **labels}
@@ -123,6 +129,12 @@ def shard_job(
     ]
     if spec.results is not None:
         env.append({"name": "JOBBATCH_RESULT_MAX_BYTES", "value": str(spec.results.max_bytes)})
+    if node:
+        start, end = isolation.node_range(item_range(first_shard, spec.shard_size, item_count), node)
+        env += [
+            {"name": "JOBBATCH_ITEM_START", "value": str(start)},
+            {"name": "JOBBATCH_ITEM_END", "value": str(end)},
+        ]
     has_file = spec.payloads.count is None
     key = snapshot_key(spec.payloads)
     if spec.payloads.object_store is not None:
@@ -148,7 +160,9 @@ def shard_job(
                 },
             },
         ]
+    # The template may not set a piece's range (nor any of ours): a pod's items are the operator's to say.
     ours = {e["name"] for e in env} | {"JOB_COMPLETION_INDEX", "JOBBATCH_TERMINATION_LOG"}
+    ours |= {"JOBBATCH_ITEM_START", "JOBBATCH_ITEM_END"}
     for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
         container["env"] = [*(e for e in container.get("env") or [] if e.get("name") not in ours), *env]
         # A worker that fails without writing /dev/termination-log still says why: its log's tail
@@ -183,7 +197,9 @@ def shard_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": naming.job_name(name, uid, first_shard, attempt),
+            "name": naming.piece_job_name(name, uid, first_shard, attempt, node)
+            if node
+            else naming.job_name(name, uid, first_shard, attempt),
             "namespace": namespace,
             "labels": labels,
             "finalizers": [api.SHARD_FINALIZER],

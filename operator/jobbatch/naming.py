@@ -34,6 +34,19 @@ def job_name(batch_name: str, batch_uid: str, first_shard: int, attempt: int) ->
     return f"{_prefix(batch_name)}-{_uid_hash(batch_uid)}-{first_shard}-{attempt}"
 
 
+# A piece's Job runs one pod (hostname "<job>-0"): 32 + 1 + 5 + 1 + 7 + 1 + 3 + 2 + 7 (node) + 2 = 61.
+_PIECE_PREFIX_LEN = 32
+
+
+def piece_job_name(batch_name: str, batch_uid: str, shard: int, attempt: int, node: int) -> str:
+    """``<batch>-<uidhash>-<shard>-<attempt>-i<node>``: the Job running piece ``node`` of a shard's items.
+
+    (retry.isolate; jobbatch.isolation numbers the pieces. Nodes stay below 2**21: shards hold at most
+    1,000,000 items.)
+    """
+    return f"{_prefix(batch_name)[:_PIECE_PREFIX_LEN].rstrip('-')}-{_uid_hash(batch_uid)}-{shard}-{attempt}-i{node}"
+
+
 def payload_configmap_name(batch_name: str, batch_uid: str) -> str:
     return f"{_prefix(batch_name)}-{_uid_hash(batch_uid)}-payloads"
 

@@ -21,6 +21,7 @@ from jobbatch.api import (
     LABEL_ATTEMPT,
     LABEL_COMPLETION_INDEX,
     LABEL_FIRST_SHARD,
+    LABEL_ITEM_NODE,
     LABEL_QUEUE,
     SHARD_FINALIZER,
     SKIP_RETRY_PREFIX,
@@ -64,6 +65,8 @@ class ShardJob:
     pods_collected: bool = False
     queue: str = ""  # its batch's queue when it was made (label LABEL_QUEUE; "" on Jobs of older versions)
     started_at: datetime.datetime | None = None  # status.startTime: when the Job controller first synced it
+    # 0: an ordinary attempt; else a piece of the shard's items (retry.isolate, jobbatch.isolation).
+    node: int = 0
 
     @property
     def last(self) -> int:
@@ -114,6 +117,7 @@ class PodFailure:
     finished_at: datetime.datetime | None
     # It carried a DisruptionTarget condition (evicted, preempted, its node lost): not the worker's exit.
     disrupted: bool = False
+    node: int = 0  # the piece of the shard's items it ran (retry.isolate); 0: the whole shard
 
 
 def parse_time(value: str | None) -> datetime.datetime | None:
@@ -156,9 +160,15 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         return None
     if spec.get("completionMode") != "Indexed" or first < 0 or attempt < 0 or count < 0:
         return None
-    # Labels can be edited; the name cannot, and names the same (first shard, attempt).
+    node = _node(labels)
+    if node is None or (node and count != 1):
+        return None
+    # Labels can be edited; the name cannot, and names the same (first shard, attempt, piece).
     owner = controller_of(job, KIND)
-    if owner is None or meta.get("name") != naming.job_name(owner[0], owner[1], first, attempt):
+    if owner is None:
+        return None
+    name = naming.piece_job_name(*owner, first, attempt, node) if node else naming.job_name(*owner, first, attempt)
+    if meta.get("name") != name:
         return None
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     done = conditions.get("Complete") or conditions.get("Failed")
@@ -183,7 +193,19 @@ def summarize(job: Mapping[str, Any]) -> ShardJob | None:
         pods_collected=(meta.get("annotations") or {}).get(PODS_COLLECTED) == "true",
         queue=str(labels.get(LABEL_QUEUE) or ""),
         started_at=parse_time(status.get("startTime")),
+        node=node,
     )
+
+
+def _node(labels: Mapping[str, Any]) -> int | None:
+    """The piece a Job or pod runs (label LABEL_ITEM_NODE): 0 without the label, None if it is not a piece."""
+    if LABEL_ITEM_NODE not in labels:
+        return 0
+    try:
+        node = int(labels[LABEL_ITEM_NODE])
+    except (ValueError, TypeError):
+        return None
+    return node if node >= 2 else None
 
 
 # Characters of a failed pod's message kept (the kubelet keeps up to 4 KiB of a termination message).
@@ -207,6 +229,9 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
         shard = int(labels[LABEL_FIRST_SHARD]) + int(labels[LABEL_COMPLETION_INDEX])
         attempt = int(labels[LABEL_ATTEMPT])
     except (KeyError, ValueError):
+        return None
+    node = _node(labels)
+    if node is None:
         return None
     exit_code: int | None = None
     reason = str(status.get("reason") or "")
@@ -251,4 +276,5 @@ def summarize_failed_pod(pod: Mapping[str, Any]) -> PodFailure | None:
         message=message[:TERMINATION_MESSAGE_CHARS],
         finished_at=finished_at,
         disrupted=disruption is not None,
+        node=node,
     )

@@ -32,13 +32,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from jobbatch import naming
+from jobbatch import isolation, naming
 from jobbatch.api import (
     MAX_ATTEMPT,
     MAX_RETRY_LIMIT,
     SKIP_RETRY_PREFIX,
     TERMINAL_PHASES,
     Condition,
+    ItemFailure,
     JobBatchSpec,
     JobBatchStatus,
     RerunStatus,
@@ -62,6 +63,8 @@ ACCEPTANCE_RECHECK_SECONDS = 10.0
 # How often a finished batch re-checks that its Jobs' last pods are gone (before it lets the Jobs go,
 # and before a rerun starts); their Jobs' watch events wake it sooner.
 STOPPING_RECHECK_SECONDS = 5.0
+# Ranges of status.failedItems kept (retry.isolate): the status stays bounded.
+MAX_FAILED_ITEM_RANGES = 500
 # Events about individual shards posted per pass, so a mass failure cannot flood the API.
 MAX_SHARD_EVENTS_PER_PASS = 5
 MAX_RECORDED_FAILURES = 10
@@ -140,6 +143,7 @@ class CreateJob:
     # For a retry: why the attempt before failed (metrics count each failed attempt once).
     cause: str = dataclasses.field(default="", compare=False)
     cause_exit_code: int | None = dataclasses.field(default=None, compare=False)
+    node: int = 0  # a piece of shard ``first``'s items (retry.isolate; jobbatch.isolation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +275,8 @@ class Survey:
     unrecorded: IndexRanges = dataclasses.field(default_factory=IndexRanges)
     # Jobs with such shards whose results are not stored yet, and those shards (spec.results only).
     uncollected: list[tuple[ShardJob, IndexRanges]] = dataclasses.field(default_factory=list)
+    # Shards being run in pieces (retry.isolate), not recorded yet: their piece Jobs.
+    pieces: dict[int, list[ShardJob]] = dataclasses.field(default_factory=dict)
 
     @property
     def recorded(self) -> IndexRanges:
@@ -289,7 +295,7 @@ POD_GRACE_SECONDS = 10.0
 def survey(
     status: JobBatchStatus,
     jobs: Sequence[ShardJob],
-    failures: Mapping[tuple[int, int], PodFailure],
+    failures: Mapping[tuple[int, int, int], PodFailure],
     total: int,
     now: datetime.datetime,
     first_attempt: int = 0,
@@ -303,6 +309,8 @@ def survey(
     is recorded only once its result is decided, so the Job (and its pods) stay until then.
     """
     jobs = [j for j in jobs if j.attempt >= first_attempt]
+    pieces = [j for j in jobs if j.node]  # their outcomes are their shard's isolation's (``isolate``)
+    whole = [j for j in jobs if not j.node]
     recorded_succeeded = IndexRanges.parse(status.succeeded_shards)
     recorded_failed = IndexRanges.parse(status.failed_shards)
     recorded = recorded_succeeded.union(recorded_failed)
@@ -315,13 +323,13 @@ def survey(
                 if job.confirmed:
                     confirmed[shard] = max(confirmed.get(shard, 0), job.attempt)
     covered = IndexRanges((j.first, j.last) for j in jobs if j.count)
-    succeeded = IndexRanges(interval for j in jobs for interval in j.succeeded.intervals)
+    succeeded = IndexRanges(interval for j in whole for interval in j.succeeded.intervals)
     outside = IndexRanges([(total, 2**62)])
     recordable = succeeded
     uncollected: list[tuple[ShardJob, IndexRanges]] = []
     if collected is not None:
         recordable = IndexRanges()
-        for job in jobs:
+        for job in whole:
             done = collected[job.uid].shards if job.uid in collected else IndexRanges()
             recordable = recordable.union(job.succeeded.intersection(done))
             waiting = job.succeeded.difference(recorded).difference(done).difference(outside)
@@ -329,12 +337,15 @@ def survey(
                 uncollected.append((job, waiting))
     seen = Survey(total, recorded_succeeded, recorded_failed, newest, confirmed, IndexRanges(), [], covered)
     grace = datetime.timedelta(seconds=POD_GRACE_SECONDS)
-    for job in jobs:
+    for job in pieces:
+        if job.first not in recorded and job.first < total and newest.get(job.first, 0) == job.attempt:
+            seen.pieces.setdefault(job.first, []).append(job)
+    for job in whole:
         lost = job.shards.difference(job.succeeded).difference(job.failed) if job.lost else IndexRanges()
         for shard in (*job.failed, *lost):
             if shard in recorded or shard >= total or newest.get(shard, 0) > job.attempt:
                 continue
-            pod = failures.get((shard, job.attempt))
+            pod = failures.get((shard, job.attempt, 0))
             if shard not in job.failed:
                 why = "the shard Job was deleted before it finished"
                 seen.failed_attempts.append(FailedAttempt(shard, job.attempt, None, "Deleted", why, job.deleted_at))
@@ -367,6 +378,8 @@ class ShardFates:
     waiting: int  # retries still in backoff
     next_due: datetime.datetime | None
     final: list[FailedAttempt] = dataclasses.field(default_factory=list)  # the attempts of new_failures
+    # Failed for good, but retry.isolate runs their items in pieces instead (``_Pass.isolate``).
+    split: list[FailedAttempt] = dataclasses.field(default_factory=list)
 
 
 def permanent_failure(
@@ -418,8 +431,14 @@ def decide_shards(batch: Batch, failed_attempts: Iterable[FailedAttempt], now: d
     retry = batch.spec.retry
     base = first_attempt(batch.status)
     fates = ShardFates([], [], 0, None)
+    items = batch.status.item_count or 0
     for failed in sorted(failed_attempts, key=lambda f: (f.shard, f.attempt)):
         failure = permanent_failure(failed, retry.non_retryable_exit_codes, retry.limit, base)
+        if failure is not None and retry.isolate and failed.attempt < MAX_ATTEMPT:
+            lo, hi = item_range(failed.shard, batch.spec.shard_size, items)
+            if hi - lo > 1:
+                fates.split.append(failed)
+                continue
         if failure is not None:
             fates.new_failures.append(failure)
             fates.final.append(failed)
@@ -488,6 +507,10 @@ def _brief(shards: IndexRanges, most: int = 10) -> str:
     return f"{head},... ({len(shards) - len(head)} more)"
 
 
+def _items(items: IndexRanges) -> str:
+    return f"{len(items)} item{'' if len(items) == 1 else 's'}"
+
+
 def _describe_failures(failures: Iterable[ShardFailure]) -> str:
     parts = []
     for f in failures:
@@ -512,6 +535,11 @@ class _Pass:
         self.out = Plan(status=self.status)
         # The shards recorded once this pass's status is written (set by ``record``).
         self.succeeded = self.failed = IndexRanges()
+        # retry.isolate (set by ``isolate``): pieces to run, as (shard, attempt, node, why its parent
+        # was split), and the state of each shard being isolated.
+        self.pieces_wanted: list[tuple[int, int, int, tuple[str, int | None]]] = []
+        self.isolations: dict[int, isolation.Isolation] = {}
+        self.pieces_busy = 0
 
     def condition(self, ctype: str, value: Literal["True", "False"], reason: str, message: str) -> None:
         self.status.conditions = set_condition(
@@ -653,6 +681,7 @@ class _Pass:
         self.succeeded, self.failed = succeeded, staying
         self.status.failed_shards = str(staying)
         self.status.failures = [f for f in self.status.failures if f.shard not in chosen]
+        self._forget_failed_items(chosen)
         self.status.phase = "Running"
         self.status.completion_time = None
         parts = [f"{_shards(chosen, 'failed')} ({_brief(chosen)})"] if chosen else []
@@ -667,6 +696,20 @@ class _Pass:
         self.out.events.append(Event("Normal", "Rerun", message))
         self.out.wake_in(0)
         return True
+
+    def _forget_failed_items(self, shards: IndexRanges) -> None:
+        """A rerun runs these shards whole again: their failed items (retry.isolate) are no longer known."""
+        status = self.status
+        if not status.failed_item_count:
+            return
+        size, items = self.spec.shard_size, status.item_count or 0
+        theirs = IndexRanges((lo * size, min((hi + 1) * size, items) - 1) for lo, hi in shards.intervals)
+        listed = IndexRanges.parse(status.failed_items)
+        kept = listed.difference(theirs)
+        # Items past the listed ranges are not known one by one: the count drops by what the list shows.
+        status.failed_item_count = max(len(kept), status.failed_item_count - (len(listed) - len(kept)))
+        status.failed_items = str(kept)
+        status.item_failures = [f for f in status.item_failures if f.shard not in shards]
 
     def _refuse_rerun(self, reason: str, message: str) -> None:
         """Record the rerun as answered (so it is refused once), with nothing run."""
@@ -710,14 +753,110 @@ class _Pass:
             )
         return self.status.results
 
+    # 1c. isolate poison items -------------------------------------------------------------------
+    def isolate(self, seen: Survey, fates: ShardFates, failures: Mapping[tuple[int, int, int], PodFailure]) -> None:
+        """Where each shard run in pieces stands; shards failed for good start their pieces (retry.isolate)."""
+        items = self.status.item_count or 0
+        grace = datetime.timedelta(seconds=POD_GRACE_SECONDS)
+        for shard, jobs in seen.pieces.items():
+            state = isolation.assess(
+                shard, item_range(shard, self.spec.shard_size, items), jobs, failures, self.now, grace
+            )
+            self.isolations[shard] = state
+            if state.look_again is not None:
+                self.out.wake_in((state.look_again - self.now).total_seconds())
+        for failed in fates.split[:]:
+            if failed.shard in self.isolations:  # its pieces exist already (a stale whole-shard failure)
+                fates.split.remove(failed)
+                continue
+            state = isolation.Isolation(failed.shard, failed.attempt + 1, wanted=list(isolation.halves(isolation.ROOT)))
+            state.causes[isolation.ROOT] = (failed.reason, failed.exit_code)
+            self.isolations[failed.shard] = state
+            lo, hi = item_range(failed.shard, self.spec.shard_size, items)
+            code = f", exit code {failed.exit_code}" if failed.exit_code is not None else ""
+            self.out.events.append(
+                Event(
+                    "Normal",
+                    "IsolatingItems",
+                    f"shard {failed.shard} failed for good (attempt {failed.attempt}{code}); running its items "
+                    f"{lo}-{hi - 1} in halves to find the bad ones",
+                    on_status=False,
+                )
+            )
+        for shard, state in sorted(self.isolations.items()):
+            if not state.finished:
+                self.pieces_wanted += [
+                    (shard, state.attempt, node, state.causes.get(node // 2, ("Failed", None))) for node in state.wanted
+                ]
+                self.pieces_busy += state.busy
+
+    @property
+    def tainted(self) -> IndexRanges:
+        """Shards being isolated that already have a failed item: failed, whatever their other pieces do."""
+        return IndexRanges.of(s for s, state in self.isolations.items() if state.failed and not state.finished)
+
+    def _record_isolated(self, states: Iterable[isolation.Isolation]) -> tuple[IndexRanges, IndexRanges]:
+        """Record shards whose isolation ended (or must end): returns (shards all of whose items succeeded, failed).
+
+        A shard with a failed piece is failed (maxFailedShards counts shards); its failed items go to
+        status.failedItems and the first pieces' messages to status.itemFailures.
+        """
+        ok, bad = [], []
+        status = self.status
+        listed = IndexRanges.parse(status.failed_items)
+        for state in states:
+            if not state.failed:
+                ok.append(state.shard)
+                self.out.events.append(
+                    Event("Normal", "ItemsSucceeded", f"shard {state.shard}: every item succeeded when run apart")
+                )
+                continue
+            bad.append(state.shard)
+            found = state.failed_items
+            listed = listed.union(found)
+            status.failed_item_count += len(found)
+            for piece in state.failed:
+                if len(status.item_failures) >= MAX_RECORDED_FAILURES:
+                    break
+                status.item_failures.append(
+                    ItemFailure(
+                        items=str(IndexRanges([(piece.items[0], piece.items[1] - 1)])),
+                        shard=state.shard,
+                        attempt=state.attempt,
+                        exit_code=piece.exit_code,
+                        reason=piece.reason,
+                        message=piece.message[:MAX_FAILURE_MESSAGE],
+                    )
+                )
+            first = state.failed[0]
+            code = f", exit code {first.exit_code}" if first.exit_code is not None else ""
+            said = f": {first.message}" if first.message else ""
+            message = (
+                f"{_items(found)} failed when run apart ({_brief(found)}); the others succeeded. "
+                f"First: items {first.items[0]}-{first.items[1] - 1} ({first.reason}{code}){said}"
+            )
+            failure = ShardFailure(
+                shard=state.shard,
+                attempt=state.attempt,
+                exit_code=first.exit_code,
+                reason="ItemsFailed",
+                message=message[:MAX_FAILURE_MESSAGE],
+            )
+            self.status.failures = [*self.status.failures, failure][-MAX_RECORDED_FAILURES:]
+            self.out.final_failures.append(("ItemsFailed", first.exit_code))
+            self.out.events.append(Event("Warning", "ItemsFailed", f"shard {state.shard}: {message}"))
+        status.failed_items = str(IndexRanges(listed.intervals[:MAX_FAILED_ITEM_RANGES]))
+        return IndexRanges.of(ok), IndexRanges.of(bad)
+
     # 2. record shard outcomes ---------------------------------------------------------------------
     def record(self, seen: Survey, fates: ShardFates, collected: Mapping[str, Collected] | None = None) -> None:
         self._record_results(seen.succeeded, collected or {})
-        self.succeeded = seen.recorded_succeeded.union(seen.succeeded)
-        self.failed = seen.recorded_failed.union(f.shard for f in fates.new_failures)
+        self.out.final_failures = [(f.reason, f.exit_code) for f in fates.final]
+        ok, bad = self._record_isolated(s for s in self.isolations.values() if s.finished)
+        self.succeeded = seen.recorded_succeeded.union(seen.succeeded).union(ok)
+        self.failed = seen.recorded_failed.union(f.shard for f in fates.new_failures).union(bad)
         self.status.succeeded_shards = str(self.succeeded)
         self.status.failed_shards = str(self.failed)
-        self.out.final_failures = [(f.reason, f.exit_code) for f in fates.final]
         if fates.new_failures:
             self.status.failures = (self.status.failures + fates.new_failures)[-MAX_RECORDED_FAILURES:]
             for f in fates.new_failures[:MAX_SHARD_EVENTS_PER_PASS]:
@@ -767,6 +906,9 @@ class _Pass:
         if self.old.phase in TERMINAL_PHASES:
             return
         succeeded, failed = self.succeeded, self.failed
+        # A shard still run in pieces fails the batch as soon as one of its items failed (it is failed
+        # whatever its other pieces do), but it finishes only once they have run.
+        doomed = failed.union(self.tainted)
         limit = self.spec.max_failed_shards
         deadline = self.spec.active_deadline_seconds
         rerun = self.status.rerun
@@ -778,8 +920,9 @@ class _Pass:
             msg += after
             self.terminate("Succeeded", "Completed", msg)
             self.out.events.append(Event("Normal", "Completed", msg))
-        elif len(failed) > limit:
-            msg = f"{len(failed)} shards failed permanently (maxFailedShards {limit}){after}: " + _describe_failures(
+        elif len(doomed) > limit:
+            self._stop_isolations()  # their failures first, for the message
+            msg = f"{len(doomed)} shards failed permanently (maxFailedShards {limit}){after}: " + _describe_failures(
                 self.status.failures
             )
             self.terminate("Failed", "ShardsFailed", msg)
@@ -793,7 +936,19 @@ class _Pass:
             self.terminate("Failed", "DeadlineExceeded", msg)
             self.out.events.append(Event("Warning", "Failed", msg))
 
+    def _stop_isolations(self) -> None:
+        """Shards still run in pieces stop with the batch: one with a failed item is recorded failed, with
+        the bad items found so far; the others stay unfinished, as any shard a failed batch did not finish."""
+        tainted = [s for s in self.isolations.values() if s.failed and not s.finished]
+        if tainted:
+            _, bad = self._record_isolated(tainted)
+            self.failed = self.failed.union(bad)
+            self.status.failed_shards = str(self.failed)
+        for state in tainted:
+            del self.isolations[state.shard]
+
     def terminate(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
+        self._stop_isolations()
         self.status.phase = phase
         self.status.completion_time = self.now
         self.condition("Complete" if phase == "Succeeded" else "Failed", "True", reason, message)
@@ -829,7 +984,11 @@ class _Pass:
                 # Its pods are stopped first (suspended, then gone: a rerun must not start beside
                 # them), and a success seen after the terminal write is recorded first.
                 quiet = not job.active and not job.terminating and (job.finished or job.suspended or job.deleting)
-                done = quiet and not job.succeeded.difference(seen.recorded_succeeded)
+                if job.node:  # a piece: its success is its shard's, recorded once all its pieces ran
+                    ending = job.first in self.isolations and self.isolations[job.first].finished
+                    done = quiet and (job.first in seen.recorded or not ending)
+                else:
+                    done = quiet and not job.succeeded.difference(seen.recorded_succeeded)
             else:
                 done = self._done_with(job, seen, recorded)
             if not done:
@@ -848,9 +1007,11 @@ class _Pass:
 
     @staticmethod
     def _worth_collecting(job: ShardJob, seen: Survey) -> bool:
-        """A finished Job kept only for a shard waiting out its retry backoff: its succeeded pods can go.
+        """A finished Job kept only for a shard waiting out its retry backoff, or a piece of a shard being
+        isolated that succeeded: its succeeded pods can go.
 
-        (Their outcomes are in its status and recorded; the Job itself stays until the retry exists.)
+        (Their outcomes are in its status; the Job itself stays until the retry exists, or all the
+        shard's pieces have run.)
         """
         return (
             job.finished
@@ -858,7 +1019,7 @@ class _Pass:
             and not job.pods_collected
             and not job.deleting
             and bool(job.succeeded)
-            and not job.succeeded.difference(seen.recorded_succeeded)
+            and (job.node > 0 or not job.succeeded.difference(seen.recorded_succeeded))
         )
 
     @staticmethod
@@ -990,6 +1151,21 @@ class _Pass:
                         on_status=False,
                     )
                 )
+        # Pieces of shards being isolated (retry.isolate): one slot each, as a retry.
+        for shard, attempt, node, (cause, code) in self.pieces_wanted:
+            if not self._may_create():
+                retries_left += 1
+                continue
+            ready += 1
+            if granted >= budget:
+                retries_left += 1
+                continue
+            job_name = naming.piece_job_name(name, uid, shard, attempt, node)
+            # The lower half counts its parent's failure (as a retry does), once per split.
+            split = node % 2 == 0
+            self.out.create.append(CreateJob(job_name, shard, 1, attempt, 1, split, cause, code, node=node))
+            self._probed = self.failed_create is not None
+            granted += 1
         # Jobs with indexes still to start and fewer slots than that: retry Jobs, then chunks in order.
         for job in sorted((j for j in running if not j.suspended), key=lambda j: (j.attempt == self.base, j.first)):
             short = job.unfinished - max(job.parallelism, job.active + job.terminating)
@@ -1127,7 +1303,7 @@ def plan(
     observed: Sequence[ShardJob],
     now: datetime.datetime,
     *,
-    failures: Mapping[tuple[int, int], PodFailure] | None = None,
+    failures: Mapping[tuple[int, int, int], PodFailure] | None = None,
     acceptance: Acceptance | None = None,
     launch_budget: int | None = None,
     failed_create: FailedCreate | None = None,
@@ -1157,6 +1333,7 @@ def plan(
         step.count(total, 0, 0)
         return step.finish()
     fates = decide_shards(batch, seen.failed_attempts, now)
+    step.isolate(seen, fates, failures or {})
     step.record(seen, fates, results)
     step.decide_batch(total)
     step.collect_results(seen, results or {})

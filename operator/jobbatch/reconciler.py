@@ -110,7 +110,7 @@ class BatchReconciler:
         name: str,
         uid: str,
         jobs: Callable[[], Mapping[str, ShardJob]],
-        failures: Callable[[Iterable[str]], Mapping[tuple[int, int], PodFailure]] = lambda uids: {},
+        failures: Callable[[Iterable[str]], Mapping[tuple[int, int, int], PodFailure]] = lambda uids: {},
         all_jobs: Callable[[], Mapping[tuple[str, str], Iterable[ShardJob]]] | None = None,
         sandbox: Sandbox | None = None,
         indexer: Sandbox | None = None,
@@ -683,8 +683,9 @@ class BatchReconciler:
         digest = decision.status.payload_digest
         for create in decision.create:
             created = ShardJob(
-                create.name, create.first, create.count, create.attempt, create.parallelism, confirmed=False
-            )
+                create.name, create.first, create.count, create.attempt, create.parallelism, confirmed=False,
+                node=create.node,
+            )  # fmt: skip
             self._start(create.name, functools.partial(self._create, create, spec, item_count, digest), created=created)
         for scale in decision.scale:
             self._start(
@@ -769,7 +770,7 @@ class BatchReconciler:
         manifest = manifests.shard_job(
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
             first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
-            payload_digest=digest,
+            payload_digest=digest, node=create.node,
         )  # fmt: skip
         self._creating += 1
         try:

@@ -8,8 +8,12 @@ Shards run as pods of Indexed Jobs, several shards per Job. Every pod finds its 
 whichever Job runs it::
 
     shard      = JOBBATCH_FIRST_SHARD + JOB_COMPLETION_INDEX
-    items      = [shard * JOBBATCH_SHARD_SIZE, min((shard + 1) * JOBBATCH_SHARD_SIZE, JOBBATCH_ITEM_COUNT))
+    items      = [JOBBATCH_ITEM_START, JOBBATCH_ITEM_END) when they are set, else
+                 [shard * JOBBATCH_SHARD_SIZE, min((shard + 1) * JOBBATCH_SHARD_SIZE, JOBBATCH_ITEM_COUNT))
     attempt    = JOBBATCH_ATTEMPT
+
+``JOBBATCH_ITEM_START``/``_END`` are set on a pod that runs a piece of its shard's items: with
+``retry.isolate``, a shard that fails for good is run again in halves to find its bad items.
 
 ==========================  =====================================================
 ``JOBBATCH_NAME``           the JobBatch's name
@@ -21,6 +25,8 @@ whichever Job runs it::
 ``JOBBATCH_SHARD_COUNT``    number of shards in the batch
 ``JOBBATCH_SHARD_SIZE``     items per shard (the last shard may hold fewer)
 ``JOBBATCH_ITEM_COUNT``     items in the batch
+``JOBBATCH_ITEM_START``     (a piece of a shard, retry.isolate) its first item ...
+``JOBBATCH_ITEM_END``       ... and the item after its last
 ``JOBBATCH_PAYLOAD_FILE``   JSON Lines file holding the batch's items (``items`` and
                             ``configMap`` sources only); line i is item i
 ``JOBBATCH_PAYLOAD_INDEX``  (``objectStore`` source) JSON index of the object: where
@@ -109,6 +115,8 @@ class Shard:
     payload_digest: str | None = None  # SHA-256 of the payload file as the batch accepted it
     payload_index: str | None = None  # an objectStore source's index file
     object_credentials: objectstore.Credentials | None = None  # and its credentials (repr hides the secret)
+    # The whole shard's items when this pod runs a piece of them (retry.isolate); None: the same.
+    shard_items: tuple[int, int] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Shard:
@@ -118,18 +126,24 @@ class Shard:
         try:
             index = int(env["JOBBATCH_FIRST_SHARD"]) + int(env["JOB_COMPLETION_INDEX"])
             size, item_count = int(env["JOBBATCH_SHARD_SIZE"]), int(env["JOBBATCH_ITEM_COUNT"])
+            whole = (min(index * size, item_count), min((index + 1) * size, item_count))
+            start, end = whole
+            if env.get("JOBBATCH_ITEM_START") is not None:  # a piece: within the shard, whatever it says
+                start = max(whole[0], min(int(env["JOBBATCH_ITEM_START"]), whole[1]))
+                end = max(start, min(int(env["JOBBATCH_ITEM_END"]), whole[1]))
             return cls(
                 batch=env["JOBBATCH_NAME"],
                 namespace=env["JOBBATCH_NAMESPACE"],
                 index=index,
                 count=int(env["JOBBATCH_SHARD_COUNT"]),
                 attempt=int(env["JOBBATCH_ATTEMPT"]),
-                item_start=min(index * size, item_count),
-                item_end=min((index + 1) * size, item_count),
+                item_start=start,
+                item_end=end,
                 payload_file=env.get("JOBBATCH_PAYLOAD_FILE") or None,
                 payload_digest=env.get("JOBBATCH_PAYLOAD_DIGEST") or None,
                 payload_index=env.get("JOBBATCH_PAYLOAD_INDEX") or None,
                 object_credentials=_object_credentials(env),
+                shard_items=whole if (start, end) != whole else None,
             )
         except KeyError as exc:
             raise RuntimeError(f"{exc.args[0]} is not set: is this running in a JobBatch shard pod?") from None
@@ -341,8 +355,9 @@ def _object_items(shard: Shard) -> Iterator[Any]:
     index = json.loads(raw)
     if index.get("version") != 1 or not index.get("etag"):
         raise PayloadMismatch(f"{shard.payload_index} is not an object index this SDK reads (version 1, with an ETag)")
-    count = shard.item_end - shard.item_start
-    if count == 0:
+    lo, hi = shard.shard_items or (shard.item_start, shard.item_end)
+    count = hi - lo
+    if shard.item_end == shard.item_start:
         return
     offsets = index["offsets"]
     start, end = offsets[shard.index], offsets[shard.index + 1]
@@ -362,7 +377,7 @@ def _object_items(shard: Shard) -> Iterator[Any]:
     found = list(records.parse(index["format"], data, header))
     if len(found) != count:
         raise PayloadMismatch(f"bytes {start}-{end} of the object hold {len(found)} records, not {count}")
-    yield from found
+    yield from found[shard.item_start - lo : shard.item_end - lo]  # a piece's, or all of them
 
 
 def _raw_items(shard: Shard) -> Iterator[Any]:

@@ -100,15 +100,15 @@ def test_failed_pods_by_job_latest_per_shard() -> None:
     index.apply("ADDED", pod("p2", finished="2026-01-01T00:00:05Z"))
     index.apply("ADDED", pod("p3", job_uid="uid-other"))
     got = index.failures(["uid-a"])
-    assert list(got) == [(11, 0)]
-    assert got[(11, 0)].finished_at is not None
-    assert got[(11, 0)].finished_at.second == 5
+    assert list(got) == [(11, 0, 0)]
+    assert got[(11, 0, 0)].finished_at is not None
+    assert got[(11, 0, 0)].finished_at.second == 5
     # A pod being deleted still counts (its exit code is still the index's); once gone, it does not.
     deleting = pod("p2", finished="2026-01-01T00:00:05Z")
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:06Z"
     index.apply("MODIFIED", deleting)
-    assert index.failures(["uid-a"])[(11, 0)].finished_at.second == 5  # type: ignore[union-attr]
+    assert index.failures(["uid-a"])[(11, 0, 0)].finished_at.second == 5  # type: ignore[union-attr]
     index.apply("DELETED", deleting)
-    assert index.failures(["uid-a"])[(11, 0)].finished_at.second == 1  # type: ignore[union-attr]
+    assert index.failures(["uid-a"])[(11, 0, 0)].finished_at.second == 1  # type: ignore[union-attr]
     index.replace("ns1", [])
     assert index.failures(["uid-a", "uid-other"]) == {}

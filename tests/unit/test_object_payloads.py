@@ -119,6 +119,15 @@ def test_each_worker_reads_only_its_own_bytes_of_the_indexed_version(tmp_path: P
     assert store.reads == [(index["offsets"][1], index["offsets"][2], index["etag"])]
 
 
+def test_a_piece_reads_its_shard_and_keeps_its_own_records(tmp_path: Path, store: type[MemoryStore]) -> None:
+    store.objects[("bkt", "k")] = b"".join(json.dumps({"n": i}).encode() + b"\n" for i in range(8))
+    s = spec(shard_size=4)
+    items = payloads.index_object(s, CREDENTIALS)
+    env = shard_env(tmp_path, s, items, shard=1)
+    env.update(JOBBATCH_ITEM_START="5", JOBBATCH_ITEM_END="7")  # a piece of shard 1 (items 4-7)
+    assert list(worker.items(shard=worker.Shard.from_env(env))) == [{"n": 5}, {"n": 6}]
+
+
 def test_a_replaced_object_is_refused_by_workers(tmp_path: Path, store: type[MemoryStore]) -> None:
     store.objects[("bkt", "k")] = b'{"n":0}\n{"n":1}\n'
     s = spec(shard_size=1)

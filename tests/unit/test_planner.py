@@ -94,8 +94,8 @@ def failure(shard: int, attempt: int = 0, code: int | None = 1, at: float = 0, r
     return PodFailure(f"job-{shard}-{attempt}", shard, attempt, code, reason, "", T0 + datetime.timedelta(seconds=at))
 
 
-def failures(*items: PodFailure) -> dict[tuple[int, int], PodFailure]:
-    return {(f.shard, f.attempt): f for f in items}
+def failures(*items: PodFailure) -> dict[tuple[int, int, int], PodFailure]:
+    return {(f.shard, f.attempt, f.node): f for f in items}
 
 
 def cond(p: planner.Plan, ctype: str) -> tuple[str, str] | None:

@@ -63,6 +63,27 @@ def test_one_rule_finds_the_shard_in_any_job(tmp_path: Path) -> None:
         assert [i["url"] for i in worker.items(shard=shard)] == ["u15", "u16", "u17"]
 
 
+def test_a_piece_of_a_shard_reads_only_its_items(tmp_path: Path) -> None:
+    """retry.isolate runs a shard's items in pieces: the pod's items are JOBBATCH_ITEM_START..END."""
+    payloads = {"items": [{"url": f"u{i}"} for i in range(20)]}
+    env = shard_env(tmp_path, payloads, shard=1, shard_size=8)
+    job = manifests.shard_job(
+        name="b", namespace="ns", uid="u", spec=JobBatchSpec.model_validate(
+            {"template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}, "payloads": payloads,
+             "shardSize": 8}),
+        item_count=20, first_shard=1, count=1, attempt=3, parallelism=1, node=6,
+    )  # fmt: skip
+    piece = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    env.update(JOBBATCH_ITEM_START=piece["JOBBATCH_ITEM_START"], JOBBATCH_ITEM_END=piece["JOBBATCH_ITEM_END"])
+    shard = worker.Shard.from_env(env)  # node 6: the third quarter of items 8-15
+    assert (shard.index, shard.item_start, shard.item_end, shard.shard_items) == (1, 12, 14, (8, 16))
+    assert [i["url"] for i in worker.items(shard=shard)] == ["u12", "u13"]
+    # A count source, and a range that strays outside its shard (clipped to it: never another shard's).
+    count_env = shard_env(tmp_path, {"count": 20}, shard=1, shard_size=8)
+    count_env.update(JOBBATCH_ITEM_START="5", JOBBATCH_ITEM_END="10")
+    assert list(worker.items(shard=worker.Shard.from_env(count_env))) == [8, 9]
+
+
 def test_the_last_shard_may_hold_fewer_items(tmp_path: Path) -> None:
     shard = worker.Shard.from_env(shard_env(tmp_path, {"count": 10}, shard=2, shard_size=4, first=0))
     assert (shard.item_start, shard.item_end) == (8, 10)

@@ -1,0 +1,359 @@
+"""Poison-item isolation (retry.isolate): the piece tree, one shard's state, and whole batches planned
+pass after pass against a simulated Job controller (no cluster: the planner is a pure function)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import math
+from typing import Any
+
+import pytest
+
+from jobbatch import isolation, manifests, naming, planner
+from jobbatch.api import JobBatchSpec, JobBatchStatus
+from jobbatch.isolation import MAX_SPLITS_PER_LEVEL, assess, max_attempts, node_range
+from jobbatch.observed import PodFailure, ShardJob, summarize, summarize_failed_pod
+from jobbatch.planner import Acceptance, Batch, CreateJob, plan
+from jobbatch.ranges import IndexRanges
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+UID = "uid-1"
+GRACE = datetime.timedelta(seconds=planner.POD_GRACE_SECONDS)
+
+
+def test_pieces_halve_the_shard_down_to_single_items() -> None:
+    items = (1000, 2000)
+    assert node_range(items, 1) == items
+    assert node_range(items, 2) == (1000, 1500)
+    assert node_range(items, 3) == (1500, 2000)
+    assert node_range(items, 6) == (1500, 1750)
+    assert node_range(items, 7) == (1750, 2000)
+    # Every level partitions the shard; the deepest pieces are single items.
+    for depth in range(1, 11):
+        spans = [node_range(items, n) for n in range(2**depth, 2 ** (depth + 1))]
+        assert spans[0][0] == 1000
+        assert spans[-1][1] == 2000
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    leaves = {node_range((0, 1000), n) for n in range(2**10, 2**11)}
+    assert all(hi - lo <= 1 for lo, hi in leaves)
+    assert {lo for lo, hi in leaves if hi - lo == 1} == set(range(1000))
+    assert max_attempts(1000, 2) == 40
+    assert max_attempts(1, 5) == 0
+    assert max_attempts(1000, 1000) == 2 * MAX_SPLITS_PER_LEVEL * 10
+
+
+def piece(shard: int, node: int, *, attempt: int = 4, ok: bool | None = None, at: float = 0, **kw: Any) -> ShardJob:
+    """Piece ``node`` of ``shard``: running (ok None), succeeded or failed ``at`` seconds after T0."""
+    done = ok is not None
+    return ShardJob(
+        name=naming.piece_job_name("b", UID, shard, attempt, node),
+        uid=f"u-{shard}-{node}",
+        first=shard,
+        count=1,
+        attempt=attempt,
+        parallelism=1,
+        succeeded=IndexRanges.of([shard]) if ok else IndexRanges(),
+        failed=IndexRanges.of([shard]) if ok is False else IndexRanges(),
+        active=0 if done else 1,
+        finished=done,
+        finished_at=T0 + datetime.timedelta(seconds=at) if done else None,
+        node=node,
+        **kw,
+    )
+
+
+def pod(shard: int, node: int, attempt: int = 4, code: int = 1, message: str = "bad record") -> PodFailure:
+    return PodFailure(f"u-{shard}-{node}", shard, attempt, code, "Error", message, T0, node=node)
+
+
+def test_a_failed_piece_is_split_and_its_missing_sibling_wanted() -> None:
+    items = (0, 8)
+    # Piece 2 failed (items 0-3), piece 3 was never made (its create failed): 3, 4 and 5 are wanted.
+    state = assess(0, items, [piece(0, 2, ok=False)], {(0, 4, 2): pod(0, 2)}, T0, GRACE)
+    assert state.wanted == [3, 4, 5]
+    assert not state.finished
+    assert state.causes == {2: ("Error", 1)}
+    # A single item that failed is named; the pieces that succeeded are done.
+    jobs = [piece(0, 2, ok=False), piece(0, 3, ok=True), piece(0, 4, ok=True), piece(0, 5, ok=False)]
+    jobs += [piece(0, 10, ok=True), piece(0, 11, ok=False)]
+    found = {(0, 4, n): pod(0, n, message=f"item of node {n}") for n in (2, 5, 11)}
+    state = assess(0, items, jobs, found, T0, GRACE)
+    assert state.finished
+    assert state.wanted == []
+    assert state.failed_items == IndexRanges.of([3])
+    assert state.done == IndexRanges([(0, 2), (4, 7)])
+    assert [(p.node, p.items, p.message) for p in state.failed] == [(11, (3, 4), "item of node 11")]
+
+
+def test_an_undecided_piece_waits_for_its_pod_then_is_decided_without_it() -> None:
+    jobs = [piece(0, 2, ok=False, at=0), piece(0, 3, ok=True)]
+    state = assess(0, (0, 2), jobs, {}, T0, GRACE)
+    assert state.busy == 1
+    assert not state.finished
+    assert state.look_again == T0 + GRACE
+    later = assess(0, (0, 2), jobs, {}, T0 + GRACE, GRACE)
+    assert later.finished
+    assert later.failed_items == IndexRanges.of([0])
+    assert later.failed[0].reason == "Failed"
+
+
+def test_at_most_16_pieces_of_a_level_are_split() -> None:
+    # Level 6 of a 256-item shard: 32 pieces of 8 items (nodes 32-63), every one failed. Those split
+    # already (their halves exist) keep their place; the lowest others fill the rest of the 16.
+    jobs = [piece(0, n, ok=False) for n in range(32, 64)]
+    jobs += [piece(0, n) for n in (2 * 60, 2 * 60 + 1)]  # node 60 was split in an earlier pass
+    failures = {(0, 4, n): pod(0, n) for n in range(32, 64)}
+    state = assess(0, (0, 256), jobs, failures, T0, GRACE)
+    assert set(state.causes) == set(range(32, 47))  # 15 more: 16 with node 60
+    assert sorted(p.node for p in state.failed) == [n for n in range(47, 64) if n != 60]
+    assert all(p.items[1] - p.items[0] == 8 for p in state.failed)
+
+
+# -- whole batches, planned pass after pass ---------------------------------------------------------
+@dataclasses.dataclass
+class Cluster:
+    """A Job controller in miniature: a created Job's pods finish at once; one fails if its items hold a bad one."""
+
+    spec: JobBatchSpec
+    items: int
+    bad: set[int]
+    jobs: dict[str, ShardJob] = dataclasses.field(default_factory=dict)
+    failures: dict[tuple[int, int, int], PodFailure] = dataclasses.field(default_factory=dict)
+    created: list[CreateJob] = dataclasses.field(default_factory=list)
+
+    def run(self, create: CreateJob, now: datetime.datetime) -> None:
+        self.created.append(create)
+        body = manifests.shard_job(
+            name="b", namespace="ns", uid=UID, spec=self.spec, item_count=self.items, first_shard=create.first,
+            count=create.count, attempt=create.attempt, parallelism=create.parallelism, node=create.node,
+        )  # fmt: skip
+        assert body["metadata"]["name"] == create.name
+        env = {e["name"]: e["value"] for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
+        ok: list[int] = []
+        bad: list[int] = []
+        for index in range(create.count):
+            shard = create.first + index
+            lo, hi = planner.item_range(shard, self.spec.shard_size, self.items)
+            if create.node:  # the pod's items, as the SDK reads them
+                lo, hi = int(env["JOBBATCH_ITEM_START"]), int(env["JOBBATCH_ITEM_END"])
+            (bad if self.bad & set(range(lo, hi)) else ok).append(shard)
+            if self.bad & set(range(lo, hi)):
+                first_bad = min(self.bad & set(range(lo, hi)))
+                self.failures[(shard, create.attempt, create.node)] = PodFailure(
+                    f"uid-{create.name}", shard, create.attempt, 1, "Error", f"item {first_bad} is bad", now,
+                    node=create.node,
+                )  # fmt: skip
+        observed = summarize({**body, "metadata": {**body["metadata"], "uid": f"uid-{create.name}"}})
+        assert observed is not None
+        assert observed.node == create.node
+        self.jobs[create.name] = dataclasses.replace(
+            observed,
+            succeeded=IndexRanges.of(ok),
+            failed=IndexRanges.of(bad),
+            finished=True,
+            finished_at=now,
+        )
+
+    def apply(self, decision: planner.Plan, now: datetime.datetime) -> None:
+        for create in decision.create:
+            self.run(create, now)
+        for release in decision.release:
+            self.jobs[release.name] = dataclasses.replace(self.jobs[release.name], finalizers=())
+        for delete in decision.delete:
+            self.jobs.pop(delete.name)
+        for collect in decision.collect:
+            self.jobs[collect.name] = dataclasses.replace(self.jobs[collect.name], pods_collected=True)
+
+
+def run_batch(
+    items: int, shard_size: int, bad: set[int], passes: int = 500, **spec: Any
+) -> tuple[JobBatchStatus, Cluster, list[planner.Event]]:
+    s = JobBatchSpec.model_validate(
+        {
+            "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
+            "payloads": {"count": items},
+            "shardSize": shard_size,
+            "parallelism": 50,
+            **spec,
+        }
+    )
+    cluster = Cluster(s, items, bad)
+    b = Batch(name="b", namespace="ns", uid=UID, generation=1, spec=s, status=JobBatchStatus())
+    now, events = T0, []
+    for _ in range(passes):
+        acceptance = Acceptance(True, "Accepted", "", item_count=items)
+        decision = plan(b, list(cluster.jobs.values()), now, failures=cluster.failures, acceptance=acceptance)
+        events += decision.events
+        cluster.apply(decision, now)
+        b = dataclasses.replace(b, status=decision.status)
+        if b.status.phase in ("Succeeded", "Failed") and not any(j.has_finalizer for j in cluster.jobs.values()):
+            return b.status, cluster, events
+        now += datetime.timedelta(seconds=planner.POD_GRACE_SECONDS + 1)  # past any backoff of retry.backoff
+    raise AssertionError(f"not finished after {passes} passes: {b.status.phase}, {len(cluster.jobs)} Jobs")
+
+
+def held(cluster: Cluster) -> list[str]:
+    """Jobs still held by the operator's finalizer."""
+    return [j.name for j in cluster.jobs.values() if j.has_finalizer]
+
+
+RETRY = {"limit": 1, "backoff": {"initialSeconds": 1, "maxSeconds": 1, "jitter": 0}, "isolate": True}
+
+
+def test_a_1000_item_shard_with_2_bad_items_names_exactly_them() -> None:
+    status, cluster, events = run_batch(1000, 1000, {17, 503}, retry=RETRY, maxFailedShards=1)
+    assert status.phase == "Succeeded"  # the shard failed (2 bad items), maxFailedShards tolerates it
+    assert status.failed_shards == "0"
+    assert status.succeeded_shards == ""
+    assert status.failed_items == "17,503"
+    assert status.failed_item_count == 2
+    assert [(f.items, f.message) for f in status.item_failures] == [
+        ("17", "item 17 is bad"),
+        ("503", "item 503 is bad"),
+    ]
+    assert status.failures[-1].reason == "ItemsFailed"
+    assert "2 items failed" in status.failures[-1].message
+    # Every good item ran in a piece that succeeded, exactly once; no piece ran twice.
+    pieces = [c for c in cluster.created if c.node]
+    assert len({c.name for c in pieces}) == len(pieces)
+    done = IndexRanges()
+    for c in pieces:
+        span = node_range((0, 1000), c.node)
+        if not {17, 503} & set(range(*span)):
+            assert not done.intersection(IndexRanges([(span[0], span[1] - 1)]))
+            done = done.union(IndexRanges([(span[0], span[1] - 1)]))
+    assert len(done) == 998
+    # The bound: 2 whole attempts (limit 1), then at most 2 * k * ceil(log2 S) pieces.
+    assert len(cluster.created) - len(pieces) == 2
+    assert len(pieces) <= max_attempts(1000, 2) == 2 * 2 * math.ceil(math.log2(1000))
+    assert any(e.reason == "IsolatingItems" for e in events)
+    assert any(e.reason == "ItemsFailed" for e in events)
+
+
+def test_maxfailedshards_counts_shards_with_a_bad_item() -> None:
+    # Shards of 10; items 3 and 5 (shard 0) and 47 (shard 4) are bad: 2 failed shards, 3 failed items.
+    status, _, _ = run_batch(100, 10, {3, 5, 47}, retry=RETRY, maxFailedShards=2)
+    assert status.phase == "Succeeded"
+    assert status.failed_shards == "0,4"
+    assert status.failed_items == "3,5,47"
+    assert status.failed_item_count == 3
+    assert status.succeeded_shards == "1-3,5-9"
+    # One tolerated shard fewer: the batch fails (as soon as the second shard has a failed item).
+    status, _, _ = run_batch(100, 10, {3, 5, 47}, retry=RETRY, maxFailedShards=1)
+    failed = status.condition("Failed")
+    assert status.phase == "Failed"
+    assert failed is not None
+    assert failed.reason == "ShardsFailed"
+    assert IndexRanges.parse(status.failed_shards) == IndexRanges.of([0, 4])
+
+
+def test_without_isolate_a_shard_with_a_bad_item_fails_whole() -> None:
+    status, cluster, _ = run_batch(100, 10, {3}, retry={**RETRY, "isolate": False}, maxFailedShards=1)
+    assert status.failed_shards == "0"
+    assert status.failed_items == ""
+    assert status.failed_item_count == 0
+    assert not any(c.node for c in cluster.created)
+
+
+def test_a_shard_of_one_item_is_not_split() -> None:
+    status, cluster, _ = run_batch(5, 1, {2}, retry=RETRY, maxFailedShards=1)
+    assert status.failed_shards == "2"
+    assert not any(c.node for c in cluster.created)
+    assert status.failures[-1].reason == "RetriesExhausted"
+
+
+def test_a_worker_that_fails_every_item_is_bounded() -> None:
+    status, cluster, _ = run_batch(256, 256, set(range(256)), passes=2000, retry=RETRY, maxFailedShards=1)
+    pieces = [c for c in cluster.created if c.node]
+    assert len(pieces) <= max_attempts(256, 256)
+    assert status.failed_shards == "0"
+    assert status.failed_item_count == 256
+    assert IndexRanges.parse(status.failed_items) == IndexRanges([(0, 255)])
+    assert len(status.item_failures) == 10
+
+
+def test_a_skip_retry_shard_is_split_at_once() -> None:
+    """A non-retryable failure needs no retries to know the shard is bad: its pieces start at once."""
+    status, cluster, _ = run_batch(
+        16, 16, {9}, retry={**RETRY, "limit": 3, "nonRetryableExitCodes": [1]}, maxFailedShards=1
+    )
+    assert len([c for c in cluster.created if not c.node]) == 1
+    assert status.failed_items == "9"
+
+
+def test_a_rerun_forgets_the_failed_items_of_the_shards_it_runs() -> None:
+    status, _, _ = run_batch(100, 10, {3, 47}, retry=RETRY, maxFailedShards=2)
+    assert status.failed_items == "3,47"
+    s = JobBatchSpec.model_validate(
+        {
+            "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
+            "payloads": {"count": 100},
+            "shardSize": 10,
+            "retry": RETRY,
+            "maxFailedShards": 2,
+            "rerun": {"id": "r1", "shards": "4"},
+        }
+    )
+    b = Batch(name="b", namespace="ns", uid=UID, generation=2, spec=s, status=status)
+    decision = plan(b, [], T0 + datetime.timedelta(hours=1))
+    assert decision.status.rerun is not None
+    assert decision.status.rerun.shards == 1
+    assert decision.status.failed_items == "3"
+    assert decision.status.failed_item_count == 1
+    assert [f.shard for f in decision.status.item_failures] == [0]
+
+
+def test_piece_jobs_and_pods_are_trusted_only_with_their_name_and_label() -> None:
+    s = JobBatchSpec.model_validate(
+        {
+            "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
+            "payloads": {"count": 100},
+            "shardSize": 10,
+        }
+    )
+    body = manifests.shard_job(
+        name="b", namespace="ns", uid=UID, spec=s, item_count=100, first_shard=4, count=1, attempt=2,
+        parallelism=1, node=5,
+    )  # fmt: skip
+    env = {e["name"]: e["value"] for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["JOBBATCH_ITEM_START"], env["JOBBATCH_ITEM_END"]) == ("42", "45")  # node 5: 2nd quarter of 40-49
+    assert len(body["metadata"]["name"]) + 2 <= 63  # the pod's hostname "<job>-0"
+    observed = summarize(body)
+    assert observed is not None
+    assert observed.node == 5
+    relabelled = {**body, "metadata": {**body["metadata"], "labels": {**body["metadata"]["labels"]}}}
+    relabelled["metadata"]["labels"]["jobbatch.io/item-node"] = "6"  # the name says 5
+    assert summarize(relabelled) is None
+    relabelled["metadata"]["labels"]["jobbatch.io/item-node"] = "1"  # the root is no piece
+    assert summarize(relabelled) is None
+    failed_pod = {
+        "metadata": {
+            "name": "p",
+            "labels": {
+                **body["spec"]["template"]["metadata"]["labels"],
+                "batch.kubernetes.io/job-completion-index": "0",
+            },
+            "ownerReferences": [{"controller": True, "kind": "Job", "name": "j", "uid": "ju"}],
+        },
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "w", "state": {"terminated": {"exitCode": 1}}}]},
+    }
+    got = summarize_failed_pod(failed_pod)
+    assert got is not None
+    assert (got.shard, got.attempt, got.node) == (4, 2, 5)
+
+
+def test_a_long_batch_name_still_fits_a_pod_hostname() -> None:
+    long = "x" * 253
+    name = naming.piece_job_name(long, UID, 9_999_999, 999, 2**21 - 1)
+    assert len(name) + 2 <= 63
+
+
+@pytest.mark.parametrize("size", [2, 3, 7, 1000, 1_000_000])
+def test_every_piece_of_any_shard_is_nonempty(size: int) -> None:
+    depth = (size - 1).bit_length()
+    for node in (2, 3, 2**depth, 2 ** (depth + 1) - 1):
+        lo, hi = node_range((0, size), node)
+        assert 0 <= lo <= hi <= size
+    assert isolation.halves(5) == (10, 11)
