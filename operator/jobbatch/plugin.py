@@ -182,6 +182,11 @@ def render_status(
         lines.append(
             f"Failed shards: {brief_ranges(status['failedShards'])}   (kubectl jobbatch failures {meta['name']})"
         )
+    if status.get("failedItemCount"):
+        lines.append(
+            f"Failed items:  {status['failedItemCount']}: {brief_ranges(status.get('failedItems') or '')}   "
+            f"(kubectl jobbatch failures {meta['name']} --items)"
+        )
     return "\n".join(lines)
 
 
@@ -191,6 +196,17 @@ def brief_ranges(text: str, most: int = MAX_RANGES_SHOWN) -> str:
     if len(parts) <= most:
         return ",".join(parts)
     return f"{','.join(parts[:most])} ... ({len(parts) - most} more ranges)"
+
+
+def item_failure_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first failed items' pieces (retry.isolate), as plain rows."""
+    return [
+        {key: f.get(key, "" if key in ("reason", "message") else None) for key in ITEM_COLUMNS}
+        for f in (batch.get("status") or {}).get("itemFailures") or []
+    ]
+
+
+ITEM_COLUMNS = ["items", "shard", "attempt", "exitCode", "reason", "message"]
 
 
 def failure_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -375,6 +391,18 @@ def shard_of(pod: client.V1Pod) -> int:
         return -1
 
 
+def items_of(pod: client.V1Pod) -> range:
+    """The items a pod ran: a piece's JOBBATCH_ITEM_START..END (retry.isolate), else its shard's."""
+    env = {e.name: e.value for c in pod.spec.containers for e in c.env or [] if e.value is not None}
+    try:
+        if "JOBBATCH_ITEM_START" in env:
+            return range(int(env["JOBBATCH_ITEM_START"]), int(env["JOBBATCH_ITEM_END"]))
+        shard, size = shard_of(pod), int(env["JOBBATCH_SHARD_SIZE"])
+        return range(shard * size, min((shard + 1) * size, int(env["JOBBATCH_ITEM_COUNT"])))
+    except (KeyError, ValueError):
+        return range(0)
+
+
 def attempt_of(pod: client.V1Pod) -> int:
     try:
         return int((pod.metadata.labels or {})[api.LABEL_ATTEMPT])
@@ -449,6 +477,8 @@ async def cmd_status(cluster: Cluster, args: argparse.Namespace, out: TextIO) ->
 
 async def cmd_failures(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     batch = await cluster.get(args.name)
+    if args.items:
+        return _item_failures(batch, args, out)
     rows = failure_rows(batch)
     if args.output:
         _dump(rows, args.output, out)
@@ -460,16 +490,47 @@ async def cmd_failures(cluster: Cluster, args: argparse.Namespace, out: TextIO) 
     failed = IndexRanges.parse((batch.get("status") or {}).get("failedShards"))
     if len(failed) > len(rows):
         out.write(f"({len(rows)} most recent shown; all failed shards: {brief_ranges(str(failed))})\n")
+    if (batch.get("status") or {}).get("failedItemCount"):
+        out.write(f"(failed items: kubectl jobbatch failures {args.name} --items)\n")
+    return EXIT_OK
+
+
+def _item_failures(batch: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    """``failures NAME --items``: the items that failed when run apart (retry.isolate)."""
+    status = batch.get("status") or {}
+    rows = item_failure_rows(batch)
+    if args.output:
+        data = {"failedItems": status.get("failedItems", ""), "failedItemCount": status.get("failedItemCount", 0)}
+        _dump({**data, "itemFailures": rows}, args.output, out)
+        return EXIT_OK
+    count = int(status.get("failedItemCount") or 0)
+    if not count:
+        isolating = ((batch.get("spec") or {}).get("retry") or {}).get("isolate")
+        out.write(f"No failed items in jobbatch {args.name}" + ("" if isolating else " (retry.isolate is off)") + "\n")
+        return EXIT_OK
+    out.write(render_table(rows, ITEM_COLUMNS) + "\n")
+    out.write(f"{count} failed items: {brief_ranges(status.get('failedItems') or '')}\n")
     return EXIT_OK
 
 
 async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     batch = await cluster.get(args.name)
+    if args.shard is None and args.item is None:
+        raise PluginError("logs needs --shard N or --item N", EXIT_USAGE)
+    if args.item is not None:
+        size = int((batch.get("spec") or {}).get("shardSize") or 1)
+        args.shard = args.item // size
     pods = [p for p in await cluster.pods(batch) if shard_of(p) == args.shard]
     if args.attempt is not None:
         pods = [p for p in pods if attempt_of(p) == args.attempt]
+    if args.item is not None:
+        # The pods that ran the item: its shard's whole attempts and the pieces holding it (retry.isolate);
+        # the smallest piece says most about it.
+        pods = [p for p in pods if args.item in items_of(p)]
+        pods = [p for p in pods if len(items_of(p)) == min(len(items_of(q)) for q in pods)]
     if not pods:
-        which = f"shard {args.shard}" + (f" attempt {args.attempt}" if args.attempt is not None else "")
+        which = f"item {args.item}" if args.item is not None else f"shard {args.shard}"
+        which += f" attempt {args.attempt}" if args.attempt is not None else ""
         raise PluginError(
             f"no pod of {which} of jobbatch {args.name} is kept: finished attempts' Jobs are deleted "
             "(the batch's failedJobsHistoryLimit keeps the last failed ones, successfulJobsHistoryLimit the last "
@@ -478,7 +539,9 @@ async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> i
         )
     pod = max(pods, key=lambda p: (attempt_of(p), p.metadata.creation_timestamp))
     name, namespace = pod.metadata.name, pod.metadata.namespace
-    out.write(f"# pod {name} (shard {args.shard}, attempt {attempt_of(pod)})\n")
+    ran = items_of(pod)
+    piece = f", items {ran.start}-{ran.stop - 1}" if api.LABEL_ITEM_NODE in (pod.metadata.labels or {}) and ran else ""
+    out.write(f"# pod {name} (shard {args.shard}, attempt {attempt_of(pod)}{piece})\n")
     out.flush()
     container = args.container or pod.spec.containers[0].name
     response: Any = await cluster.core.read_namespaced_pod_log(
@@ -726,9 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (without NAME)")
     p = sub.add_parser("failures", parents=[common, output], help="failed shards: attempt, exit code, reason")
     p.add_argument("name")
+    p.add_argument("--items", action="store_true", help="the items that failed when run apart (retry.isolate)")
     p = sub.add_parser("logs", parents=[common], help="a shard's worker logs (its latest kept attempt)")
     p.add_argument("name")
-    p.add_argument("--shard", type=int, required=True)
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--shard", type=int)
+    target.add_argument("--item", type=int, help="the pod that ran this item (the smallest piece, retry.isolate)")
     p.add_argument("--attempt", type=int, help="this attempt (default: the latest kept)")
     p.add_argument("-c", "--container", help="the container (default: the first)")
     p.add_argument("-f", "--follow", action="store_true", help="stream the logs")

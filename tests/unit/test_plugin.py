@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import client
 
 from jobbatch import plugin
 from jobbatch.ranges import IndexRanges
@@ -99,6 +102,49 @@ def test_failures_are_rows_with_exit_codes() -> None:
     table = plugin.render_table(rows, ["shard", "attempt", "exitCode", "reason", "message"]).splitlines()
     assert table[0].split() == ["SHARD", "ATTEMPT", "EXIT", "CODE", "REASON", "MESSAGE"]
     assert table[1].split() == ["3", "2", "7", "RetriesExhausted", "exit", "7"]
+
+
+def test_failed_items_are_shown_and_listed() -> None:
+    status = {
+        "phase": "Succeeded",
+        "failedShards": "0",
+        "failedItems": "17,503",
+        "failedItemCount": 2,
+        "itemFailures": [
+            {"items": "17", "shard": 0, "attempt": 2, "exitCode": 1, "reason": "Error", "message": "bad record"},
+            {"items": "503", "shard": 0, "attempt": 2, "exitCode": 1, "reason": "Error", "message": "bad record"},
+        ],
+    }
+    text = plugin.render_status(batch(status), IndexRanges(), now=NOW)
+    assert "Failed items:  2: 17,503   (kubectl jobbatch failures b --items)" in text
+    out = io.StringIO()
+    args = argparse.Namespace(name="b", output=None)
+    assert plugin._item_failures(batch(status, retry={"isolate": True}), args, out) == plugin.EXIT_OK
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:3] == ["ITEMS", "SHARD", "ATTEMPT"]
+    assert lines[1].split() == ["17", "0", "2", "1", "Error", "bad", "record"]
+    assert lines[-1] == "2 failed items: 17,503"
+    out = io.StringIO()
+    plugin._item_failures(batch(status), argparse.Namespace(name="b", output="json"), out)
+    data = json.loads(out.getvalue())
+    assert data["failedItems"] == "17,503"
+    assert data["failedItemCount"] == 2
+    assert [r["items"] for r in data["itemFailures"]] == ["17", "503"]
+    out = io.StringIO()
+    plugin._item_failures(batch({}), argparse.Namespace(name="b", output=None), out)
+    assert out.getvalue() == "No failed items in jobbatch b (retry.isolate is off)\n"
+
+
+def test_the_items_a_pod_ran() -> None:
+    def pod(index: int, **env: str) -> client.V1Pod:
+        labels = {"jobbatch.io/first-shard": "4", "batch.kubernetes.io/job-completion-index": str(index)}
+        container = client.V1Container(name="w", env=[client.V1EnvVar(name=k, value=v) for k, v in env.items()])
+        return client.V1Pod(metadata=client.V1ObjectMeta(labels=labels), spec=client.V1PodSpec(containers=[container]))
+
+    sized = {"JOBBATCH_SHARD_SIZE": "10", "JOBBATCH_ITEM_COUNT": "55"}
+    assert plugin.items_of(pod(1, **sized)) == range(50, 55)  # shard 5, the last one
+    assert plugin.items_of(pod(0, **sized, JOBBATCH_ITEM_START="42", JOBBATCH_ITEM_END="45")) == range(42, 45)
+    assert plugin.items_of(pod(0)) == range(0)
 
 
 def test_wait_ends_on_the_batchs_phase_whatever_changed_after() -> None:
