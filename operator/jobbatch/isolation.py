@@ -16,7 +16,9 @@ most ``MAX_SPLITS_PER_LEVEL`` pieces of one level are split (a worker that fails
 otherwise cost 2 * S attempts): past that, a failing piece of that level is failed whole, so a shard
 costs at most 2 * 16 * ceil(log2 S) attempts whatever its items do, and up to 16 bad items are each
 named alone. Which pieces split is decided level-triggered: those split already keep their place,
-then the lowest failed ones, so a piece once failed whole stays so.
+then the lowest failed ones, so a piece once failed whole stays so. A failure that is not the items'
+(every eighth of the shard fails: a broken image, a worker that ignores its range) stops the
+splitting at 14 pieces (``SYSTEMIC_LEVEL``).
 
 Nothing here talks to Kubernetes: ``assess`` reads a shard's observed piece Jobs (level-triggered).
 """
@@ -33,6 +35,10 @@ from jobbatch.ranges import IndexRanges
 ROOT = 1  # the whole shard: its attempts are the ordinary ones, not pieces
 # Failed pieces of one level of a shard's tree that are split; more are failed whole (the bound).
 MAX_SPLITS_PER_LEVEL = 16
+# When every eighth of a shard fails (all 8 pieces of this level), the failure is taken to be the
+# worker's or its environment's (a broken image, a worker that ignores its piece's range), not its
+# items': nothing of the shard is split further, so it costs at most 2 + 4 + 8 = 14 pieces.
+SYSTEMIC_LEVEL = 4
 
 
 def node_range(items: tuple[int, int], node: int) -> tuple[int, int]:
@@ -75,6 +81,9 @@ class Isolation:
     failed: list[FailedPiece] = dataclasses.field(default_factory=list)
     wanted: list[int] = dataclasses.field(default_factory=list)  # pieces to run (nodes), lowest first
     busy: int = 0  # pieces running, or failed but not decided yet (their pod is not seen)
+    systemic: bool = False  # every piece of SYSTEMIC_LEVEL failed: splitting stopped
+    # Failed pieces whose halves are wanted: failed whole if the batch ends before they run.
+    splitting: list[FailedPiece] = dataclasses.field(default_factory=list)
     # Why a piece was split: (reason, exit code) of its failure, by node (metrics count it once).
     causes: dict[int, tuple[str, int | None]] = dataclasses.field(default_factory=dict)
     look_again: datetime.datetime | None = None
@@ -136,6 +145,8 @@ def assess(
         if node // 2 > ROOT:
             made.setdefault((node // 2).bit_length(), set()).add(node // 2)
     quota = {level: len(parents) for level, parents in made.items()}
+    eighths = range(2 ** (SYSTEMIC_LEVEL - 1), 2**SYSTEMIC_LEVEL)
+    state.systemic = all(outcomes.get(n) is not None for n in eighths)
     for node in sorted(outcomes):
         piece = outcomes[node]
         low, high = halves(node)
@@ -144,9 +155,11 @@ def assess(
         if piece is None:
             continue  # undecided: counted busy
         level = node.bit_length()
-        if piece.items[1] - piece.items[0] > 1 and quota.get(level, 0) < MAX_SPLITS_PER_LEVEL:
+        splittable = piece.items[1] - piece.items[0] > 1 and not state.systemic
+        if splittable and quota.get(level, 0) < MAX_SPLITS_PER_LEVEL:
             quota[level] = quota.get(level, 0) + 1
             wanted.update((low, high))
+            state.splitting.append(piece)
             state.causes[node] = (piece.reason, piece.exit_code)
         else:
             state.failed.append(piece)

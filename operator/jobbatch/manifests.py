@@ -108,7 +108,9 @@ def shard_job(
         labels[api.LABEL_ITEM_NODE] = str(node)
     template = copy.deepcopy(spec.template)
     meta = template.setdefault("metadata", {})
-    meta["labels"] = {**(meta.get("labels") or {}), **labels}
+    # A template's own item-node label would make a whole-shard pod look like a piece.
+    own = {k: v for k, v in (meta.get("labels") or {}).items() if k != api.LABEL_ITEM_NODE}
+    meta["labels"] = {**own, **labels}
     pod = template.setdefault("spec", {})
     pod["restartPolicy"] = "Never"
     if spec.priority_class_name:

@@ -378,8 +378,9 @@ class ShardFates:
     waiting: int  # retries still in backoff
     next_due: datetime.datetime | None
     final: list[FailedAttempt] = dataclasses.field(default_factory=list)  # the attempts of new_failures
-    # Failed for good, but retry.isolate runs their items in pieces instead (``_Pass.isolate``).
-    split: list[FailedAttempt] = dataclasses.field(default_factory=list)
+    # Failed for good, but retry.isolate runs their items in pieces instead (``_Pass.isolate``); with
+    # the failure recorded if the batch ends before a piece exists.
+    split: list[tuple[FailedAttempt, ShardFailure]] = dataclasses.field(default_factory=list)
 
 
 def permanent_failure(
@@ -432,12 +433,14 @@ def decide_shards(batch: Batch, failed_attempts: Iterable[FailedAttempt], now: d
     base = first_attempt(batch.status)
     fates = ShardFates([], [], 0, None)
     items = batch.status.item_count or 0
+    # A finished batch starts nothing: a failure seen after its end is recorded as it is.
+    may_split = retry.isolate and batch.status.phase not in TERMINAL_PHASES
     for failed in sorted(failed_attempts, key=lambda f: (f.shard, f.attempt)):
         failure = permanent_failure(failed, retry.non_retryable_exit_codes, retry.limit, base)
-        if failure is not None and retry.isolate and failed.attempt < MAX_ATTEMPT:
+        if failure is not None and may_split and failed.attempt < MAX_ATTEMPT:
             lo, hi = item_range(failed.shard, batch.spec.shard_size, items)
             if hi - lo > 1:
-                fates.split.append(failed)
+                fates.split.append((failed, failure))
                 continue
         if failure is not None:
             fates.new_failures.append(failure)
@@ -539,7 +542,11 @@ class _Pass:
         # was split), and the state of each shard being isolated.
         self.pieces_wanted: list[tuple[int, int, int, tuple[str, int | None]]] = []
         self.isolations: dict[int, isolation.Isolation] = {}
-        self.pieces_busy = 0
+        # Shards whose isolation this pass starts, with the failure that started it (and its attempt).
+        self.splits: dict[int, tuple[FailedAttempt, ShardFailure]] = {}
+        self.stopped: set[int] = set()  # isolations recorded as they stand, the batch having ended
+        self.shard_events = 0  # Events about single shards this pass (at most MAX_SHARD_EVENTS_PER_PASS)
+        self.pieces_deferred = 0  # wanted pieces this pass does not create (no slot, creates backing off)
 
     def condition(self, ctype: str, value: Literal["True", "False"], reason: str, message: str) -> None:
         self.status.conditions = set_condition(
@@ -765,35 +772,31 @@ class _Pass:
             self.isolations[shard] = state
             if state.look_again is not None:
                 self.out.wake_in((state.look_again - self.now).total_seconds())
-        for failed in fates.split[:]:
+        for failed, failure in fates.split:
             if failed.shard in self.isolations:  # its pieces exist already (a stale whole-shard failure)
-                fates.split.remove(failed)
                 continue
             state = isolation.Isolation(failed.shard, failed.attempt + 1, wanted=list(isolation.halves(isolation.ROOT)))
             state.causes[isolation.ROOT] = (failed.reason, failed.exit_code)
             self.isolations[failed.shard] = state
-            lo, hi = item_range(failed.shard, self.spec.shard_size, items)
-            code = f", exit code {failed.exit_code}" if failed.exit_code is not None else ""
-            self.out.events.append(
-                Event(
-                    "Normal",
-                    "IsolatingItems",
-                    f"shard {failed.shard} failed for good (attempt {failed.attempt}{code}); running its items "
-                    f"{lo}-{hi - 1} in halves to find the bad ones",
-                    on_status=False,
-                )
-            )
+            self.splits[failed.shard] = (failed, failure)
         for shard, state in sorted(self.isolations.items()):
             if not state.finished:
                 self.pieces_wanted += [
                     (shard, state.attempt, node, state.causes.get(node // 2, ("Failed", None))) for node in state.wanted
                 ]
-                self.pieces_busy += state.busy
 
     @property
     def tainted(self) -> IndexRanges:
         """Shards being isolated that already have a failed item: failed, whatever their other pieces do."""
-        return IndexRanges.of(s for s, state in self.isolations.items() if state.failed and not state.finished)
+        return IndexRanges.of(
+            s for s, st in self.isolations.items() if st.failed and not st.finished and s not in self.stopped
+        )
+
+    def _shard_event(self, event: Event) -> None:
+        """An Event about one shard, unless this pass has posted enough of them (a mass failure)."""
+        if self.shard_events < MAX_SHARD_EVENTS_PER_PASS:
+            self.shard_events += 1
+            self.out.events.append(event)
 
     def _record_isolated(self, states: Iterable[isolation.Isolation]) -> tuple[IndexRanges, IndexRanges]:
         """Record shards whose isolation ended (or must end): returns (shards all of whose items succeeded, failed).
@@ -807,7 +810,7 @@ class _Pass:
         for state in states:
             if not state.failed:
                 ok.append(state.shard)
-                self.out.events.append(
+                self._shard_event(
                     Event("Normal", "ItemsSucceeded", f"shard {state.shard}: every item succeeded when run apart")
                 )
                 continue
@@ -835,6 +838,12 @@ class _Pass:
                 f"{_items(found)} failed when run apart ({_brief(found)}); the others succeeded. "
                 f"First: items {first.items[0]}-{first.items[1] - 1} ({first.reason}{code}){said}"
             )
+            if state.systemic:
+                message = (
+                    f"every eighth of its items failed when run apart, so the failure is taken to be the worker's "
+                    f"or its environment's, not its items' (a worker must read only JOBBATCH_ITEM_START to "
+                    f"JOBBATCH_ITEM_END when they are set); {message}"
+                )
             failure = ShardFailure(
                 shard=state.shard,
                 attempt=state.attempt,
@@ -844,7 +853,7 @@ class _Pass:
             )
             self.status.failures = [*self.status.failures, failure][-MAX_RECORDED_FAILURES:]
             self.out.final_failures.append(("ItemsFailed", first.exit_code))
-            self.out.events.append(Event("Warning", "ItemsFailed", f"shard {state.shard}: {message}"))
+            self._shard_event(Event("Warning", "ItemsFailed", f"shard {state.shard}: {message}"))
         status.failed_items = str(IndexRanges(listed.intervals[:MAX_FAILED_ITEM_RANGES]))
         return IndexRanges.of(ok), IndexRanges.of(bad)
 
@@ -921,7 +930,7 @@ class _Pass:
             self.terminate("Succeeded", "Completed", msg)
             self.out.events.append(Event("Normal", "Completed", msg))
         elif len(doomed) > limit:
-            self._stop_isolations()  # their failures first, for the message
+            self.stop_isolations()  # their failures first, for the message
             msg = f"{len(doomed)} shards failed permanently (maxFailedShards {limit}){after}: " + _describe_failures(
                 self.status.failures
             )
@@ -936,19 +945,34 @@ class _Pass:
             self.terminate("Failed", "DeadlineExceeded", msg)
             self.out.events.append(Event("Warning", "Failed", msg))
 
-    def _stop_isolations(self) -> None:
-        """Shards still run in pieces stop with the batch: one with a failed item is recorded failed, with
-        the bad items found so far; the others stay unfinished, as any shard a failed batch did not finish."""
-        tainted = [s for s in self.isolations.values() if s.failed and not s.finished]
+    def stop_isolations(self) -> None:
+        """Shards still run in pieces stop with the batch: one with a failed piece is recorded failed, with
+        the bad items found so far and the pieces that would have been split failed whole (its pieces
+        are kept until that is persisted); one whose pieces this
+        pass would have started is recorded with the failure that started it; the others stay
+        unfinished, as any shard a finished batch did not finish."""
+        tainted = [
+            dataclasses.replace(s, failed=sorted([*s.failed, *s.splitting], key=lambda p: p.items))
+            for s in self.isolations.values()
+            if (s.failed or s.splitting) and not s.finished and s.shard not in self.stopped
+        ]
         if tainted:
             _, bad = self._record_isolated(tainted)
             self.failed = self.failed.union(bad)
-            self.status.failed_shards = str(self.failed)
-        for state in tainted:
-            del self.isolations[state.shard]
+        unstarted = [self.splits[s] for s in sorted(self.splits) if s not in self.stopped]
+        for failed, failure in unstarted:
+            self.failed = self.failed.union([failed.shard])
+            self.status.failures = [*self.status.failures, failure][-MAX_RECORDED_FAILURES:]
+            self.out.final_failures.append((failure.reason, failure.exit_code))
+            self._shard_event(
+                Event("Warning", "ShardFailed", f"shard {failure.shard} failed permanently: {failure.message}")
+            )
+        self.stopped.update(s.shard for s in tainted)
+        self.stopped.update(failed.shard for failed, _ in unstarted)
+        self.status.failed_shards = str(self.failed)
 
     def terminate(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
-        self._stop_isolations()
+        self.stop_isolations()
         self.status.phase = phase
         self.status.completion_time = self.now
         self.condition("Complete" if phase == "Succeeded" else "Failed", "True", reason, message)
@@ -984,8 +1008,9 @@ class _Pass:
                 # Its pods are stopped first (suspended, then gone: a rerun must not start beside
                 # them), and a success seen after the terminal write is recorded first.
                 quiet = not job.active and not job.terminating and (job.finished or job.suspended or job.deleting)
-                if job.node:  # a piece: its success is its shard's, recorded once all its pieces ran
-                    ending = job.first in self.isolations and self.isolations[job.first].finished
+                if job.node:  # a piece: kept while its shard's outcome is being recorded
+                    state = self.isolations.get(job.first)
+                    ending = state is not None and (state.finished or job.first in self.stopped)
                     done = quiet and (job.first in seen.recorded or not ending)
                 else:
                     done = quiet and not job.succeeded.difference(seen.recorded_succeeded)
@@ -1155,15 +1180,29 @@ class _Pass:
         for shard, attempt, node, (cause, code) in self.pieces_wanted:
             if not self._may_create():
                 retries_left += 1
+                self.pieces_deferred += 1
                 continue
             ready += 1
             if granted >= budget:
                 retries_left += 1
+                self.pieces_deferred += 1
                 continue
             job_name = naming.piece_job_name(name, uid, shard, attempt, node)
             # The lower half counts its parent's failure (as a retry does), once per split.
             split = node % 2 == 0
             self.out.create.append(CreateJob(job_name, shard, 1, attempt, 1, split, cause, code, node=node))
+            if node == 2 * isolation.ROOT:
+                lo, hi = item_range(shard, self.spec.shard_size, self.status.item_count or 0)
+                why = f"exit code {code}" if code is not None else cause
+                self._shard_event(
+                    Event(
+                        "Normal",
+                        "IsolatingItems",
+                        f"shard {shard} failed for good ({why}); running its items {lo}-{hi - 1} in halves to "
+                        "find the bad ones",
+                        on_status=False,
+                    )
+                )
             self._probed = self.failed_create is not None
             granted += 1
         # Jobs with indexes still to start and fewer slots than that: retry Jobs, then chunks in order.
@@ -1283,6 +1322,18 @@ class _Pass:
             self.out.wake_in(0)  # persist, then release in the next pass
 
     # 6. counts ------------------------------------------------------------------------------------
+    def count_pieces_as_shards(self, live: Sequence[ShardJob], running: int, retrying: int) -> tuple[int, int]:
+        """(running, retrying) with each shard run in pieces counted once, not once per piece: running if
+        a piece of it holds a slot, else retrying (its pieces wait for slots, or for their pods' verdict)."""
+        pieces = [j for j in live if j.node]
+        creates = [c for c in self.out.create if c.node]
+        held = sum(j.slots for j in pieces) + len(creates)
+        isolating = {s for s, st in self.isolations.items() if not st.finished and s not in self.stopped}
+        active = ({j.first for j in pieces if j.slots} | {c.first for c in creates}) & isolating
+        running += len(active) - held
+        retrying += len(isolating - active) - self.pieces_deferred
+        return max(0, running), max(0, retrying)
+
     def count(self, total: int, running: int, retrying: int) -> None:
         succeeded, failed = len(self.succeeded), len(self.failed)
         terminal = self.status.phase in TERMINAL_PHASES
@@ -1336,9 +1387,12 @@ def plan(
     step.isolate(seen, fates, failures or {})
     step.record(seen, fates, results)
     step.decide_batch(total)
+    if batch.status.phase in TERMINAL_PHASES:
+        step.stop_isolations()  # a bad item found after the end is still recorded
     step.collect_results(seen, results or {})
     live = step.clean_up(observed, seen)
     running, retrying = step.dispatch(live, seen, fates, launch_budget, hold=snapshot_lost is not None)
+    running, retrying = step.count_pieces_as_shards(live, running, retrying)
     if step.status.phase not in TERMINAL_PHASES and not batch.spec.suspend:
         step.report_failed_creates()
         if snapshot_lost is not None:

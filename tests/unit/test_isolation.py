@@ -56,7 +56,7 @@ def piece(shard: int, node: int, *, attempt: int = 4, ok: bool | None = None, at
         parallelism=1,
         succeeded=IndexRanges.of([shard]) if ok else IndexRanges(),
         failed=IndexRanges.of([shard]) if ok is False else IndexRanges(),
-        active=0 if done else 1,
+        active=kw.pop("active", 0 if done else 1),
         finished=done,
         finished_at=T0 + datetime.timedelta(seconds=at) if done else None,
         node=node,
@@ -264,14 +264,28 @@ def test_a_shard_of_one_item_is_not_split() -> None:
     assert status.failures[-1].reason == "RetriesExhausted"
 
 
-def test_a_worker_that_fails_every_item_is_bounded() -> None:
+def test_a_worker_that_fails_every_item_stops_at_the_eighths() -> None:
+    """A broken image (or a worker ignoring its range) fails every piece: 14 pieces, not 2 * S."""
     status, cluster, _ = run_batch(256, 256, set(range(256)), passes=2000, retry=RETRY, maxFailedShards=1)
     pieces = [c for c in cluster.created if c.node]
-    assert len(pieces) <= max_attempts(256, 256)
+    assert sorted(c.node for c in pieces) == list(range(2, 16))
     assert status.failed_shards == "0"
     assert status.failed_item_count == 256
     assert IndexRanges.parse(status.failed_items) == IndexRanges([(0, 255)])
-    assert len(status.item_failures) == 10
+    assert [f.items for f in status.item_failures] == [f"{lo}-{lo + 31}" for lo in range(0, 256, 32)]
+    assert "every eighth of its items failed" in status.failures[-1].message
+
+
+def test_sixteen_bad_items_per_level_are_named_alone_and_the_cost_stays_bounded() -> None:
+    # 40 bad items, none in the last eighth (so the failure is the items'): pieces stay within the bound.
+    bad = set(range(0, 1000, 25)) - set(range(875, 1000))
+    status, cluster, _ = run_batch(1000, 1000, bad, passes=2000, retry=RETRY, maxFailedShards=1)
+    pieces = [c for c in cluster.created if c.node]
+    assert len(pieces) <= max_attempts(1000, len(bad))
+    named = IndexRanges.parse(status.failed_items)
+    assert bad <= set(named)  # every bad item is named, alone or in a range failed whole
+    assert status.failed_item_count == len(named)
+    assert len([lo for lo, hi in named.intervals if lo == hi]) >= 16
 
 
 def test_a_skip_retry_shard_is_split_at_once() -> None:
@@ -346,14 +360,129 @@ def test_piece_jobs_and_pods_are_trusted_only_with_their_name_and_label() -> Non
 
 def test_a_long_batch_name_still_fits_a_pod_hostname() -> None:
     long = "x" * 253
+    # The deepest piece of the largest shard (1,000,000 items): 20 levels below the root, a node below 2**21.
+    assert (1_000_000 - 1).bit_length() + 1 == 21
     name = naming.piece_job_name(long, UID, 9_999_999, 999, 2**21 - 1)
     assert len(name) + 2 <= 63
 
 
-@pytest.mark.parametrize("size", [2, 3, 7, 1000, 1_000_000])
-def test_every_piece_of_any_shard_is_nonempty(size: int) -> None:
-    depth = (size - 1).bit_length()
-    for node in (2, 3, 2**depth, 2 ** (depth + 1) - 1):
-        lo, hi = node_range((0, size), node)
-        assert 0 <= lo <= hi <= size
-    assert isolation.halves(5) == (10, 11)
+@pytest.mark.parametrize("size", [2, 3, 7, 1000, 65_537])
+def test_every_piece_ever_made_is_nonempty_and_the_single_items_cover_the_shard(size: int) -> None:
+    """Only pieces of two or more items are split, so every half made holds an item."""
+    items = (5, 5 + size)
+    frontier, singles, depth = [isolation.ROOT], [], 0
+    while frontier:
+        depth = max(depth, frontier[0].bit_length())
+        children: list[int] = []
+        for node in frontier:
+            lo, hi = node_range(items, node)
+            assert hi - lo >= 1
+            if hi - lo == 1:
+                singles.append(lo)
+            else:
+                children += isolation.halves(node)
+        frontier = children
+    assert sorted(singles) == list(range(5, 5 + size))
+    assert depth - 1 == (size - 1).bit_length()  # ceil(log2 S) levels below the whole shard
+
+
+# -- the review's cases: the end of a batch, Events, counts, labels ---------------------------------
+def isolating_spec(**kw: Any) -> JobBatchSpec:
+    return JobBatchSpec.model_validate(
+        {
+            "template": {"spec": {"containers": [{"name": "w", "image": "i"}]}},
+            "payloads": {"count": 40},
+            "shardSize": 10,
+            "parallelism": 4,
+            "maxFailedShards": 4,
+            "retry": {**RETRY, "limit": 0},
+            **kw,
+        }
+    )
+
+
+def started(s: JobBatchSpec, items: int = 40, **status: Any) -> Batch:
+    """A running batch (shards of 10 items) whose acceptance and start are persisted."""
+    b = Batch(name="b", namespace="ns", uid=UID, generation=1, spec=s, status=JobBatchStatus())
+    first = plan(b, [], T0, acceptance=Acceptance(True, "Accepted", "", item_count=items), launch_budget=0)
+    return dataclasses.replace(b, status=first.status.model_copy(update={"start_time": T0, **status}))
+
+
+def chunk(failed: str = "", succeeded: str = "", at: float = 0) -> ShardJob:
+    ok, bad = IndexRanges.parse(succeeded), IndexRanges.parse(failed)
+    done = len(ok) + len(bad) == 4
+    return ShardJob(
+        name=naming.job_name("b", UID, 0, 0), uid="chunk", first=0, count=4, attempt=0, parallelism=4,
+        succeeded=ok, failed=bad, active=4 - len(ok) - len(bad), finished=done,
+        finished_at=T0 + datetime.timedelta(seconds=at) if done else None,
+    )  # fmt: skip
+
+
+def whole_failure(shard: int) -> PodFailure:
+    return PodFailure("chunk", shard, 0, 1, "Error", "boom", T0)
+
+
+def test_a_failure_seen_after_the_batch_ended_is_recorded_whole() -> None:
+    s = isolating_spec(activeDeadlineSeconds=60)
+    b = started(s, phase="Failed", completion_time=T0)
+    decision = plan(b, [chunk(failed="1", succeeded="0,2,3")], T0 + datetime.timedelta(minutes=2),
+                    failures={(1, 0, 0): whole_failure(1)})  # fmt: skip
+    assert decision.status.failed_shards == "1"
+    assert decision.status.failures[-1].reason == "RetriesExhausted"
+    assert not decision.create
+    assert not [e for e in decision.events if e.reason == "IsolatingItems"]
+
+
+def test_a_split_in_the_pass_the_batch_ends_is_recorded_whole() -> None:
+    # Shard 1 fails for good in the very pass the deadline passes: no piece starts, the failure is kept.
+    s = isolating_spec(activeDeadlineSeconds=60)
+    b = started(s, phase="Running")
+    decision = plan(b, [chunk(failed="1", succeeded="0")], T0 + datetime.timedelta(minutes=2),
+                    failures={(1, 0, 0): whole_failure(1)})  # fmt: skip
+    assert decision.status.phase == "Failed"
+    assert decision.status.failed_shards == "1"
+    assert not [c for c in decision.create if c.node]
+
+
+def test_a_bad_item_found_after_the_end_is_recorded_before_its_pieces_go() -> None:
+    s = isolating_spec()
+    b = started(s, phase="Failed", completion_time=T0, failed_shards="", succeeded_shards="0,2,3")
+    pieces = [piece(1, 2, attempt=1, ok=False), piece(1, 3, attempt=1, suspended=True, active=0)]
+    observed = [chunk(failed="1", succeeded="0,2,3"), *pieces]
+    failures = {(1, 1, 2): pod(1, 2, attempt=1)}
+    decision = plan(b, observed, T0 + datetime.timedelta(minutes=1), failures=failures)
+    assert decision.status.failed_shards == "1"
+    assert decision.status.failed_items == "10-14"  # piece 2 of shard 1, failed whole: the batch has ended
+    assert not {r.name for r in decision.release} & {p.name for p in pieces}  # kept until that is persisted
+    after = plan(dataclasses.replace(b, status=decision.status), observed, T0 + datetime.timedelta(minutes=1),
+                 failures=failures)  # fmt: skip
+    assert {p.name for p in pieces} <= {r.name for r in after.release}
+    assert after.status.failed_items == "10-14"
+    assert after.status.failed_item_count == 1 * 5
+
+
+def test_isolating_items_is_posted_when_a_piece_starts_and_bounded_per_pass() -> None:
+    s = isolating_spec(payloads={"count": 400}, parallelism=40, maxFailedShards=40)
+    b = started(s, items=400)
+    jobs = [dataclasses.replace(chunk(failed="0-39"), count=40, parallelism=40, active=0)]
+    failures = {(n, 0, 0): whole_failure(n) for n in range(40)}
+    held = plan(b, jobs, T0, failures=failures, launch_budget=0)
+    assert not held.create
+    assert not [e for e in held.events if e.reason == "IsolatingItems"]
+    assert held.status.shards.retrying == 40  # one per shard, not one per wanted piece
+    going = plan(b, jobs, T0, failures=failures)
+    assert len([c for c in going.create if c.node]) == 40  # 20 shards' halves in 40 slots
+    assert len([e for e in going.events if e.reason == "IsolatingItems"]) == planner.MAX_SHARD_EVENTS_PER_PASS
+    counts = going.status.shards
+    assert counts.total == counts.pending + counts.running + counts.retrying + counts.succeeded + counts.failed
+    assert (counts.running, counts.retrying) == (20, 20)
+
+
+def test_a_template_cannot_make_a_whole_shard_look_like_a_piece() -> None:
+    s = isolating_spec(template={"metadata": {"labels": {"jobbatch.io/item-node": "2", "team": "a"}},
+                                 "spec": {"containers": [{"name": "w", "image": "i"}]}})  # fmt: skip
+    body = manifests.shard_job(name="b", namespace="ns", uid=UID, spec=s, item_count=40, first_shard=0, count=4,
+                               attempt=0, parallelism=4)  # fmt: skip
+    labels = body["spec"]["template"]["metadata"]["labels"]
+    assert "jobbatch.io/item-node" not in labels
+    assert labels["team"] == "a"
