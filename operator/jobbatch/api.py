@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from jobbatch.worker import MAX_RESULT_BYTES as MAX_RESULT_BYTES
+from jobbatch.worker import PROGRESS_PREFIX as PROGRESS_PREFIX
 from jobbatch.worker import RESULT_PREFIX as RESULT_PREFIX
 from jobbatch.worker import SKIP_RETRY_PREFIX as SKIP_RETRY_PREFIX
 
@@ -201,8 +202,9 @@ class Retry(_Model):
         "a SkipRetry) is not failed whole; its items are halved and each half runs once, a failing half is halved "
         "again, down to single items, so every good item is processed and the bad ones are named "
         "(status.failedItems). A shard with a bad item still counts as failed (maxFailedShards counts shards). "
-        "It costs at most 2 * k * ceil(log2(shardSize)) more attempts for k bad items (k at most 16 per shard: "
-        "past that, a failing piece fails whole). Workers must read their items through the SDK, or honour "
+        "It costs at most 2 * k * ceil(log2(shardSize)) more attempts for k bad items (at most 16 pieces of one "
+        "level are split: past that, a failing piece fails whole; a shard whose eighths all fail the same way "
+        "stops at 14 pieces). Workers must read their items through the SDK, or honour "
         "JOBBATCH_ITEM_START and JOBBATCH_ITEM_END. Not with spec.results.",
     )
 

@@ -17,8 +17,8 @@ otherwise cost 2 * S attempts): past that, a failing piece of that level is fail
 costs at most 2 * 16 * ceil(log2 S) attempts whatever its items do, and up to 16 bad items are each
 named alone. Which pieces split is decided level-triggered: those split already keep their place,
 then the lowest failed ones, so a piece once failed whole stays so. A failure that is not the items'
-(every eighth of the shard fails: a broken image, a worker that ignores its range) stops the
-splitting at 14 pieces (``SYSTEMIC_LEVEL``).
+(every eighth of the shard fails the same way: a broken image, a worker that ignores its range) stops
+the splitting at 14 pieces (``SYSTEMIC_LEVEL``): the eighths are held until all of them are decided.
 
 Nothing here talks to Kubernetes: ``assess`` reads a shard's observed piece Jobs (level-triggered).
 """
@@ -38,7 +38,7 @@ MAX_SPLITS_PER_LEVEL = 16
 # When every eighth of a shard fails (all 8 pieces of this level), the failure is taken to be the
 # worker's or its environment's (a broken image, a worker that ignores its piece's range), not its
 # items': nothing of the shard is split further, so it costs at most 2 + 4 + 8 = 14 pieces.
-SYSTEMIC_LEVEL = 4
+SYSTEMIC_LEVEL = 4  # only when the eight failures look the same (exit code, reason and message)
 
 
 def node_range(items: tuple[int, int], node: int) -> tuple[int, int]:
@@ -81,7 +81,7 @@ class Isolation:
     failed: list[FailedPiece] = dataclasses.field(default_factory=list)
     wanted: list[int] = dataclasses.field(default_factory=list)  # pieces to run (nodes), lowest first
     busy: int = 0  # pieces running, or failed but not decided yet (their pod is not seen)
-    systemic: bool = False  # every piece of SYSTEMIC_LEVEL failed: splitting stopped
+    systemic: bool = False  # every piece of SYSTEMIC_LEVEL failed the same way: splitting stopped
     # Failed pieces whose halves are wanted: failed whole if the batch ends before they run.
     splitting: list[FailedPiece] = dataclasses.field(default_factory=list)
     # Why a piece was split: (reason, exit code) of its failure, by node (metrics count it once).
@@ -145,8 +145,9 @@ def assess(
         if node // 2 > ROOT:
             made.setdefault((node // 2).bit_length(), set()).add(node // 2)
     quota = {level: len(parents) for level, parents in made.items()}
+    possible = _systemic_possible(items, by_node, outcomes)
     eighths = range(2 ** (SYSTEMIC_LEVEL - 1), 2**SYSTEMIC_LEVEL)
-    state.systemic = all(outcomes.get(n) is not None for n in eighths)
+    state.systemic = possible and all(outcomes.get(n) is not None for n in eighths)
     for node in sorted(outcomes):
         piece = outcomes[node]
         low, high = halves(node)
@@ -155,6 +156,11 @@ def assess(
         if piece is None:
             continue  # undecided: counted busy
         level = node.bit_length()
+        if possible and not state.systemic and level == SYSTEMIC_LEVEL:
+            # Held until every eighth is decided, whatever order they end in: the same 14 pieces at most.
+            state.busy += 1
+            state.splitting.append(piece)
+            continue
         splittable = piece.items[1] - piece.items[0] > 1 and not state.systemic
         if splittable and quota.get(level, 0) < MAX_SPLITS_PER_LEVEL:
             quota[level] = quota.get(level, 0) + 1
@@ -166,3 +172,23 @@ def assess(
     state.wanted = sorted(n for n in wanted if n > ROOT)
     state.failed.sort(key=lambda p: p.items)
     return state
+
+
+def _signature(piece: FailedPiece) -> tuple[int | None, str, str]:
+    return piece.exit_code, piece.reason, piece.message
+
+
+def _systemic_possible(
+    items: tuple[int, int], by_node: Mapping[int, ShardJob], outcomes: Mapping[int, FailedPiece | None]
+) -> bool:
+    """Whether every eighth of the shard may yet fail the same way: nothing down to the eighths has
+    succeeded and every failure decided there looks the same (exit code, reason, message). A worker's
+    bad items usually say which item they are; a broken image, or a worker reading its whole shard in
+    every piece, says the same thing every time."""
+    if items[1] - items[0] < 2 ** (SYSTEMIC_LEVEL - 1):
+        return False  # fewer items than eighths
+    top = range(2, 2**SYSTEMIC_LEVEL)
+    if any(n in by_node and by_node[n].succeeded for n in top):
+        return False
+    seen = {_signature(p) for n in top if (p := outcomes.get(n)) is not None}
+    return len(seen) <= 1

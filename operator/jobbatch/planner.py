@@ -840,19 +840,20 @@ class _Pass:
             )
             if state.systemic:
                 message = (
-                    f"every eighth of its items failed when run apart, so the failure is taken to be the worker's "
-                    f"or its environment's, not its items' (a worker must read only JOBBATCH_ITEM_START to "
-                    f"JOBBATCH_ITEM_END when they are set); {message}"
+                    f"every eighth of its items failed the same way when run apart, so the failure is taken to be "
+                    f"the worker's or its environment's, not its items' (a worker must read only "
+                    f"JOBBATCH_ITEM_START to JOBBATCH_ITEM_END when they are set); the eighths were not split "
+                    f"further. First: items {first.items[0]}-{first.items[1] - 1} ({first.reason}{code}){said}"
                 )
             failure = ShardFailure(
                 shard=state.shard,
                 attempt=state.attempt,
                 exit_code=first.exit_code,
-                reason="ItemsFailed",
+                reason="NotItemSpecific" if state.systemic else "ItemsFailed",
                 message=message[:MAX_FAILURE_MESSAGE],
             )
             self.status.failures = [*self.status.failures, failure][-MAX_RECORDED_FAILURES:]
-            self.out.final_failures.append(("ItemsFailed", first.exit_code))
+            self.out.final_failures.append((failure.reason, first.exit_code))
             self._shard_event(Event("Warning", "ItemsFailed", f"shard {state.shard}: {message}"))
         status.failed_items = str(IndexRanges(listed.intervals[:MAX_FAILED_ITEM_RANGES]))
         return IndexRanges.of(ok), IndexRanges.of(bad)
@@ -931,8 +932,9 @@ class _Pass:
             self.out.events.append(Event("Normal", "Completed", msg))
         elif len(doomed) > limit:
             self.stop_isolations()  # their failures first, for the message
-            msg = f"{len(doomed)} shards failed permanently (maxFailedShards {limit}){after}: " + _describe_failures(
-                self.status.failures
+            msg = (
+                f"{len(self.failed)} shards failed permanently (maxFailedShards {limit}){after}: "
+                + _describe_failures(self.status.failures)
             )
             self.terminate("Failed", "ShardsFailed", msg)
             self.out.events.append(Event("Warning", "Failed", msg))
@@ -1011,6 +1013,8 @@ class _Pass:
                 if job.node:  # a piece: kept while its shard's outcome is being recorded
                     state = self.isolations.get(job.first)
                     ending = state is not None and (state.finished or job.first in self.stopped)
+                    # A failed piece whose pod is not seen yet: decided (and recorded) in a later pass.
+                    ending = ending or (state is not None and bool(job.failed) and state.busy > 0)
                     done = quiet and (job.first in seen.recorded or not ending)
                 else:
                     done = quiet and not job.succeeded.difference(seen.recorded_succeeded)
@@ -1327,9 +1331,14 @@ class _Pass:
         a piece of it holds a slot, else retrying (its pieces wait for slots, or for their pods' verdict)."""
         pieces = [j for j in live if j.node]
         creates = [c for c in self.out.create if c.node]
-        held = sum(j.slots for j in pieces) + len(creates)
+        # Pieces this pass gives slots again (resumed, or raised from 0): dispatch counted those grants.
+        grants = {r.name: r.parallelism for r in self.out.resume}
+        grants |= {x.name: x.to - x.current for x in self.out.scale if x.to > x.current}
+        regranted = [j for j in pieces if grants.get(j.name, 0) > 0 and not j.slots]
+        held = sum(j.slots for j in pieces) + len(creates) + sum(grants[j.name] for j in regranted)
         isolating = {s for s, st in self.isolations.items() if not st.finished and s not in self.stopped}
-        active = ({j.first for j in pieces if j.slots} | {c.first for c in creates}) & isolating
+        busy = {j.first for j in pieces if j.slots} | {c.first for c in creates} | {j.first for j in regranted}
+        active = busy & isolating
         running += len(active) - held
         retrying += len(isolating - active) - self.pieces_deferred
         return max(0, running), max(0, retrying)

@@ -235,6 +235,57 @@ def render_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# Of each running pod's log, `progress` reads at most the last lines and bytes: a report further back
+# (a worker logging much more than once a second between reports) is not found.
+PROGRESS_TAIL_LINES = 500
+PROGRESS_LOG_BYTES = 256 * 1024
+PROGRESS_PODS = 50  # pods whose logs `progress` reads by default (the batch's running ones, shard order)
+
+
+def last_progress(log: str) -> tuple[dict[str, int], datetime.datetime | None] | None:
+    """The last ``worker.progress`` report in a log read with timestamps, and when it was written."""
+    for line in reversed(log.splitlines()):
+        stamp, _, text = line.partition(" ")
+        if not text.startswith(api.PROGRESS_PREFIX):
+            continue
+        try:
+            report = json.loads(text[len(api.PROGRESS_PREFIX) :])
+            done = int(report["done"])
+            total = int(report["total"]) if report.get("total") is not None else None
+        except (ValueError, KeyError, TypeError):
+            continue
+        try:
+            when = _time(stamp)
+        except ValueError:
+            when = None
+        return ({"done": done} if total is None else {"done": done, "total": total}), when
+    return None
+
+
+def progress_row(pod: client.V1Pod, found: tuple[dict[str, int], datetime.datetime | None] | None,
+                 now: datetime.datetime) -> dict[str, Any]:  # fmt: skip
+    """One line of ``progress``: the pod's shard, attempt and items, and its latest report (if any)."""
+    items = items_of(pod)
+    row: dict[str, Any] = {
+        "shard": shard_of(pod),
+        "attempt": attempt_of(pod),
+        "items": f"{items.start}-{items.stop - 1}" if items else "",
+        "done": None,
+        "total": None,
+        "percent": None,
+        "updated": None,
+        "pod": pod.metadata.name,
+    }
+    if found is not None:
+        report, when = found
+        row["done"], row["total"] = report["done"], report.get("total")
+        if row["total"]:
+            row["percent"] = f"{min(100.0, 100 * row['done'] / row['total']):.0f}%"
+        if when is not None:
+            row["updated"] = f"{_duration((now - when).total_seconds())} ago"
+    return row
+
+
 def rerun_pending(batch: dict[str, Any]) -> bool:
     """spec.rerun asks for a rerun the operator has not answered yet (neither started nor refused)."""
     wanted = (batch.get("spec") or {}).get("rerun") or {}
@@ -513,6 +564,41 @@ def _item_failures(batch: dict[str, Any], args: argparse.Namespace, out: TextIO)
     return EXIT_OK
 
 
+async def cmd_progress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
+    """How far each running shard has got: the last ``worker.progress`` line of its pod's log."""
+    batch = await cluster.get(args.name)
+    pods = sorted(await cluster.pods(batch, running_only=True), key=lambda p: (shard_of(p), attempt_of(p)))
+    shown = pods[: max(0, args.max_pods)]
+    gate = asyncio.Semaphore(10)  # a few log reads at a time: the kubelets serve them
+
+    async def read(pod: client.V1Pod) -> tuple[dict[str, int], datetime.datetime | None] | None:
+        async with gate:
+            try:
+                log: Any = await cluster.core.read_namespaced_pod_log(
+                    pod.metadata.name, pod.metadata.namespace, container=pod.spec.containers[0].name,
+                    timestamps=True, tail_lines=PROGRESS_TAIL_LINES, limit_bytes=PROGRESS_LOG_BYTES,
+                )  # fmt: skip
+            except ApiException:  # not readable (yet): no report to show
+                return None
+        return last_progress(str(log))
+
+    found = await asyncio.gather(*(read(p) for p in shown))
+    now = datetime.datetime.now(datetime.UTC)
+    rows = [progress_row(p, f, now) for p, f in zip(shown, found, strict=True)]
+    if args.output:
+        _dump(rows, args.output, out)
+        return EXIT_OK
+    if not rows:
+        out.write(f"No running shards in jobbatch {args.name}\n")
+        return EXIT_OK
+    out.write(render_table(rows, ["shard", "attempt", "items", "done", "total", "percent", "updated", "pod"]) + "\n")
+    if len(pods) > len(shown):
+        out.write(f"({len(shown)} of {len(pods)} running pods shown: --max-pods)\n")
+    if not any(f is not None for f in found):
+        out.write("(no progress reports: workers report with worker.progress(done, total))\n")
+    return EXIT_OK
+
+
 async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     batch = await cluster.get(args.name)
     if args.shard is None and args.item is None:
@@ -739,6 +825,7 @@ COMMANDS = {
     "status": cmd_status,
     "failures": cmd_failures,
     "logs": cmd_logs,
+    "progress": cmd_progress,
     "suspend": cmd_suspend,
     "resume": cmd_suspend,
     "scale": cmd_scale,
@@ -790,6 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("failures", parents=[common, output], help="failed shards: attempt, exit code, reason")
     p.add_argument("name")
     p.add_argument("--items", action="store_true", help="the items that failed when run apart (retry.isolate)")
+    p = sub.add_parser("progress", parents=[common, output], help="how far each running shard has got")
+    p.add_argument("name")
+    p.add_argument("--max-pods", type=int, default=PROGRESS_PODS, help="read this many running pods' logs at most")
     p = sub.add_parser("logs", parents=[common], help="a shard's worker logs (its latest kept attempt)")
     p.add_argument("name")
     target = p.add_mutually_exclusive_group()

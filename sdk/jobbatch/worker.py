@@ -59,6 +59,10 @@ any JSON value, at most the batch's ``spec.results.maxBytes``. The operator stor
 (``kubectl jobbatch results NAME``) if the batch sets ``spec.results``. It is one line,
 ``jobbatch.io/result:<JSON>``, written to the termination log, so a worker in any language can write it too.
 
+A worker can report how far it has got with ``worker.progress(done, total)``: one log line,
+``jobbatch.io/progress:{"done":412,"total":1000}``, printed at most once a second, which
+``kubectl jobbatch progress NAME`` reads from the running pods' logs (nothing else reads it: no cost).
+
 A worker signals a failure by exiting non-zero; exit codes listed in the batch's
 ``retry.nonRetryableExitCodes`` fail the shard without retries. From code, ``raise
 worker.SkipRetry("why")`` does the same whatever the exit code: uncaught in the main thread (alone or
@@ -281,6 +285,38 @@ def result(value: Any, *, env: Mapping[str, str] | None = None, path: str | None
             log.write(message)
     except OSError as exc:
         raise RuntimeError(f"cannot write the result to {target}: {exc} (is this running in a shard pod?)") from exc
+
+
+# A progress report is one line of the container's log: `kubectl jobbatch progress NAME` reads the
+# last one of each running pod (the operator and the API server never see it, so it costs nothing
+# until asked for).
+PROGRESS_PREFIX = "jobbatch.io/progress:"
+PROGRESS_EVERY_SECONDS = 1.0
+_progress_lock = threading.Lock()
+_progress_at = -PROGRESS_EVERY_SECONDS
+
+
+def progress_message(done: int, total: int | None = None) -> str:
+    """``jobbatch.io/progress:{"done":412,"total":1000}`` (total omitted when unknown)."""
+    report = {"done": int(done)} if total is None else {"done": int(done), "total": int(total)}
+    return PROGRESS_PREFIX + json.dumps(report, separators=(",", ":"))
+
+
+def progress(done: int, total: int | None = None, *, force: bool = False) -> bool:
+    """Say how far this shard has got: ``kubectl jobbatch progress NAME`` shows the latest report.
+
+    Cheap to call per item: it prints one line to stdout at most once a second (``force`` prints it
+    anyway, e.g. for the last item), and nothing else happens -- no API call, no credentials. Returns
+    whether it printed. A worker without the SDK prints the same line itself.
+    """
+    global _progress_at
+    with _progress_lock:
+        now = time.monotonic()
+        if not force and now - _progress_at < PROGRESS_EVERY_SECONDS:
+            return False
+        _progress_at = now
+    print(progress_message(done, total), flush=True)
+    return True
 
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM

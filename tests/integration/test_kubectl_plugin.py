@@ -159,6 +159,32 @@ async def test_logs_of_a_shards_attempt_on_the_real_node(
     assert "no pod of shard 0 of jobbatch talk is kept" in gone.stderr
 
 
+async def test_progress_shows_each_running_shards_last_report_on_the_real_node(
+    kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory, real_node: str
+) -> None:
+    """worker.progress prints a log line; `kubectl jobbatch progress` reads the last one of each running pod."""
+    await operator()
+    script = "import signal; from jobbatch import worker; s = worker.Shard.from_env(); "
+    script += "worker.progress(1, 10); worker.progress(3 + s.index, 10, force=True); signal.pause()"
+    spec = {"template": real_template(command=["python", "-c", script]), "payloads": {"count": 2}}
+    await batches.create("busy", spec)
+
+    async def reported() -> list[dict[str, object]] | None:
+        shown = await kubectl_jobbatch(kubeconfig, "progress", "busy", "-n", namespace, "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        rows = json.loads(shown.stdout)
+        return rows if len(rows) == 2 and all(r["done"] is not None for r in rows) else None
+
+    rows = await eventually(reported, what="both running shards' progress reports")
+    assert [(r["shard"], r["items"], r["done"], r["total"], r["percent"]) for r in rows] == [
+        (0, "0-0", 3, 10, "30%"),
+        (1, "1-1", 4, 10, "40%"),
+    ]
+    table = await kubectl_jobbatch(kubeconfig, "progress", "busy", "-n", namespace)
+    assert table.stdout.splitlines()[0].split()[:6] == ["SHARD", "ATTEMPT", "ITEMS", "DONE", "TOTAL", "PERCENT"]
+    assert " ago " in table.stdout.splitlines()[1]
+
+
 async def test_the_krew_package_installs_a_plugin_that_runs(
     kubeconfig: Path, namespace: str, batches: Batches, tmp_path: Path
 ) -> None:

@@ -114,14 +114,20 @@ def test_at_most_16_pieces_of_a_level_are_split() -> None:
 # -- whole batches, planned pass after pass ---------------------------------------------------------
 @dataclasses.dataclass
 class Cluster:
-    """A Job controller in miniature: a created Job's pods finish at once; one fails if its items hold a bad one."""
+    """A Job controller in miniature: a created Job's pods finish at once (pieces in ``slow`` that many
+    passes later); one fails if its items hold a bad one, saying which (or ``message``, if set: a
+    broken image says the same thing every time)."""
 
     spec: JobBatchSpec
     items: int
     bad: set[int]
+    message: str | None = None
+    slow: dict[int, int] = dataclasses.field(default_factory=dict)  # piece node -> passes it runs
     jobs: dict[str, ShardJob] = dataclasses.field(default_factory=dict)
     failures: dict[tuple[int, int, int], PodFailure] = dataclasses.field(default_factory=dict)
     created: list[CreateJob] = dataclasses.field(default_factory=list)
+    # Running slow pieces: name -> (passes left, the Job once finished, its pod failure if any).
+    running: dict[str, tuple[int, ShardJob, PodFailure | None]] = dataclasses.field(default_factory=dict)
 
     def run(self, create: CreateJob, now: datetime.datetime) -> None:
         self.created.append(create)
@@ -133,6 +139,7 @@ class Cluster:
         env = {e["name"]: e["value"] for e in body["spec"]["template"]["spec"]["containers"][0]["env"]}
         ok: list[int] = []
         bad: list[int] = []
+        pods: dict[tuple[int, int, int], PodFailure] = {}
         for index in range(create.count):
             shard = create.first + index
             lo, hi = planner.item_range(shard, self.spec.shard_size, self.items)
@@ -141,22 +148,32 @@ class Cluster:
             (bad if self.bad & set(range(lo, hi)) else ok).append(shard)
             if self.bad & set(range(lo, hi)):
                 first_bad = min(self.bad & set(range(lo, hi)))
-                self.failures[(shard, create.attempt, create.node)] = PodFailure(
-                    f"uid-{create.name}", shard, create.attempt, 1, "Error", f"item {first_bad} is bad", now,
-                    node=create.node,
-                )  # fmt: skip
+                said = self.message or f"item {first_bad} is bad"
+                pods[(shard, create.attempt, create.node)] = PodFailure(
+                    f"uid-{create.name}", shard, create.attempt, 1, "Error", said, now, node=create.node
+                )
         observed = summarize({**body, "metadata": {**body["metadata"], "uid": f"uid-{create.name}"}})
         assert observed is not None
         assert observed.node == create.node
-        self.jobs[create.name] = dataclasses.replace(
-            observed,
-            succeeded=IndexRanges.of(ok),
-            failed=IndexRanges.of(bad),
-            finished=True,
-            finished_at=now,
+        done = dataclasses.replace(
+            observed, succeeded=IndexRanges.of(ok), failed=IndexRanges.of(bad), finished=True, finished_at=now
         )
+        if self.slow.get(create.node):
+            self.jobs[create.name] = dataclasses.replace(observed, active=1)
+            self.running[create.name] = (self.slow[create.node], done, next(iter(pods.values()), None))
+            return
+        self.jobs[create.name] = done
+        self.failures.update(pods)
 
     def apply(self, decision: planner.Plan, now: datetime.datetime) -> None:
+        for name, (left, done, pod) in list(self.running.items()):
+            if left > 1:
+                self.running[name] = (left - 1, done, pod)
+                continue
+            del self.running[name]
+            self.jobs[name] = dataclasses.replace(done, finished_at=now, finalizers=self.jobs[name].finalizers)
+            if pod is not None:
+                self.failures[(pod.shard, pod.attempt, pod.node)] = dataclasses.replace(pod, finished_at=now)
         for create in decision.create:
             self.run(create, now)
         for release in decision.release:
@@ -168,7 +185,13 @@ class Cluster:
 
 
 def run_batch(
-    items: int, shard_size: int, bad: set[int], passes: int = 500, **spec: Any
+    items: int,
+    shard_size: int,
+    bad: set[int],
+    passes: int = 500,
+    message: str | None = None,
+    slow: dict[int, int] | None = None,
+    **spec: Any,
 ) -> tuple[JobBatchStatus, Cluster, list[planner.Event]]:
     s = JobBatchSpec.model_validate(
         {
@@ -179,7 +202,7 @@ def run_batch(
             **spec,
         }
     )
-    cluster = Cluster(s, items, bad)
+    cluster = Cluster(s, items, bad, message, slow or {})
     b = Batch(name="b", namespace="ns", uid=UID, generation=1, spec=s, status=JobBatchStatus())
     now, events = T0, []
     for _ in range(passes):
@@ -264,16 +287,36 @@ def test_a_shard_of_one_item_is_not_split() -> None:
     assert status.failures[-1].reason == "RetriesExhausted"
 
 
-def test_a_worker_that_fails_every_item_stops_at_the_eighths() -> None:
-    """A broken image (or a worker ignoring its range) fails every piece: 14 pieces, not 2 * S."""
-    status, cluster, _ = run_batch(256, 256, set(range(256)), passes=2000, retry=RETRY, maxFailedShards=1)
+@pytest.mark.parametrize("slow", [{}, {15: 3}, {15: 10, 8: 2}], ids=["together", "one-late", "two-late"])
+def test_a_broken_worker_stops_at_the_eighths_whenever_they_end(slow: dict[int, int]) -> None:
+    """A broken image fails every piece the same way: 14 pieces, not 2 * S, in whatever order they end."""
+    status, cluster, _ = run_batch(
+        256, 256, set(range(256)), passes=2000, message="exec format error", slow=slow, retry=RETRY, maxFailedShards=1
+    )
     pieces = [c for c in cluster.created if c.node]
     assert sorted(c.node for c in pieces) == list(range(2, 16))
     assert status.failed_shards == "0"
     assert status.failed_item_count == 256
     assert IndexRanges.parse(status.failed_items) == IndexRanges([(0, 255)])
     assert [f.items for f in status.item_failures] == [f"{lo}-{lo + 31}" for lo in range(0, 256, 32)]
-    assert "every eighth of its items failed" in status.failures[-1].message
+    assert status.failures[-1].reason == "NotItemSpecific"
+    assert "every eighth of its items failed the same way" in status.failures[-1].message
+
+
+def test_bad_data_in_every_eighth_is_still_isolated() -> None:
+    """Eight bad items, one per eighth, each saying which it is: no breaker, each named alone."""
+    bad = set(range(10, 1000, 125))
+    status, cluster, _ = run_batch(1000, 1000, bad, passes=2000, retry=RETRY, maxFailedShards=1)
+    assert IndexRanges.parse(status.failed_items) == IndexRanges.of(bad)
+    assert status.failures[-1].reason == "ItemsFailed"
+    assert len([c for c in cluster.created if c.node]) <= max_attempts(1000, len(bad))
+
+
+def test_every_item_bad_and_saying_so_is_bounded_by_the_per_level_limit() -> None:
+    status, cluster, _ = run_batch(256, 256, set(range(256)), passes=2000, retry=RETRY, maxFailedShards=1)
+    assert len([c for c in cluster.created if c.node]) <= max_attempts(256, 256)
+    assert status.failed_item_count == 256
+    assert len([lo for lo, hi in IndexRanges.parse(status.failed_items).intervals]) == 1  # 0-255, in pieces
 
 
 def test_sixteen_bad_items_per_level_are_named_alone_and_the_cost_stays_bounded() -> None:
@@ -486,3 +529,29 @@ def test_a_template_cannot_make_a_whole_shard_look_like_a_piece() -> None:
     labels = body["spec"]["template"]["metadata"]["labels"]
     assert "jobbatch.io/item-node" not in labels
     assert labels["team"] == "a"
+
+
+def test_resumed_pieces_count_their_shard_once() -> None:
+    s = isolating_spec()
+    b = started(s, succeeded_shards="0,2,3")
+    pieces = [piece(1, n, attempt=1, suspended=True, active=0) for n in (2, 3)]
+    decision = plan(b, [chunk(failed="1", succeeded="0,2,3"), *pieces], T0, failures={(1, 0, 0): whole_failure(1)})
+    assert {r.name for r in decision.resume} == {p.name for p in pieces}
+    counts = decision.status.shards
+    assert (counts.running, counts.retrying, counts.succeeded, counts.pending) == (1, 0, 3, 0)
+
+
+def test_a_piece_failing_after_the_end_waits_for_its_pod_before_it_goes() -> None:
+    s = isolating_spec(failedJobsHistoryLimit=0)
+    b = started(s, phase="Failed", completion_time=T0, succeeded_shards="0,2,3")
+    failing = piece(1, 2, attempt=1, ok=False, at=0)
+    observed = [chunk(failed="1", succeeded="0,2,3"), failing, piece(1, 3, attempt=1, ok=True)]
+    early = plan(b, observed, T0 + datetime.timedelta(seconds=1))  # its pod is not seen yet
+    assert failing.name not in {r.name for r in early.release}
+    assert early.status.failed_shards == ""
+    late = plan(b, observed, T0 + GRACE)  # decided without it: failed whole, the batch having ended
+    assert late.status.failed_shards == "1"
+    assert late.status.failed_items == "10-14"
+    assert failing.name not in {r.name for r in late.release}
+    gone = plan(dataclasses.replace(b, status=late.status), observed, T0 + GRACE)
+    assert failing.name in {r.name for r in gone.release}

@@ -135,6 +135,46 @@ def test_failed_items_are_shown_and_listed() -> None:
     assert out.getvalue() == "No failed items in jobbatch b (retry.isolate is off)\n"
 
 
+def test_the_last_progress_report_of_a_log() -> None:
+    log = "\n".join(
+        [
+            '2026-12-03T07:00:00.123456789Z jobbatch.io/progress:{"done":1,"total":10}',
+            "2026-12-03T07:00:01.000000000Z processing record 7",
+            '2026-12-03T07:00:02.500000000Z jobbatch.io/progress:{"done":4,"total":10}',
+            "2026-12-03T07:00:03.000000000Z jobbatch.io/progress:{not json",
+            "2026-12-03T07:00:04.000000000Z done with a line that mentions jobbatch.io/progress: in passing",
+        ]
+    )
+    found = plugin.last_progress(log)
+    assert found is not None
+    assert found[0] == {"done": 4, "total": 10}
+    assert found[1] == datetime.datetime(2026, 12, 3, 7, 0, 2, 500000, tzinfo=datetime.UTC)
+    assert plugin.last_progress('x jobbatch.io/progress:{"done":7}') == ({"done": 7}, None)
+    assert plugin.last_progress("2026-12-03T07:00:00Z nothing to see") is None
+
+
+def test_a_progress_row() -> None:
+    labels = {
+        "jobbatch.io/first-shard": "2",
+        "batch.kubernetes.io/job-completion-index": "1",
+        "jobbatch.io/attempt": "0",
+    }
+    env = [
+        client.V1EnvVar(name="JOBBATCH_SHARD_SIZE", value="100"),
+        client.V1EnvVar(name="JOBBATCH_ITEM_COUNT", value="1000"),
+    ]
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p", labels=labels),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="w", env=env)]),
+    )
+    when = NOW - datetime.timedelta(seconds=75)
+    row = plugin.progress_row(pod, ({"done": 41, "total": 100}, when), NOW)
+    assert row == {"shard": 3, "attempt": 0, "items": "300-399", "done": 41, "total": 100, "percent": "41%",
+                   "updated": "1m15s ago", "pod": "p"}  # fmt: skip
+    silent = plugin.progress_row(pod, None, NOW)
+    assert (silent["done"], silent["percent"], silent["updated"]) == (None, None, None)
+
+
 def test_the_items_a_pod_ran() -> None:
     def pod(index: int, **env: str) -> client.V1Pod:
         labels = {"jobbatch.io/first-shard": "4", "batch.kubernetes.io/job-completion-index": str(index)}

@@ -235,3 +235,15 @@ def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) 
     assert done.returncode == 1
     assert "not reached" not in done.stdout
     assert log.read_text() == "jobbatch.io/skip-retry: bad input"
+
+
+def test_progress_is_one_log_line_at_most_once_a_second(capsys: pytest.CaptureFixture[str]) -> None:
+    assert worker.progress_message(3, 10) == 'jobbatch.io/progress:{"done":3,"total":10}'
+    assert worker.progress_message(3) == 'jobbatch.io/progress:{"done":3}'
+    assert worker.progress(1, 10, force=True)
+    assert not worker.progress(2, 10)  # within the second: not printed
+    assert worker.progress(3, 10, force=True)
+    assert capsys.readouterr().out.splitlines() == [
+        'jobbatch.io/progress:{"done":1,"total":10}',
+        'jobbatch.io/progress:{"done":3,"total":10}',
+    ]
