@@ -11,7 +11,7 @@ containerd joins as well (``e2e/realnode.py``) for pods that must run as real co
 Usage::
 
     python -m e2e.cluster up [--name local] [--nodes 3] [--pods-per-node 500] [--real-nodes 1]
-    python -m e2e.cluster env     # print `export KUBECONFIG=...; export PATH=...`
+    python -m e2e.cluster env     # print `export KUBECONFIG=...; export PATH=...` (kubectl, helm, kubectl-jobbatch)
     python -m e2e.cluster logs    # tail every component's log
     python -m e2e.cluster down    # stop the processes, delete the state (logs are kept)
 """
@@ -581,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.down()
         print(f"cluster {settings.name!r} is down; logs kept in {cluster.logs}")
     elif args.command == "env":
-        print(f"export KUBECONFIG={cluster.kubeconfig}\nexport PATH={cluster.bin}:$PATH")
+        # The cluster's kubectl and helm, and this environment's scripts (jobbatch, kubectl-jobbatch).
+        scripts = Path(sys.executable).parent
+        print(f"export KUBECONFIG={cluster.kubeconfig}\nexport PATH={cluster.bin}:{scripts}:$PATH")
     elif args.command == "logs":
         print(cluster.log_tails())
     else:

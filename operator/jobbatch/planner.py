@@ -853,7 +853,8 @@ class _Pass:
                 message=message[:MAX_FAILURE_MESSAGE],
             )
             self.status.failures = [*self.status.failures, failure][-MAX_RECORDED_FAILURES:]
-            self.out.final_failures.append((failure.reason, first.exit_code))
+            # Each piece failed for good is a failed attempt (a split one was counted when its halves started).
+            self.out.final_failures += [(piece.reason, piece.exit_code) for piece in state.failed]
             self._shard_event(Event("Warning", "ItemsFailed", f"shard {state.shard}: {message}"))
         status.failed_items = str(IndexRanges(listed.intervals[:MAX_FAILED_ITEM_RANGES]))
         return IndexRanges.of(ok), IndexRanges.of(bad)
@@ -965,7 +966,7 @@ class _Pass:
         for failed, failure in unstarted:
             self.failed = self.failed.union([failed.shard])
             self.status.failures = [*self.status.failures, failure][-MAX_RECORDED_FAILURES:]
-            self.out.final_failures.append((failure.reason, failure.exit_code))
+            self.out.final_failures.append((failed.reason, failed.exit_code))
             self._shard_event(
                 Event("Warning", "ShardFailed", f"shard {failure.shard} failed permanently: {failure.message}")
             )

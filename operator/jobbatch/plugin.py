@@ -57,7 +57,7 @@ MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 # Conditions worth a line of `status` when true (Accepted shows only when false).
 SHOWN_CONDITIONS = ("Complete", "Failed", "Stalled", "Suspended")
 # A false Rerunning condition worth a line: a rerun waiting, or refused.
-RERUN_NEWS = ("WaitingForBatchToFinish", "NothingToRerun", "WouldFailAgain", "AttemptsExhausted")
+RERUN_NEWS = ("WaitingForBatchToFinish", "NothingToRerun", "WouldFailAgain", "AttemptsExhausted", "InvalidShards")
 
 
 class PluginError(Exception):
