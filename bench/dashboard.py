@@ -4,9 +4,10 @@
 
 Starts a local control plane (kwok nodes), the operator with its metrics endpoint and a cluster-wide
 cap, and Prometheus (built from the Go module proxy, scraping every 2 s); runs a mix of batches in two
-namespaces at two priorities -- a clean one, one with retries, one that fails and is rerun, small ones
-arriving -- then evaluates every panel's queries of charts/jobbatch-operator/files/dashboard.json over
-the run with Prometheus's query_range, exactly as Grafana would (``$namespace`` = all,
+namespaces at two priorities and two BatchQueues -- a clean one, one with retries, one that fails and is
+rerun, one keeping results, small ones arriving in their own queue -- then evaluates every panel's
+queries of charts/jobbatch-operator/files/dashboard.json over the run with Prometheus's query_range,
+exactly as Grafana would (``$namespace`` = all,
 ``$__rate_interval`` = 4 scrape intervals), and draws the panels in the dashboard's grid.
 """
 
@@ -40,7 +41,7 @@ SCRAPE_SECONDS = 2
 NAMESPACES = ("team-a", "team-b")
 
 
-def batch(name: str, count: int, parallelism: int, priority: str, **sim: str) -> dict[str, Any]:
+def batch(name: str, count: int, parallelism: int, priority: str, queue: str = "default", **sim: str) -> dict[str, Any]:
     annotations = {f"sim.jobbatch.io/{k.replace('_', '-')}": v for k, v in sim.items()}
     return {
         "apiVersion": "jobbatch.io/v1alpha1",
@@ -54,11 +55,18 @@ def batch(name: str, count: int, parallelism: int, priority: str, **sim: str) ->
             "payloads": {"count": count},
             "parallelism": parallelism,
             "priorityClassName": priority,
+            "queueName": queue,
             "retry": {"limit": 2, "backoff": {"initialSeconds": 5, "jitter": 0.2}, "nonRetryableExitCodes": [3]},
             "maxFailedShards": 0,
         },
     }
 
+
+# The cap shared by two queues, 3:1: the reports queue's small batches keep a quarter of it.
+QUEUES = [
+    {"apiVersion": "jobbatch.io/v1alpha1", "kind": "BatchQueue", "metadata": {"name": name}, "spec": {"weight": w}}
+    for name, w in (("default", 3), ("reports", 1))
+]
 
 PRIORITY_CLASSES = [
     {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
@@ -151,6 +159,10 @@ async def scenario(cluster: LocalCluster, minutes: float) -> None:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
 
     apply("team-a", batch("nightly-import", 600, 20, "jobbatch-high", duration="4s"))
+    # Results kept in ConfigMaps (spec.results): the results panel.
+    summaries = batch("summaries", 300, 10, "jobbatch-low", duration="3s", result='{"rows": 1000}')
+    summaries["spec"]["results"] = {"maxBytes": 256}
+    apply("team-a", summaries)
     apply("team-b", batch("thumbnails", 400, 20, "jobbatch-low", duration="3s", exit_code="1",
                           fail_shards=",".join(str(s) for s in range(0, 400, 9)), fail_attempts="0"))  # fmt: skip
     # Shard 41's first attempt exits 3 (non-retryable): the batch fails; its rerun's attempt succeeds.
@@ -162,7 +174,7 @@ async def scenario(cluster: LocalCluster, minutes: float) -> None:
     while time.monotonic() - started < minutes * 60:
         await asyncio.sleep(20)
         arrivals += 1
-        apply("team-a", batch(f"report-{arrivals}", 20, 5, "jobbatch-high", duration="2s"))
+        apply("team-a", batch(f"report-{arrivals}", 20, 5, "jobbatch-high", queue="reports", duration="2s"))
         phase = cluster.kubectl("get", "jb", "export", "-n", "team-b", "-o", "jsonpath={.status.phase}").stdout
         if phase == "Failed" and not rerun_done:  # as after a fix: `kubectl jobbatch rerun export`
             rerun_done = True
@@ -187,7 +199,7 @@ async def record(minutes: float, out: Path, keep: bool) -> None:
         for namespace in NAMESPACES:
             cluster.kubectl("create", "namespace", namespace, check=False)
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                              "items": PRIORITY_CLASSES}))  # fmt: skip
+                                                              "items": PRIORITY_CLASSES + QUEUES}))  # fmt: skip
         metrics_port, prometheus_port = free_port(), free_port()
         (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{metrics_port}"))
         prometheus = start_prometheus(bins / "prometheus", work, prometheus_port)

@@ -63,7 +63,15 @@ def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None, tmp_
         "--set", "topologySpreadConstraints[0].maxSkew=1",
         "--set", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
         "--set", "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "--set", "podAnnotations.example\\.com/team=batch",
     ]  # fmt: skip
+    no_crds = ["--set", "crds.install=false"]
+    kinds_without = {d["kind"] for d in yaml.safe_load_all(run(
+        "helm", "template", "check", str(CHART), "--namespace", "default", "--kube-version", KUBE_VERSION,
+        *no_crds, kubeconfig=kubeconfig,
+    )) if d}  # fmt: skip
+    assert "CustomResourceDefinition" not in kinds_without
+    assert "Deployment" in kinds_without
     for values in ([], everything):
         rendered = run(
             "helm", "template", "check", str(CHART), "--namespace", "default", "--kube-version", KUBE_VERSION,
@@ -87,6 +95,10 @@ def test_chart_lints_and_renders_valid_objects(kubeconfig: Path, crd: None, tmp_
     assert container["envFrom"] == [{"configMapRef": {"name": "operator-extra"}}]
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    annotations = objects[("Deployment", "check-jobbatch-operator")]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["example.com/team"] == "batch"
+    crds = {name for kind, name in objects if kind == "CustomResourceDefinition"}
+    assert crds == {"jobbatches.jobbatch.io", "cronjobbatches.jobbatch.io", "batchqueues.jobbatch.io"}
     pdb = objects[("PodDisruptionBudget", "check-jobbatch-operator")]["spec"]
     assert pdb["maxUnavailable"] == 1
 

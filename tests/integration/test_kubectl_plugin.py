@@ -15,6 +15,8 @@ from pathlib import Path
 from kubernetes_asyncio import client
 
 from e2e import krew, tools
+from jobbatch import naming
+from jobbatch.api import SHARD_FINALIZER as jb_finalizer
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import Batches, real_template, template
 from tests.waiting import eventually
@@ -157,6 +159,46 @@ async def test_logs_of_a_shards_attempt_on_the_real_node(
     gone = await kubectl_jobbatch(kubeconfig, "logs", "talk", "--shard", "0", "-n", namespace)
     assert gone.returncode == 4
     assert "no pod of shard 0 of jobbatch talk is kept" in gone.stderr
+
+
+async def test_rerun_of_chosen_shards_and_the_successful_jobs_kept_whole(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """`rerun --shards 3` runs shard 3 alone again (1 stays failed); successfulJobsHistoryLimit keeps the
+    rerun's Job, which ran without a failure, with its pod."""
+    await operator()
+    spec = {
+        "template": template(exit_code="42", fail_shards="1,3", fail_attempts="0"),
+        "payloads": {"count": 5},
+        "parallelism": 5,
+        "maxFailedShards": 2,
+        "retry": {"limit": 0},
+        "successfulJobsHistoryLimit": 1,
+    }
+    created = await batches.create("chosen", spec)
+    first = await batches.wait_for("chosen", "Complete")
+    assert first["status"]["failedShards"] == "1,3"
+    await eventually(lambda: batches.released("chosen"), what="the batch's Jobs stopped: a rerun waits for that")
+    out = await kubectl_jobbatch(kubeconfig, "rerun", "chosen", "--shards", "3", "--id", "only-3", "-n", namespace)
+    assert out.returncode == 0, out.stderr
+    status = await batches.wait_status(
+        "chosen",
+        lambda s: s.get("phase") == "Succeeded" and (s.get("rerun") or {}).get("id") == "only-3",
+        "the rerun of shard 3 to succeed",
+    )
+    assert status["failedShards"] == "1"
+    assert status["succeededShards"] == "0,2-4"
+    assert status["rerun"]["shards"] == 1
+    # The rerun's Job (shard 3, attempt 1) is the latest without a failure: kept, pod and all.
+    kept = naming.job_name("chosen", created["metadata"]["uid"], 3, 1)
+
+    async def kept_whole() -> bool:
+        jobs = {j.metadata.name: j for j in await batches.jobs()}
+        pods = await client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"job-name={kept}")
+        released = kept in jobs and jb_finalizer not in (jobs[kept].metadata.finalizers or [])
+        return released and [p.status.phase for p in pods.items] == ["Succeeded"]
+
+    await eventually(kept_whole, what=f"Job {kept} released and kept with its succeeded pod")
 
 
 async def test_progress_shows_each_running_shards_last_report_on_the_real_node(

@@ -87,3 +87,15 @@ async def test_a_run_shows_up_in_the_metrics_the_dashboard_reads(
     # Both batches are done; and no BatchQueue exists here (test_queues.py reads jobbatch_queue_shards).
     series_only_while_there = {"jobbatch_shards_waiting", "jobbatch_shards", "jobbatch_queue_shards"}
     assert queried - series_only_while_there <= set(seen), sorted(queried - set(seen))
+
+    # A running batch with shards not started yet: waiting shards by priority class, and its shards.
+    await batches.create("slow", {"template": template(duration="1h"), "payloads": {"count": 3}, "parallelism": 1})
+
+    def waiting_scrape() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
+        seen = scrape(port)
+        waiting = total(seen.get("jobbatch_shards_waiting"), namespace=namespace, priority_class="")
+        running = total(seen.get("jobbatch_shards"), namespace=namespace, batch="slow", state="running")
+        return seen if (waiting, running) == (2, 1) else None
+
+    seen = await eventually(lambda: asyncio.to_thread(waiting_scrape), what="slow's 2 waiting shards in /metrics")
+    assert total(seen["jobbatch_shards"], namespace=namespace, batch="slow", state="pending") == 2
