@@ -85,6 +85,30 @@ async def test_a_real_worker_exiting_non_zero_is_retried(
     assert "ShardRetrying" in [e["reason"] for e in await batches.events("flaky")]
 
 
+async def test_a_real_worker_raising_skip_retry_fails_its_shard_at_once(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory, real_node: str
+) -> None:
+    """`raise worker.SkipRetry(...)` in a real container: one attempt, reason SkipRetry, the worker's words."""
+    await operator()
+    script = "from jobbatch import worker; s = worker.Shard.from_env()\n"
+    script += "if s.index == 1:\n    raise worker.SkipRetry('row 3 is not an email')"
+    spec = {
+        "template": real_template(command=["python", "-c", script]),
+        "payloads": {"count": 3},
+        "parallelism": 3,
+        "maxFailedShards": 1,
+        "retry": FAST_RETRY,  # two retries allowed: none is used
+    }
+    async with PodRecorder(api, namespace) as pods:
+        await batches.create("skipping", spec)
+        done = await batches.wait_for("skipping", "Complete")
+    assert pods.attempts("skipping") == {0: [0], 1: [0], 2: [0]}
+    assert pods.exit_codes[("skipping", 1, 0)] == [1]
+    (failure,) = done["status"]["failures"]
+    assert (failure["shard"], failure["reason"], failure["exitCode"]) == (1, "SkipRetry", 1)
+    assert failure["message"].endswith("asked for no retry: row 3 is not an email")
+
+
 async def test_suspending_real_workers_sends_sigterm_and_spends_no_retry(
     api: client.ApiClient,
     namespace: str,
