@@ -531,19 +531,28 @@ async def cmd_failures(cluster: Cluster, args: argparse.Namespace, out: TextIO) 
     if args.items:
         return _item_failures(batch, args, out)
     rows = failure_rows(batch)
-    if args.output:
-        _dump(rows, args.output, out)
+    if not _print_rows(rows, ["shard", "attempt", "exitCode", "reason", "message"], args, out, "failed shards"):
         return EXIT_OK
-    if not rows:
-        out.write(f"No failed shards in jobbatch {args.name}\n")
-        return EXIT_OK
-    out.write(render_table(rows, ["shard", "attempt", "exitCode", "reason", "message"]) + "\n")
     failed = IndexRanges.parse((batch.get("status") or {}).get("failedShards"))
     if len(failed) > len(rows):
         out.write(f"({len(rows)} most recent shown; all failed shards: {brief_ranges(str(failed))})\n")
     if (batch.get("status") or {}).get("failedItemCount"):
         out.write(f"(failed items: kubectl jobbatch failures {args.name} --items)\n")
     return EXIT_OK
+
+
+def _print_rows(
+    rows: list[dict[str, Any]], columns: list[str], args: argparse.Namespace, out: TextIO, what: str
+) -> bool:
+    """Print rows as ``-o`` asks, else as a table; True when a table was printed (notes may follow)."""
+    if args.output:
+        _dump(rows, args.output, out)
+        return False
+    if not rows:
+        out.write(f"No {what} in jobbatch {args.name}\n")
+        return False
+    out.write(render_table(rows, columns) + "\n")
+    return True
 
 
 def _item_failures(batch: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
@@ -585,13 +594,9 @@ async def cmd_progress(cluster: Cluster, args: argparse.Namespace, out: TextIO) 
     found = await asyncio.gather(*(read(p) for p in shown))
     now = datetime.datetime.now(datetime.UTC)
     rows = [progress_row(p, f, now) for p, f in zip(shown, found, strict=True)]
-    if args.output:
-        _dump(rows, args.output, out)
+    columns = ["shard", "attempt", "items", "done", "total", "percent", "updated", "pod"]
+    if not _print_rows(rows, columns, args, out, "running shards"):
         return EXIT_OK
-    if not rows:
-        out.write(f"No running shards in jobbatch {args.name}\n")
-        return EXIT_OK
-    out.write(render_table(rows, ["shard", "attempt", "items", "done", "total", "percent", "updated", "pod"]) + "\n")
     if len(pods) > len(shown):
         out.write(f"({len(shown)} of {len(pods)} running pods shown: --max-pods)\n")
     if not any(f is not None for f in found):
