@@ -246,13 +246,15 @@ def last_progress(log: str) -> tuple[dict[str, int], datetime.datetime | None] |
     """The last ``worker.progress`` report in a log read with timestamps, and when it was written."""
     for line in reversed(log.splitlines()):
         stamp, _, text = line.partition(" ")
-        if not text.startswith(api.PROGRESS_PREFIX):
+        # Anywhere in the line: another thread's print may have put its text before the report.
+        at = text.rfind(api.PROGRESS_PREFIX)
+        if at < 0:
             continue
         try:
-            report = json.loads(text[len(api.PROGRESS_PREFIX) :])
+            report = json.loads(text[at + len(api.PROGRESS_PREFIX) :])
             done = int(report["done"])
             total = int(report["total"]) if report.get("total") is not None else None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError, AttributeError):  # not a report (or Infinity)
             continue
         try:
             when = _time(stamp)
@@ -442,6 +444,16 @@ def shard_of(pod: client.V1Pod) -> int:
         return -1
 
 
+def container_of(pod: client.V1Pod, wanted: str | None = None) -> str:
+    """The container to read: the one asked for, else the pod's default (as kubectl: the annotation
+    ``kubectl.kubernetes.io/default-container``, which puts a worker before a mesh's proxy), else the first."""
+    if wanted:
+        return wanted
+    default = (pod.metadata.annotations or {}).get("kubectl.kubernetes.io/default-container")
+    names = [c.name for c in pod.spec.containers]
+    return default if default in names else names[0]
+
+
 def items_of(pod: client.V1Pod) -> range:
     """The items a pod ran: a piece's JOBBATCH_ITEM_START..END (retry.isolate), else its shard's."""
     env = {e.name: e.value for c in pod.spec.containers for e in c.env or [] if e.value is not None}
@@ -573,35 +585,57 @@ def _item_failures(batch: dict[str, Any], args: argparse.Namespace, out: TextIO)
     return EXIT_OK
 
 
+async def read_progress(
+    cluster: Cluster, pod: client.V1Pod, container: str | None
+) -> tuple[dict[str, int], datetime.datetime | None] | None:
+    """The last progress report of a pod's log (its last PROGRESS_TAIL_LINES lines, at most
+    PROGRESS_LOG_BYTES of their end kept); None without one. Raises ApiException, OSError, TimeoutError."""
+    response: Any = await cluster.core.read_namespaced_pod_log(
+        pod.metadata.name, pod.metadata.namespace, container=container_of(pod, container),
+        timestamps=True, tail_lines=PROGRESS_TAIL_LINES, _preload_content=False,
+    )  # fmt: skip
+    kept = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            kept += chunk
+            del kept[: max(0, len(kept) - PROGRESS_LOG_BYTES)]  # the newest bytes: reports are at the end
+    finally:
+        response.release()
+    return last_progress(kept.decode("utf-8", errors="replace"))  # a worker's log need not be UTF-8
+
+
 async def cmd_progress(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
     """How far each running shard has got: the last ``worker.progress`` line of its pod's log."""
     batch = await cluster.get(args.name)
     pods = sorted(await cluster.pods(batch, running_only=True), key=lambda p: (shard_of(p), attempt_of(p)))
-    shown = pods[: max(0, args.max_pods)]
+    shown = pods[: args.max_pods]
     gate = asyncio.Semaphore(10)  # a few log reads at a time: the kubelets serve them
+    unreadable: list[str] = []
 
     async def read(pod: client.V1Pod) -> tuple[dict[str, int], datetime.datetime | None] | None:
         async with gate:
             try:
-                log: Any = await cluster.core.read_namespaced_pod_log(
-                    pod.metadata.name, pod.metadata.namespace, container=pod.spec.containers[0].name,
-                    timestamps=True, tail_lines=PROGRESS_TAIL_LINES, limit_bytes=PROGRESS_LOG_BYTES,
-                )  # fmt: skip
-            except ApiException:  # not readable (yet): no report to show
-                return None
-        return last_progress(str(log))
+                return await read_progress(cluster, pod, args.container)
+            except ApiException as exc:  # one pod's log refused (403) or not there (yet): the others still count
+                unreadable.append(f"{pod.metadata.name}: {exc.status} {exc.reason}")
+            except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+                unreadable.append(f"{pod.metadata.name}: {exc}")
+            return None
 
     found = await asyncio.gather(*(read(p) for p in shown))
+    if unreadable:
+        print(f"kubectl-jobbatch: {len(unreadable)} of {len(shown)} pods' logs could not be read "
+              f"(first: {unreadable[0]})", file=sys.stderr)  # fmt: skip
     now = datetime.datetime.now(datetime.UTC)
     rows = [progress_row(p, f, now) for p, f in zip(shown, found, strict=True)]
     columns = ["shard", "attempt", "items", "done", "total", "percent", "updated", "pod"]
     if not _print_rows(rows, columns, args, out, "running shards"):
-        return EXIT_OK
+        return EXIT_ERROR if shown and len(unreadable) == len(shown) else EXIT_OK
     if len(pods) > len(shown):
         out.write(f"({len(shown)} of {len(pods)} running pods shown: --max-pods)\n")
-    if not any(f is not None for f in found):
+    if not any(f is not None for f in found) and not unreadable:
         out.write("(no progress reports: workers report with worker.progress(done, total))\n")
-    return EXIT_OK
+    return EXIT_ERROR if len(unreadable) == len(shown) else EXIT_OK
 
 
 async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> int:
@@ -634,7 +668,7 @@ async def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO) -> i
     piece = f", items {ran.start}-{ran.stop - 1}" if api.LABEL_ITEM_NODE in (pod.metadata.labels or {}) and ran else ""
     out.write(f"# pod {name} (shard {args.shard}, attempt {attempt_of(pod)}{piece})\n")
     out.flush()
-    container = args.container or pod.spec.containers[0].name
+    container = container_of(pod, args.container)
     response: Any = await cluster.core.read_namespaced_pod_log(
         name, namespace, container=container, follow=args.follow, _preload_content=False
     )
@@ -842,6 +876,16 @@ COMMANDS = {
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _duration_arg(text: str) -> float:
     """kubectl-style durations: 90, 90s, 5m, 1h30m."""
     try:
@@ -884,7 +928,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", action="store_true", help="the items that failed when run apart (retry.isolate)")
     p = sub.add_parser("progress", parents=[common, output], help="how far each running shard has got")
     p.add_argument("name")
-    p.add_argument("--max-pods", type=int, default=PROGRESS_PODS, help="read this many running pods' logs at most")
+    p.add_argument(
+        "--max-pods", type=_positive, default=PROGRESS_PODS, help="read this many running pods' logs at most"
+    )
+    p.add_argument("-c", "--container", help="the container (default: the pod's default container, else the first)")
     p = sub.add_parser("logs", parents=[common], help="a shard's worker logs (its latest kept attempt)")
     p.add_argument("name")
     target = p.add_mutually_exclusive_group()

@@ -288,12 +288,57 @@ def result(value: Any, *, env: Mapping[str, str] | None = None, path: str | None
 
 
 # A progress report is one line of the container's log: `kubectl jobbatch progress NAME` reads the
-# last one of each running pod (the operator and the API server never see it, so it costs nothing
+# last one of each running pod (the operator never reads it, and the API server only passes it on when
+# someone asks, so it costs nothing
 # until asked for).
 PROGRESS_PREFIX = "jobbatch.io/progress:"
 PROGRESS_EVERY_SECONDS = 1.0
-_progress_lock = threading.Lock()
-_progress_at = -PROGRESS_EVERY_SECONDS
+
+
+class _Progress:
+    """At most one progress line a second; a report held back is printed when its second is up, so the
+    latest one is always in the log (a shard that stalls after a burst shows where it stalled)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[float, Callable[[], None]], threading.Timer] = threading.Timer,
+    ) -> None:
+        self.clock, self.make_timer = clock, timer
+        self.lock = threading.Lock()
+        self.at = -PROGRESS_EVERY_SECONDS  # when the last line was printed
+        self.pending: str | None = None  # a report held back, printed by the timer
+        self.timer: threading.Timer | None = None
+
+    def report(self, message: str, force: bool) -> bool:
+        with self.lock:
+            wait = self.at + PROGRESS_EVERY_SECONDS - self.clock()
+            if force or wait <= 0:
+                self._print(message)
+                return True
+            self.pending = message
+            if self.timer is None:
+                self.timer = self.make_timer(wait, self.flush)
+                self.timer.daemon = True
+                self.timer.start()
+            return False
+
+    def flush(self) -> None:
+        with self.lock:
+            self.timer = None
+            if self.pending is not None:
+                self._print(self.pending)
+
+    def _print(self, message: str) -> None:
+        # One write of the whole line, under the lock: another thread's print may put its text before it
+        # on the same line, never inside it (readers look for the prefix anywhere in a line).
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+        self.at = self.clock()
+        self.pending = None
+
+
+_progress = _Progress()
 
 
 def progress_message(done: int, total: int | None = None) -> str:
@@ -305,18 +350,12 @@ def progress_message(done: int, total: int | None = None) -> str:
 def progress(done: int, total: int | None = None, *, force: bool = False) -> bool:
     """Say how far this shard has got: ``kubectl jobbatch progress NAME`` shows the latest report.
 
-    Cheap to call per item: it prints one line to stdout at most once a second (``force`` prints it
-    anyway, e.g. for the last item), and nothing else happens -- no API call, no credentials. Returns
-    whether it printed. A worker without the SDK prints the same line itself.
+    Cheap to call per item: it prints one line to stdout at most once a second; a report made within
+    the second is printed when the second is up (the latest one wins), so the log always ends with the
+    latest report. ``force`` prints at once. Nothing else happens -- no API call, no credentials.
+    Returns whether it printed now. A worker without the SDK prints the same line itself.
     """
-    global _progress_at
-    with _progress_lock:
-        now = time.monotonic()
-        if not force and now - _progress_at < PROGRESS_EVERY_SECONDS:
-            return False
-        _progress_at = now
-    print(progress_message(done, total), flush=True)
-    return True
+    return _progress.report(progress_message(done, total), force)
 
 
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM

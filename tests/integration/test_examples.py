@@ -19,6 +19,7 @@ from e2e import tools
 from e2e.cluster import SIMULATED_PLACEMENT
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import Batches, PodRecorder
+from tests.integration.test_kubectl_plugin import kubectl_jobbatch
 from tests.waiting import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -99,6 +100,12 @@ async def test_example_completes(
         nodes = set(pods.nodes.values())
         if placement == "real":
             assert nodes == {real_node}
+            if example.name in BAD_ITEMS:  # the pod that ran a bad item alone, its worker's own words
+                bad = BAD_ITEMS[example.name][0].split(",")[-1]
+                shown = await kubectl_jobbatch(kubeconfig, "logs", names[0], "--item", bad, "-n", namespace)
+                assert shown.returncode == 0, shown.stderr
+                assert f"items {bad}-{bad})" in shown.stdout.splitlines()[0]
+                assert "bad item" in shown.stdout
             # Real processes, each exiting 0 (10: the pods that held a bad item exit 2, the example worker's
             # code for bad input).
             codes = {c for cs in pods.exit_codes.values() for c in cs}

@@ -4,6 +4,8 @@ every good item runs once, in one piece, even with the operator SIGKILLed half-w
 from __future__ import annotations
 
 import collections
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from jobbatch import api
 from jobbatch.isolation import max_attempts
 from tests.integration.conftest import OperatorFactory
 from tests.integration.harness import Batches, NamespaceWatch, template
+from tests.integration.test_kubectl_plugin import kubectl_jobbatch
 from tests.waiting import eventually
 
 ITEMS = 1000
@@ -47,7 +50,7 @@ class PieceRecorder(NamespaceWatch):
 
 @pytest.mark.timeout(600)
 async def test_a_1000_item_shard_with_2_bad_items_ends_with_998_done_and_those_2_named(
-    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+    api: client.ApiClient, kubeconfig: Path, namespace: str, batches: Batches, operator: OperatorFactory
 ) -> None:
     first = await operator()
     spec = {
@@ -89,6 +92,16 @@ async def test_a_1000_item_shard_with_2_bad_items_ends_with_998_done_and_those_2
     assert len(pods.pods) <= max_attempts(ITEMS, len(BAD))
     reasons = {e["reason"] for e in await batches.events("poison")}
     assert {"IsolatingItems", "ItemsFailed", "Completed"} <= reasons
+    # What a user reads: the plugin's failed items, as data and as a table, and the batch's status line.
+    shown = await kubectl_jobbatch(kubeconfig, "failures", "poison", "--items", "-o", "json", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert (data["failedItems"], data["failedItemCount"]) == ("17,503", 2)
+    assert [(r["items"], r["shard"], r["exitCode"]) for r in data["itemFailures"]] == [("17", 0, 1), ("503", 0, 1)]
+    table = await kubectl_jobbatch(kubeconfig, "failures", "poison", "--items", "-n", namespace)
+    assert table.stdout.splitlines()[-1] == "2 failed items: 17,503"
+    status = await kubectl_jobbatch(kubeconfig, "status", "poison", "-n", namespace)
+    assert "Failed items:  2: 17,503" in status.stdout
 
 
 async def _at_least(pods: PieceRecorder, count: int) -> bool:

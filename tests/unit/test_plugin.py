@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import io
 import json
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from jobbatch import plugin
 from jobbatch.ranges import IndexRanges
@@ -151,6 +153,93 @@ def test_the_last_progress_report_of_a_log() -> None:
     assert found[1] == datetime.datetime(2026, 12, 3, 7, 0, 2, 500000, tzinfo=datetime.UTC)
     assert plugin.last_progress('x jobbatch.io/progress:{"done":7}') == ({"done": 7}, None)
     assert plugin.last_progress("2026-12-03T07:00:00Z nothing to see") is None
+
+
+class _Content:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def iter_chunked(self, size: int) -> Any:
+        for at in range(0, len(self.data), size):
+            yield self.data[at : at + size]
+
+
+class _Response:
+    def __init__(self, data: bytes) -> None:
+        self.content = _Content(data)
+        self.released = False
+
+    def release(self) -> None:
+        self.released = True
+
+
+class _FakeCluster:
+    """What ``progress`` asks of the cluster: the batch, its running pods, and their logs (bytes, or an error)."""
+
+    def __init__(self, logs: dict[str, bytes | Exception]) -> None:
+        self.logs = logs
+        self.core = self
+        self.asked: list[dict[str, Any]] = []
+
+    async def get(self, name: str) -> dict[str, Any]:
+        return batch({}, shardSize=1)
+
+    async def pods(self, batch: dict[str, Any], *, running_only: bool = False) -> list[client.V1Pod]:
+        return [_pod(name, index) for index, name in enumerate(self.logs)]
+
+    async def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> _Response:
+        self.asked.append({"name": name, **kw})
+        found = self.logs[name]
+        if isinstance(found, Exception):
+            raise found
+        return _Response(found)
+
+
+def _pod(name: str, index: int, annotations: dict[str, str] | None = None) -> client.V1Pod:
+    labels = {"jobbatch.io/first-shard": "0", "batch.kubernetes.io/job-completion-index": str(index)}
+    containers = [client.V1Container(name="proxy"), client.V1Container(name="worker")]
+    meta = client.V1ObjectMeta(name=name, namespace="ns", labels=labels, annotations=annotations)
+    return client.V1Pod(metadata=meta, spec=client.V1PodSpec(containers=containers))
+
+
+def test_progress_survives_any_log_and_says_which_pods_it_could_not_read(capsys: pytest.CaptureFixture[str]) -> None:
+    report = b'2026-12-03T07:00:02Z jobbatch.io/progress:{"done":4,"total":10}\n'
+    noise = b"2026-12-03T07:00:01Z " + b"\xff\xfe binary \xe2\x82" + b"x" * 1000 + b"\n"
+    cluster = _FakeCluster(
+        {
+            "big": noise * 400 + report,  # 400 KiB of non-UTF-8 noise, then the report: the end is kept
+            "odd": report + b'2026-12-03T07:00:03Z worker says jobbatch.io/progress:{"done":1e400}\n',
+            "refused": ApiException(status=403, reason="Forbidden"),
+        }
+    )
+    out = io.StringIO()
+    args = argparse.Namespace(name="b", output="json", max_pods=50, container=None)
+    code = asyncio.run(plugin.cmd_progress(cluster, args, out))  # type: ignore[arg-type]
+    assert code == plugin.EXIT_OK
+    rows = {r["pod"]: r for r in json.loads(out.getvalue())}
+    assert (rows["big"]["done"], rows["odd"]["done"], rows["refused"]["done"]) == (4, 4, None)
+    assert "1 of 3 pods' logs could not be read (first: refused: 403 Forbidden)" in capsys.readouterr().err
+    assert all(a["container"] == "proxy" and "limit_bytes" not in a for a in cluster.asked)  # no default set
+    # Every read refused: an error, not "no reports".
+    refused = _FakeCluster({"p": ApiException(status=403, reason="Forbidden")})
+    out = io.StringIO()
+    args = argparse.Namespace(name="b", output=None, max_pods=50, container=None)
+    assert asyncio.run(plugin.cmd_progress(refused, args, out)) == plugin.EXIT_ERROR  # type: ignore[arg-type]
+    assert "no progress reports" not in out.getvalue()
+
+
+def test_the_container_read_is_the_pods_default() -> None:
+    pod = _pod("p", 0, {"kubectl.kubernetes.io/default-container": "worker"})
+    assert plugin.container_of(pod) == "worker"
+    assert plugin.container_of(pod, "proxy") == "proxy"
+    assert plugin.container_of(_pod("p", 0)) == "proxy"  # no annotation: the first, as kubectl
+    assert plugin.container_of(_pod("p", 0, {"kubectl.kubernetes.io/default-container": "gone"})) == "proxy"
+
+
+def test_max_pods_must_be_at_least_one() -> None:
+    with pytest.raises(SystemExit) as refused:
+        plugin.build_parser().parse_args(["progress", "b", "--max-pods", "0"])
+    assert refused.value.code == 2
 
 
 def test_a_progress_row() -> None:

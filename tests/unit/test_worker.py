@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -237,13 +239,53 @@ def test_skip_retry_in_an_exception_group_or_by_call_counts_too(tmp_path: Path) 
     assert log.read_text() == "jobbatch.io/skip-retry: bad input"
 
 
-def test_progress_is_one_log_line_at_most_once_a_second(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_is_one_log_line_at_most_once_a_second_and_the_latest_is_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert worker.progress_message(3, 10) == 'jobbatch.io/progress:{"done":3,"total":10}'
     assert worker.progress_message(3) == 'jobbatch.io/progress:{"done":3}'
-    assert worker.progress(1, 10, force=True)
-    assert not worker.progress(2, 10)  # within the second: not printed
-    assert worker.progress(3, 10, force=True)
+    now = [100.0]
+    timers: list[float] = []
+
+    def timer(wait: float, flush: Callable[[], None]) -> threading.Timer:
+        timers.append(wait)  # the flush it would schedule; the test runs it
+        return threading.Timer(3600, flush)  # started by the reporter, never fires within the test
+
+    reporter = worker._Progress(clock=lambda: now[0], timer=timer)
+    assert reporter.report(worker.progress_message(1, 10), force=False)  # the first always prints
+    now[0] += 0.25
+    assert not reporter.report(worker.progress_message(2, 10), force=False)  # held back ...
+    now[0] += 0.25
+    assert not reporter.report(worker.progress_message(3, 10), force=False)  # ... replaced by the latest
+    assert timers == [0.75]  # one flush, when the second is up
+    now[0] += 0.5
+    reporter.flush()  # the timer fires: the latest report is printed though no call came after it
+    now[0] += 0.1
+    assert reporter.report(worker.progress_message(4, 10), force=True)
+    reporter.flush()  # nothing held back: nothing printed
+    for t in threading.enumerate():
+        if isinstance(t, threading.Timer):
+            t.cancel()
     assert capsys.readouterr().out.splitlines() == [
         'jobbatch.io/progress:{"done":1,"total":10}',
         'jobbatch.io/progress:{"done":3,"total":10}',
+        'jobbatch.io/progress:{"done":4,"total":10}',
     ]
+
+
+def test_progress_lines_of_many_threads_never_interleave() -> None:
+    """Each line is one write under the lock: every line a reader sees is whole."""
+    script = (
+        "import threading\n"
+        "from jobbatch import worker\n"
+        "def spam():\n"
+        "    for n in range(300): print('some other log line of thread work ' * 3)\n"
+        "def report():\n"
+        "    for n in range(300): worker.progress(n, 300, force=True)\n"
+        "threads = [threading.Thread(target=f) for f in (spam, spam, report, spam)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    prefix = "jobbatch.io/progress:"
+    reports = [line[line.index(prefix) + len(prefix) :] for line in out.splitlines() if prefix in line]
+    assert sorted(json.loads(r)["done"] for r in reports) == list(range(300))  # each whole, at its line's end
