@@ -147,7 +147,7 @@ def draw(url: str, start: float, end: float, out: Path) -> None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(f"{board['title']} (recorded run, {(end - start) / 60:.0f} min)", color="#d8d9da", fontsize=14)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title above the top row
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80, facecolor=fig.get_facecolor())
 
