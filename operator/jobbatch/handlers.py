@@ -64,7 +64,7 @@ async def batch_changed(
     runtime: Runtime = memo["runtime"]
     reconciler = runtime.reconcilers.get(uid)
     if reconciler is not None:
-        reconciler.batch_changed()
+        reconciler.batch_changed(None if type == "DELETED" else body.get("metadata", {}).get("resourceVersion"))
     if type == "DELETED":
         runtime.finished.discard(uid)
         metrics.BATCHES.gone(uid)

@@ -3,7 +3,8 @@
 The loop is woken by watch events (the batch, its Jobs, its failed pods) and by the planner's
 requeue time. It plans from the batch as last persisted: the response of its own status write,
 or a fresh GET once a batch watch event says the object changed (watch caches may lag behind our
-own writes, so a watched body is never planned from). Jobs come from the shard Job index
+own writes, so a watched body is never planned from); the echo of its own write (the very
+resourceVersion it holds) changes nothing and is not read again. Jobs come from the shard Job index
 (``jobbatch.jobwatch``), overlaid with ``Expectations`` for this process's own writes whose events
 have not arrived yet -- without them a lagging watch would let a pass grant a slot twice.
 
@@ -147,6 +148,7 @@ class BatchReconciler:
         self.calls = JobCalls(self.wake)
         self.expected = Expectations(monotonic)
         self._last_status_write = float("-inf")
+        self._wrote_status = False  # by the pass that runs (or last ran)
         # spec.results: what this process stored of each Job's results (by Job UID), and the writer.
         self._collected: dict[str, Collected] = {}
         self._result_store: ResultStore | None = None
@@ -172,8 +174,16 @@ class BatchReconciler:
                 continue
             return
 
-    def batch_changed(self) -> None:
-        """A watch event for the batch: re-read it before the next pass plans."""
+    def batch_changed(self, resource_version: str | None = None) -> None:
+        """A watch event for the batch: re-read it before the next pass plans.
+
+        Not when the event shows the very version this loop holds (the echo of its own status write):
+        the object is what the last pass wrote, so a GET and a pass would only find that out again.
+        In a long batch that echo came once a second, with a GET and a pass each.
+        """
+        held = (self._body or {}).get("metadata", {}).get("resourceVersion")
+        if resource_version is not None and resource_version == held and not self._body_stale:
+            return
         self._body_stale = True
         self.wake.set()
 
@@ -202,6 +212,8 @@ class BatchReconciler:
                 requeue = ERROR_BACKOFF[min(errors, len(ERROR_BACKOFF) - 1)]
                 errors += 1
                 logger.exception("%s/%s: reconcile failed; retrying in %.0fs", self.namespace, self.name, requeue)
+                if self._wrote_status:
+                    requeue = 0.0  # it wrote the status first (writes go at most once a second): act on it now
             if requeue is None:
                 requeue = RESYNC_INTERVAL
             await self._sleep(min(requeue, RESYNC_INTERVAL), stopped)
@@ -218,6 +230,7 @@ class BatchReconciler:
     # -- one pass -----------------------------------------------------------------------------
     async def reconcile_once(self) -> float | None:
         """One pass; returns seconds until the next one is due (None: only on events)."""
+        self._wrote_status = False
         body = await self._persisted_batch()
         meta = (body or {}).get("metadata", {})
         if body is None or meta.get("uid") != self.uid:
@@ -667,7 +680,8 @@ class BatchReconciler:
         if decision.status_changed:
             wait = MIN_STATUS_INTERVAL - (self._monotonic() - self._last_status_write)
             if wait > 0:
-                requeue = wait if requeue is None else min(requeue, wait)
+                # A pass asked for at once (to persist, then act) can do nothing before the write may go.
+                requeue = wait if not requeue else min(requeue, wait)
             else:
                 meta = body["metadata"]
                 self._body = await self.kube.patch_batch_status(
@@ -677,6 +691,10 @@ class BatchReconciler:
                 metrics.status_writes.labels(ns).inc()
                 written = True
                 self._count_outcomes(decision, body)
+                # What it records may let the next pass act (release the Jobs it records, end the
+                # loop): plan again from the written body now, rather than wait for the write's echo.
+                requeue = 0.0
+                self._wrote_status = True
 
         by_name = {job.name: job for job in observed}
         item_count = decision.status.item_count or 0

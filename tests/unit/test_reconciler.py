@@ -245,6 +245,71 @@ async def test_a_raise_is_not_repeated_while_the_watch_lags() -> None:
     assert slots(kube) == 8
 
 
+async def test_the_echo_of_its_own_status_write_costs_no_read_but_the_next_pass_comes_at_once() -> None:
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 2})
+    accept(kube, 10)
+    r = reconciler(kube, {}, Clock())
+    assert await r.reconcile_once() == 0.0  # it wrote Running: plan again now, from what it wrote
+    await r.calls.drain()
+    gets = sum(1 for c in kube.calls if c[0] == "get")
+    written = kube.batch["metadata"]["resourceVersion"]
+    r.wake.clear()
+    r.batch_changed(written)  # the watch shows the very version the write returned
+    assert not r.wake.is_set()
+    await r.reconcile_once()
+    assert sum(1 for c in kube.calls if c[0] == "get") == gets
+    # Anyone else's change (a newer version) is read before the next pass plans.
+    kube.batch["spec"]["parallelism"] = 3
+    kube._bump()
+    r.batch_changed(kube.batch["metadata"]["resourceVersion"])
+    assert r.wake.is_set()
+    await r.reconcile_once()
+    assert sum(1 for c in kube.calls if c[0] == "get") == gets + 1
+
+
+def complete(kube: FakeKube, name: str, indexes: str) -> None:
+    kube.jobs[name]["status"] = {
+        "completedIndexes": indexes,
+        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:01Z"}],
+    }
+
+
+async def test_a_persist_then_act_pass_waits_for_the_write_throttle_not_in_a_tight_loop() -> None:
+    kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
+    accept(kube, 2)
+    clock = Clock()
+    watch: dict[str, ShardJob] = {}
+    r = reconciler(kube, watch, clock)
+    await r.reconcile_once()  # writes Running
+    await r.calls.drain()
+    complete(kube, next(iter(kube.jobs)), "0-1")
+    watch.update(kube.watched())
+    clock.now += 0.3
+    # Succeeded, to be persisted before the Jobs go: the write may go in 0.7 s, and so may the pass.
+    assert await r.reconcile_once() == pytest.approx(0.7)
+
+
+async def test_without_any_echo_the_loop_records_a_finished_batch_then_releases_its_job() -> None:
+    kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
+    accept(kube, 2)
+    watch: dict[str, ShardJob] = {}
+    r = BatchReconciler(
+        kube=kube,  # type: ignore[arg-type]
+        dispatcher=Dispatcher(0), namespace="ns", name="b", uid="uid-1", jobs=lambda: watch, clock=lambda: T0,
+    )  # fmt: skip
+    await r.reconcile_once()
+    await r.calls.drain()
+    name = next(iter(kube.jobs))
+    complete(kube, name, "0-1")
+    watch.update(kube.watched())
+    # The real loop, on real time, and no watch event ever comes (the fake has no echo of its writes):
+    # the pass after the write that records Succeeded releases the Job, without reading the batch again.
+    await run_for(r, 2.0)
+    assert kube.batch["status"]["phase"] == "Succeeded"
+    assert ("release", name) in kube.calls
+    assert sum(1 for c in kube.calls if c[0] == "get") == 1  # the first pass's; none after its own writes
+
+
 async def test_events_wait_for_the_status_write_that_records_them() -> None:
     kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
     accept(kube, 2)
