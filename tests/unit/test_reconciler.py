@@ -293,7 +293,7 @@ async def test_without_any_echo_the_loop_records_a_finished_batch_then_releases_
     kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
     accept(kube, 2)
     watch: dict[str, ShardJob] = {}
-    r = BatchReconciler(
+    r = BatchReconciler(  # on the real monotonic clock: the status-write throttle must pass in real time
         kube=kube,  # type: ignore[arg-type]
         dispatcher=Dispatcher(0), namespace="ns", name="b", uid="uid-1", jobs=lambda: watch, clock=lambda: T0,
     )  # fmt: skip
@@ -320,11 +320,7 @@ async def test_events_wait_for_the_status_write_that_records_them() -> None:
     await r.calls.drain()
     assert kube.events == ["Started"]
     # Both shards finish within the second: the status write that records Completed is throttled...
-    name = next(iter(kube.jobs))
-    kube.jobs[name]["status"] = {
-        "completedIndexes": "0-1",
-        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:01Z"}],
-    }
+    complete(kube, next(iter(kube.jobs)), "0-1")
     watch.update(kube.watched())
     clock.now += 0.5
     requeue = await r.reconcile_once()
