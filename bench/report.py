@@ -95,6 +95,10 @@ def _med(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], float | Non
     return median(get(r) for r in runs)
 
 
+def _total(by_component: dict[str, float] | None) -> float | None:
+    return sum(by_component.values()) if by_component else None
+
+
 def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = _ok(runs)
     n = runs[0]["shards"] if runs else 1
@@ -117,6 +121,8 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "reads_per_shard": _med(ok, lambda r: sum(r.get("reads", {}).values()) / n),
         "object_bytes": _med(ok, lambda r: r["object_bytes_in_etcd"]),
         "cpu_seconds": {c: median(r["cpu_seconds"].get(c) for r in ok) for c in COMPONENTS},
+        # Absent from reports made before it was measured: n/a there.
+        "teardown_cpu_seconds": _med(ok, lambda r: _total(r.get("teardown_cpu_seconds"))),
     }
     if ok and "operator_cpu_seconds" in ok[0]:
         out.update(
@@ -344,15 +350,20 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             "",
             "### CPU seconds per run, by process (median)",
             "",
-            "| case | system | operator | " + " | ".join(COMPONENTS) + " |",
-            "|---|---|---|" + "---|" * len(COMPONENTS),
+            "*Teardown*: the control plane's CPU (all components but the harness) from Complete until the "
+            "namespace is gone; B's finished pods are all deleted there, A's mostly during the run.",
+            "",
+            "| case | system | operator | " + " | ".join(COMPONENTS) + " | teardown |",
+            "|---|---|---|" + "---|" * (len(COMPONENTS) + 1),
         ]
         for r in prows:
             for system in ("A", "B"):
                 agg = r[system]
                 op = agg["cpu_per_1000"] * r["shards"] / 1000 if agg.get("cpu_per_1000") is not None else None
                 cells = " | ".join(_f(agg["cpu_seconds"].get(c), 1) for c in COMPONENTS)
-                lines.append(f"| {_case(r)} | {system} | {_f(op, 1)} | {cells} |")
+                lines.append(
+                    f"| {_case(r)} | {system} | {_f(op, 1)} | {cells} | {_f(agg['teardown_cpu_seconds'], 1)} |"
+                )
         biggest = max(prows, key=lambda r: (r["shards"], r["parallelism"], r["duration"]))
         lines += [
             "",

@@ -181,6 +181,7 @@ class Bench:
         collection, manifest = subject(system, case)
         ready = [asyncio.Event() for _ in range(2)]
         requests_after: collections.Counter[str] | None = None
+        cpu_after: dict[str, float] | None = None
         watches = [
             asyncio.create_task(self.api.watch(f"/api/v1/namespaces/{ns}/pods", on_pod, ready[0])),
             asyncio.create_task(self.api.watch(collection.format(ns=ns), on_subject, ready[1])),
@@ -246,6 +247,11 @@ class Bench:
             await self.api.request("DELETE", f"/api/v1/namespaces/{ns}")
             await self.api.wait_for(f"/api/v1/namespaces/{ns}", exists=False, timeout=case.timeout())
             result["teardown_seconds"] = round(time.monotonic() - started, 2)
+            if cpu_after is not None:  # what the teardown costs the control plane (B's pods all go here)
+                cpu_end = self._cpu()
+                result["teardown_cpu_seconds"] = {
+                    k: round(cpu_end[k] - cpu_after[k], 2) for k in cpu_end if k in cpu_after and k != "harness"
+                }
             after_teardown = measure.request_totals(await self.api.metrics_text())
             result["teardown_writes"] = measure.writes_between(requests_after, after_teardown)
             if operator is not None:
