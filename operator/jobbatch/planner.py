@@ -181,15 +181,7 @@ class ReleaseJob:
 
 @dataclasses.dataclass(frozen=True)
 class DeleteJob:
-    """Delete a Job (background propagation).
-
-    ``collect_pods``: the Job finished with succeeded pods still held: delete them first, in one
-    ``deletecollection``, rather than leave them to the garbage collector, which reads and deletes
-    each pod with a call of its own (two requests a shard, during the run; docs/performance.md).
-    """
-
     name: str
-    collect_pods: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1040,8 +1032,7 @@ class _Pass:
                 collect = not delete and not job.deleting and bool(job.succeeded) and job.name not in keep_whole
                 self.out.release.append(ReleaseJob(job.name, job.finalizers, collect_pods=collect))
             if delete:
-                collect = job.finished and bool(job.succeeded) and not job.pods_collected
-                self.out.delete.append(DeleteJob(job.name, collect_pods=collect))
+                self.out.delete.append(DeleteJob(job.name))
         return live
 
     @staticmethod

@@ -44,7 +44,6 @@ from jobbatch.planner import (
     Batch,
     CollectResults,
     CreateJob,
-    DeleteJob,
     FailedCreate,
     Plan,
     ReleaseJob,
@@ -716,15 +715,15 @@ class BatchReconciler:
         for suspend in decision.suspend:
             self._start(suspend.name, functools.partial(self.kube.suspend_job, ns, suspend.name), suspended=True)
         releases = {r.name: r for r in decision.release}
-        deletes = {d.name: d for d in decision.delete}
-        for job_name in sorted(set(releases) | set(deletes)):
+        deletes = {d.name for d in decision.delete}
+        for job_name in sorted(set(releases) | deletes):
             job = by_name[job_name]
             expect: dict[str, Any] = {}
             if job_name in releases:
                 expect["finalizers"] = tuple(f for f in job.finalizers if f != SHARD_FINALIZER)
             if job_name in deletes:
                 expect["deleting"] = True
-            release, delete = releases.get(job_name), deletes.get(job_name)
+            release, delete = releases.get(job_name), job_name in deletes
             self._start(job_name, functools.partial(self._clean_up, release, delete, job_name), **expect)
         for collect in decision.collect:
             self._start(collect.name, functools.partial(self._collect, collect.name), pods_collected=True)
@@ -893,13 +892,13 @@ class BatchReconciler:
         await self.kube.resume_job(self.namespace, job_name, parallelism)
         metrics.launches.labels(self.namespace).inc(parallelism)
 
-    async def _clean_up(self, release: ReleaseJob | None, delete: DeleteJob | None, job_name: str) -> None:
-        if (release is not None and release.collect_pods) or (delete is not None and delete.collect_pods):
-            await self.kube.delete_succeeded_pods(self.namespace, job_name)
+    async def _clean_up(self, release: ReleaseJob | None, delete: bool, job_name: str) -> None:
         # Release before delete: a deleting Job still holding our finalizer looks orphaned.
         if release is not None:
+            if release.collect_pods:
+                await self.kube.delete_succeeded_pods(self.namespace, job_name)
             await self.kube.release_job(self.namespace, job_name, release.finalizers or (SHARD_FINALIZER,))
-        if delete is not None:
+        if delete:
             await self.kube.delete_job(self.namespace, job_name)
 
 

@@ -225,23 +225,7 @@ def test_success_is_recorded_before_its_job_is_released() -> None:
     assert p.delete == []
     p2 = plan(persisted(b, p), [done], T0)
     assert p2.release == [ReleaseJob(done.name, FIN)]
-    assert p2.delete == [DeleteJob(done.name, collect_pods=True)]
-
-
-def test_a_finished_job_is_deleted_after_its_succeeded_pods_and_a_running_one_with_its_pods() -> None:
-    """Succeeded pods go in one deletecollection, not one garbage-collector GET and DELETE each; a Job
-    still able to start pods is left to the garbage collector (its controller could replace them)."""
-    s = spec(parallelism=10, retry={"limit": 0}, maxFailedShards=10, failedJobsHistoryLimit=0)
-    b = accepted(s, items=10, succeeded_shards="0-4", failed_shards="5-9")
-    collected = job(0, 5, succeeded="0-4", at=1, pods_collected=True)
-    only_failed = job(5, 5, failed="5-9", at=2)
-    p = plan(b, [collected, only_failed], T0)
-    assert sorted(p.delete, key=lambda d: d.name) == [DeleteJob(collected.name), DeleteJob(only_failed.name)]
-    failed = accepted(spec(parallelism=2, payloads={"count": 10}, retry={"limit": 0}), items=10)
-    running = job(0, 10, parallelism=2, succeeded="0", failed="1", active=2)
-    failed = persisted(failed, plan(failed, [running], T0, failures=failures(failure(1))))
-    stopped = dataclasses.replace(running, suspended=True, active=0)
-    assert plan(failed, [stopped], T0).delete == [DeleteJob(running.name)]
+    assert p2.delete == [DeleteJob(done.name)]
 
 
 def test_a_chunk_stays_until_every_shard_is_recorded_or_retried() -> None:
@@ -270,7 +254,7 @@ def test_failed_jobs_are_kept_for_inspection_up_to_the_limit() -> None:
     new = job(8, 2, failed="8-9", at=2)
     p = plan(b, [old, new], T0)
     assert {r.name for r in p.release} == {old.name, new.name}
-    assert p.delete == [DeleteJob(old.name, collect_pods=True)]  # the newest failed Job is kept...
+    assert p.delete == [DeleteJob(old.name)]  # the newest failed Job is kept...
     assert [r.collect_pods for r in p.release if r.name == new.name] == [False]  # ...with nothing to collect
     mixed = job(0, 8, succeeded="0-4,6-7", failed="5", at=3)
     p = plan(b, [mixed], T0)

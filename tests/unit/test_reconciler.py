@@ -131,9 +131,6 @@ class FakeKube:
     async def delete_job(self, namespace: str, name: str) -> None:
         self.calls.append(("delete", name))
 
-    async def delete_succeeded_pods(self, namespace: str, job_name: str) -> None:
-        self.calls.append(("delete pods", job_name))
-
     async def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append(reason)
 
@@ -311,27 +308,6 @@ async def test_without_any_echo_the_loop_records_a_finished_batch_then_releases_
     assert kube.batch["status"]["phase"] == "Succeeded"
     assert ("release", name) in kube.calls
     assert sum(1 for c in kube.calls if c[0] == "get") == 1  # the first pass's; none after its own writes
-
-
-async def test_a_recorded_chunk_loses_its_succeeded_pods_then_its_finalizer_then_the_job() -> None:
-    kube = FakeKube({"payloads": {"count": 2}, "parallelism": 2})
-    accept(kube, 2)
-    clock = Clock()
-    watch: dict[str, ShardJob] = {}
-    r = reconciler(kube, watch, clock)
-    await r.reconcile_once()
-    await r.calls.drain()
-    name = next(iter(kube.jobs))
-    complete(kube, name, "0-1")
-    watch.update(kube.watched())
-    clock.now += 1.0
-    await r.reconcile_once()  # records both shards
-    assert kube.batch["status"]["phase"] == "Succeeded"
-    await r.reconcile_once()
-    await r.calls.drain()
-    assert [c for c in kube.calls if c[1] == name and c[0] != "create"] == [
-        ("delete pods", name), ("release", name), ("delete", name)
-    ]  # fmt: skip
 
 
 async def test_events_wait_for_the_status_write_that_records_them() -> None:
