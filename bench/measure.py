@@ -109,24 +109,46 @@ class SlotLatency:
     def __init__(self, total: int) -> None:
         self.total = total
         self.started = 0
-        self._freed: collections.deque[float] = collections.deque()
+        self._freed: collections.deque[tuple[float, str]] = collections.deque()
         self.samples: list[float] = []
+        # Per sample: the slot went from one Job to another (A's hand-over between chunk Jobs, which
+        # takes the operator's raise) rather than to the next pod of the same Job.
+        self.hand_overs: list[bool] = []
 
-    def start(self, t: float) -> None:
+    def start(self, t: float, job: str = "") -> None:
         self.started += 1
         if self._freed:
-            self.samples.append(t - self._freed.popleft())
+            freed_at, freed_by = self._freed.popleft()
+            self.samples.append(t - freed_at)
+            self.hand_overs.append(freed_by != job)
 
-    def finish(self, t: float) -> None:
+    def finish(self, t: float, job: str = "") -> None:
         if self.started < self.total:
-            self._freed.append(t)
+            self._freed.append((t, job))
 
     def summary(self) -> dict[str, float | int | None]:
+        inside = [s for s, h in zip(self.samples, self.hand_overs, strict=True) if not h]
+        across = [s for s, h in zip(self.samples, self.hand_overs, strict=True) if h]
+        slowest = sorted(zip(self.samples, self.hand_overs, strict=True), reverse=True)[
+            : max(1, len(self.samples) // 100)
+        ]
         return {
             "samples": len(self.samples),
             "p50": percentile(self.samples, 50),
             "p99": percentile(self.samples, 99),
+            "inside_samples": len(inside),
+            "inside_p50": percentile(inside, 50),
+            "inside_p99": percentile(inside, 99),
+            "hand_over_samples": len(across),
+            "hand_over_p50": percentile(across, 50),
+            "hand_over_p99": percentile(across, 99),
+            # The share of the slowest 1 % that were hand-overs: what the p99 is made of.
+            "slowest_hand_over_share": sum(h for _, h in slowest) / len(slowest) if slowest else None,
         }
+
+
+def _job_of(pod: Mapping[str, Any]) -> str:
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-name", ""))
 
 
 def _finished(obj: Mapping[str, Any]) -> str | None:
@@ -175,7 +197,7 @@ class Timeline:
                 return
             self._pod_phase[uid] = "Pending"
             old = "Pending"
-            self.pod_slots.start(t)
+            self.pod_slots.start(t, _job_of(pod))
             if self.first_pod is None:
                 self.first_pod = t
         phase = (pod.get("status") or {}).get("phase") or "Pending"
@@ -191,7 +213,7 @@ class Timeline:
         if phase in TERMINAL:
             self._ended += 1
             self._succeeded += phase == "Succeeded"
-            self.pod_slots.finish(t)
+            self.pod_slots.finish(t, _job_of(pod))
             if kind != "DELETED":  # a pod seen ending only as it went is not held
                 self._held.add(uid)
                 self.held_peak = max(self.held_peak, len(self._held))

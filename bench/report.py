@@ -110,6 +110,19 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "pod_slot_p50": _med(ok, lambda r: r["pod_slot_latency"]["p50"]),
         "pod_slot_p99": _med(ok, lambda r: r["pod_slot_latency"]["p99"]),
         "pod_slot_samples": _med(ok, lambda r: r["pod_slot_latency"]["samples"]),
+        # By path (absent from reports made before it was measured: n/a there).
+        **{
+            f"pod_slot_{key}": _med(ok, lambda r, key=key: r["pod_slot_latency"].get(key))
+            for key in (
+                "inside_samples",
+                "inside_p50",
+                "inside_p99",
+                "hand_over_samples",
+                "hand_over_p50",
+                "hand_over_p99",
+                "slowest_hand_over_share",
+            )
+        },
         # Absent from reports made before it was measured: n/a there.
         "finished_pods_held": _med(ok, lambda r: r.get("finished_pods_held_peak")),
         "writes_per_shard": _med(ok, lambda r: sum(r["writes"].values()) / n),
@@ -305,6 +318,24 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
                 f"| {_case(r)} | {_ms(a['pod_slot_p50'])} | {_ms(a['pod_slot_p99'])} "
                 f"| {_f(a['pod_slot_samples'], 0)} | {_ms(b['pod_slot_p50'])} | {_ms(b['pod_slot_p99'])} "
                 f"| {_f(b['pod_slot_samples'], 0)} | {_ms(r['figures']['refill_p99_diff'])} |"
+            )
+        lines += [
+            "",
+            "A's refills by path: to the next pod of the same Job, or *handed over* to another Job (the "
+            "operator raises the next chunk's parallelism). B has one Job: every refill is inside it. "
+            "*Slowest 1 %*: the share of A's slowest 1 % of refills that were hand-overs.",
+            "",
+            "| case | inside: samples | p50 | p99 | handed over: samples | p50 | p99 | slowest 1 % handed over |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in prows:
+            a = r["A"]
+            share = a.get("pod_slot_slowest_hand_over_share")
+            lines.append(
+                f"| {_case(r)} | {_f(a.get('pod_slot_inside_samples'), 0)} | {_ms(a.get('pod_slot_inside_p50'))} "
+                f"| {_ms(a.get('pod_slot_inside_p99'))} | {_f(a.get('pod_slot_hand_over_samples'), 0)} "
+                f"| {_ms(a.get('pod_slot_hand_over_p50'))} | {_ms(a.get('pod_slot_hand_over_p99'))} "
+                f"| {_f(share * 100 if share is not None else None, 0, ' %')} |"
             )
         lines += [
             "",

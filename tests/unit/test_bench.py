@@ -72,6 +72,21 @@ def test_slot_latency_pairs_finishes_with_the_next_starts_while_work_remains() -
     assert slots.summary()["samples"] == 2
 
 
+def test_slot_latency_tells_refills_inside_a_job_from_hand_overs_to_another() -> None:
+    slots = measure.SlotLatency(total=300)
+    slots.start(0.0, "chunk-0")
+    for i in range(198):  # the chunk refills its own slot 198 times, 0.1 s each
+        slots.finish(i + 1.0, "chunk-0")
+        slots.start(i + 1.1, "chunk-0")
+    slots.finish(300.0, "chunk-0")
+    slots.start(301.0, "chunk-1")  # the last freed slot goes to the next chunk, 1 s later
+    summary = slots.summary()
+    assert (summary["inside_samples"], summary["hand_over_samples"]) == (198, 1)
+    assert summary["inside_p99"] == pytest.approx(0.1)
+    assert summary["hand_over_p99"] == pytest.approx(1.0)
+    assert summary["slowest_hand_over_share"] == 1.0  # the slowest 1 % (one sample) was the hand-over
+
+
 def _pod(uid: str, phase: str) -> dict[str, Any]:
     return {"metadata": {"uid": uid}, "status": {"phase": phase}}
 
