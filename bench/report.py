@@ -95,6 +95,10 @@ def _med(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], float | Non
     return median(get(r) for r in runs)
 
 
+def _slot_figure(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda run: run["pod_slot_latency"].get(key)
+
+
 def _total(by_component: dict[str, float] | None) -> float | None:
     return sum(by_component.values()) if by_component else None
 
@@ -112,7 +116,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "pod_slot_samples": _med(ok, lambda r: r["pod_slot_latency"]["samples"]),
         # By path (absent from reports made before it was measured: n/a there).
         **{
-            f"pod_slot_{key}": _med(ok, lambda r, key=key: r["pod_slot_latency"].get(key))
+            f"pod_slot_{key}": _med(ok, _slot_figure(key))
             for key in (
                 "inside_samples",
                 "inside_p50",
