@@ -104,51 +104,70 @@ class SlotLatency:
     first in first out, with the following starts. A finish counts even when fewer workers
     than the parallelism were active: a dispatcher that lags behind its slots is exactly
     what this must show. Finishes once every worker has started free nothing and are not counted.
+
+    By path, a second pairing: a start takes the oldest slot its own Job freed, else the oldest
+    another Job freed (a *hand-over*: for A, a chunk's slot passed on by the operator's raise of
+    another Job, a retry Job or a resume). It says which path the slow refills take; the headline
+    figures keep the first-in-first-out pairing, so the two need not split the same samples.
     """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.started = 0
-        self._freed: collections.deque[tuple[float, str]] = collections.deque()
+        self._freed: collections.deque[float] = collections.deque()
+        self._freed_by: dict[str | None, collections.deque[float]] = collections.defaultdict(collections.deque)
         self.samples: list[float] = []
-        # Per sample: the slot went from one Job to another (A's hand-over between chunk Jobs, which
-        # takes the operator's raise) rather than to the next pod of the same Job.
-        self.hand_overs: list[bool] = []
+        # The second pairing: (seconds, path), path "inside", "hand-over" or "unknown" (a pod without
+        # its Job's name).
+        self.by_path: list[tuple[float, str]] = []
 
-    def start(self, t: float, job: str = "") -> None:
+    def start(self, t: float, job: str | None) -> None:
         self.started += 1
-        if self._freed:
-            freed_at, freed_by = self._freed.popleft()
-            self.samples.append(t - freed_at)
-            self.hand_overs.append(freed_by != job)
+        if not self._freed:
+            return
+        self.samples.append(t - self._freed.popleft())
+        own = self._freed_by.get(job)
+        if own:
+            self.by_path.append((t - own.popleft(), "inside" if job is not None else "unknown"))
+            return
+        other = min((k for k, q in self._freed_by.items() if q), key=lambda k: self._freed_by[k][0])
+        path = "hand-over" if job is not None and other is not None else "unknown"
+        self.by_path.append((t - self._freed_by[other].popleft(), path))
 
-    def finish(self, t: float, job: str = "") -> None:
+    def finish(self, t: float, job: str | None) -> None:
         if self.started < self.total:
-            self._freed.append((t, job))
+            self._freed.append(t)
+            self._freed_by[job].append(t)
 
     def summary(self) -> dict[str, float | int | None]:
-        inside = [s for s, h in zip(self.samples, self.hand_overs, strict=True) if not h]
-        across = [s for s, h in zip(self.samples, self.hand_overs, strict=True) if h]
-        slowest = sorted(zip(self.samples, self.hand_overs, strict=True), reverse=True)[
-            : max(1, len(self.samples) // 100)
-        ]
-        return {
+        out: dict[str, float | int | None] = {
             "samples": len(self.samples),
             "p50": percentile(self.samples, 50),
             "p99": percentile(self.samples, 99),
-            "inside_samples": len(inside),
-            "inside_p50": percentile(inside, 50),
-            "inside_p99": percentile(inside, 99),
-            "hand_over_samples": len(across),
-            "hand_over_p50": percentile(across, 50),
-            "hand_over_p99": percentile(across, 99),
-            # The share of the slowest 1 % that were hand-overs: what the p99 is made of.
-            "slowest_hand_over_share": sum(h for _, h in slowest) / len(slowest) if slowest else None,
         }
+        for path, key in (("inside", "inside"), ("hand-over", "hand_over"), ("unknown", "unknown")):
+            taken = [s for s, p in self.by_path if p == path]
+            out |= {
+                f"{key}_samples": len(taken),
+                f"{key}_p50": percentile(taken, 50),
+                f"{key}_p99": percentile(taken, 99),
+            }
+        # What that pairing's slowest 1 % is made of: the samples at or above its p99 (nearest rank).
+        n = len(self.by_path)
+        slowest = sorted(self.by_path, key=lambda sample: sample[0], reverse=True)[: n - -(-n * 99 // 100) + 1]
+        out["slowest_hand_over_share"] = sum(p == "hand-over" for _, p in slowest) / len(slowest) if n else None
+        return out
 
 
-def _job_of(pod: Mapping[str, Any]) -> str:
-    return str(((pod.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-name", ""))
+def _job_of(pod: Mapping[str, Any]) -> str | None:
+    """The Job a worker pod belongs to: its job-name label, else its controlling owner (None: unknown)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    if name:
+        return str(name)
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "Job" and o.get("controller")]
+    return str(owners[0]["name"]) if owners else None
 
 
 def _finished(obj: Mapping[str, Any]) -> str | None:

@@ -99,6 +99,10 @@ def _slot_figure(key: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda run: run["pod_slot_latency"].get(key)
 
 
+def _percent(share: float | None) -> str:
+    return _f(share * 100 if share is not None else None, 0, " %")
+
+
 def _total(by_component: dict[str, float] | None) -> float | None:
     return sum(by_component.values()) if by_component else None
 
@@ -325,21 +329,26 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             )
         lines += [
             "",
-            "A's refills by path: to the next pod of the same Job, or *handed over* to another Job (the "
-            "operator raises the next chunk's parallelism). B has one Job: every refill is inside it. "
-            "*Slowest 1 %*: the share of A's slowest 1 % of refills that were hand-overs.",
+            "A's refills by path, paired apart from the above (a start takes the oldest slot its own Job "
+            "freed, else the oldest another Job freed): *inside* a Job, or *handed over* from another Job "
+            "(the operator's raise of a chunk's parallelism, a retry Job or a resume). B has one Job: every "
+            "refill is inside it. *Slowest 1 %*: the share of hand-overs among that pairing's refills at or "
+            "above its p99, next to their share of all refills.",
             "",
-            "| case | inside: samples | p50 | p99 | handed over: samples | p50 | p99 | slowest 1 % handed over |",
-            "|---|---|---|---|---|---|---|---|",
+            "| case | inside: samples | p50 | p99 | handed over: samples | p50 | p99 "
+            "| hand-overs: of all | of the slowest 1 % |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in prows:
             a = r["A"]
+            inside, across = a.get("pod_slot_inside_samples"), a.get("pod_slot_hand_over_samples")
             share = a.get("pod_slot_slowest_hand_over_share")
+            base = across / (inside + across) if inside is not None and across is not None and inside + across else None
             lines.append(
-                f"| {_case(r)} | {_f(a.get('pod_slot_inside_samples'), 0)} | {_ms(a.get('pod_slot_inside_p50'))} "
-                f"| {_ms(a.get('pod_slot_inside_p99'))} | {_f(a.get('pod_slot_hand_over_samples'), 0)} "
+                f"| {_case(r)} | {_f(inside, 0)} | {_ms(a.get('pod_slot_inside_p50'))} "
+                f"| {_ms(a.get('pod_slot_inside_p99'))} | {_f(across, 0)} "
                 f"| {_ms(a.get('pod_slot_hand_over_p50'))} | {_ms(a.get('pod_slot_hand_over_p99'))} "
-                f"| {_f(share * 100 if share is not None else None, 0, ' %')} |"
+                f"| {_percent(base)} | {_percent(share)} |"
             )
         lines += [
             "",
@@ -385,8 +394,9 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             "",
             "### CPU seconds per run, by process (median)",
             "",
-            "*Teardown*: the control plane's CPU (all components but the harness) from Complete until the "
-            "namespace is gone; B's finished pods are all deleted there, A's mostly during the run.",
+            "*Teardown*: the CPU of every process but the harness (control plane, kwok and, for A, the "
+            "operator) from Complete (with the pod watch's catch-up of at most 30 s) until the namespace is "
+            "gone; B's finished pods are all deleted there, A's mostly during the run.",
             "",
             "| case | system | operator | " + " | ".join(COMPONENTS) + " | teardown |",
             "|---|---|---|" + "---|" * (len(COMPONENTS) + 1),

@@ -247,11 +247,15 @@ class Bench:
             await self.api.request("DELETE", f"/api/v1/namespaces/{ns}")
             await self.api.wait_for(f"/api/v1/namespaces/{ns}", exists=False, timeout=case.timeout())
             result["teardown_seconds"] = round(time.monotonic() - started, 2)
-            if cpu_after is not None:  # what the teardown costs the control plane (B's pods all go here)
+            if cpu_after is not None:  # what the teardown costs the cluster (B's pods all go here)
                 cpu_end = self._cpu()
                 result["teardown_cpu_seconds"] = {
                     k: round(cpu_end[k] - cpu_after[k], 2) for k in cpu_end if k in cpu_after and k != "harness"
                 }
+                if operator is not None:  # it releases its finalizers as the batch goes
+                    result["teardown_cpu_seconds"]["operator"] = round(
+                        measure.cpu_seconds(operator.pid) - op_cpu_after, 2
+                    )
             after_teardown = measure.request_totals(await self.api.metrics_text())
             result["teardown_writes"] = measure.writes_between(requests_after, after_teardown)
             if operator is not None:

@@ -61,13 +61,13 @@ def test_percentile_is_nearest_rank() -> None:
 
 def test_slot_latency_pairs_finishes_with_the_next_starts_while_work_remains() -> None:
     slots = measure.SlotLatency(total=4)
-    slots.start(0.0)
-    slots.start(0.0)  # the ramp-up: no slot was freed, no sample
-    slots.finish(1.0)
-    slots.finish(1.5)
-    slots.start(1.2)  # refills the slot freed at 1.0
-    slots.start(2.0)  # refills the slot freed at 1.5
-    slots.finish(3.0)  # every worker started: nothing to refill
+    slots.start(0.0, "j")
+    slots.start(0.0, "j")  # the ramp-up: no slot was freed, no sample
+    slots.finish(1.0, "j")
+    slots.finish(1.5, "j")
+    slots.start(1.2, "j")  # refills the slot freed at 1.0
+    slots.start(2.0, "j")  # refills the slot freed at 1.5
+    slots.finish(3.0, "j")  # every worker started: nothing to refill
     assert slots.samples == pytest.approx([0.2, 0.5])
     assert slots.summary()["samples"] == 2
 
@@ -81,10 +81,42 @@ def test_slot_latency_tells_refills_inside_a_job_from_hand_overs_to_another() ->
     slots.finish(300.0, "chunk-0")
     slots.start(301.0, "chunk-1")  # the last freed slot goes to the next chunk, 1 s later
     summary = slots.summary()
-    assert (summary["inside_samples"], summary["hand_over_samples"]) == (198, 1)
+    assert (summary["inside_samples"], summary["hand_over_samples"], summary["unknown_samples"]) == (198, 1, 0)
     assert summary["inside_p99"] == pytest.approx(0.1)
     assert summary["hand_over_p99"] == pytest.approx(1.0)
-    assert summary["slowest_hand_over_share"] == 1.0  # the slowest 1 % (one sample) was the hand-over
+    assert summary["p99"] == pytest.approx(0.1)  # nearest rank 198 of 199
+    # The slowest 1 % is what lies at or above the p99: an inside refill and the hand-over.
+    assert summary["slowest_hand_over_share"] == 0.5
+
+
+def test_a_start_takes_its_own_jobs_freed_slot_before_an_older_one_of_another_job() -> None:
+    slots = measure.SlotLatency(total=10)
+    slots.start(0.0, "old")
+    slots.start(0.0, "new")
+    slots.finish(1.0, "old")  # a draining chunk's slot, waiting for the operator to hand it over
+    slots.finish(2.0, "new")
+    slots.start(2.1, "new")  # the new chunk refills its own slot
+    slots.start(5.0, "new")  # ... and later gets the old chunk's slot
+    assert slots.samples == pytest.approx([1.1, 3.0])  # the headline pairing: first in, first out
+    assert [p for _, p in slots.by_path] == ["inside", "hand-over"]
+    assert [t for t, _ in slots.by_path] == pytest.approx([0.1, 4.0])
+
+
+def test_a_pod_whose_job_is_unknown_is_neither_inside_nor_a_hand_over() -> None:
+    slots = measure.SlotLatency(total=10)
+    slots.start(0.0, None)
+    slots.finish(1.0, None)
+    slots.start(1.5, None)
+    slots.finish(2.0, "j")
+    slots.start(2.5, None)
+    assert [p for _, p in slots.by_path] == ["unknown", "unknown"]
+    assert slots.summary()["slowest_hand_over_share"] == 0.0
+
+
+def test_a_pods_job_is_its_label_else_its_controlling_owner() -> None:
+    labelled: dict[str, Any] = {"metadata": {"labels": {"batch.kubernetes.io/job-name": "a"}}}
+    owned: dict[str, Any] = {"metadata": {"ownerReferences": [{"kind": "Job", "name": "b", "controller": True}]}}
+    assert [measure._job_of(p) for p in (labelled, owned, {"metadata": {}})] == ["a", "b", None]
 
 
 def _pod(uid: str, phase: str) -> dict[str, Any]:
@@ -300,8 +332,26 @@ def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
     assert "| N=10,000 P=1,000 D=0s | 100 ms | 300 ms | 10 | 100 ms | 300 ms | 10 | 0 ms |" in text
     assert "| wall time A/B at N=10,000, P=1,000, default plane | ≤ 1.10 | n/a |  |  | not measured |" in text
     assert "dispatch" not in text
+    # Figures older reports lack read n/a: refills by path, and the teardown's CPU.
+    assert "| N=10,000 P=1,000 D=0s | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in text
+    assert "| N=10,000 P=1,000 D=0s | B | n/a | 10.0 | n/a | n/a | n/a | n/a | n/a | n/a |" in text
     assert (tmp_path / "plots" / "raised-n10000-p1000-d0.png").stat().st_size > 1000
     assert (tmp_path / "report.json").exists()
+
+
+def test_the_report_shows_refills_by_path_and_the_teardowns_cpu() -> None:
+    slots = {
+        "p50": 0.1, "p99": 0.3, "samples": 100, "inside_samples": 75, "inside_p50": 0.1, "inside_p99": 0.2,
+        "hand_over_samples": 25, "hand_over_p50": 0.4, "hand_over_p99": 0.9, "slowest_hand_over_share": 1.0,
+    }  # fmt: skip
+    a = _result("A", 1, 120.0, pod_slot_latency=slots, teardown_cpu_seconds={"etcd": 1.0, "operator": 0.5})
+    b = _result("B", 1, 100.0, teardown_cpu_seconds={"etcd": 2.0, "kube-apiserver": 6.0})
+    rows = report.summarize([a, b])
+    text = report.render_markdown(_data([a, b]), rows, report.evaluate_targets(rows))
+    assert "| N=10,000 P=1,000 D=0s | 75 | 100 ms | 200 ms | 25 | 400 ms | 900 ms | 25 % | 100 % |" in text
+    assert text.count("| N=10,000 P=1,000 D=0s | A | 30.0 |") == 1
+    assert "| n/a | n/a | 1.5 |" in text  # A's teardown: etcd and the operator
+    assert "| n/a | n/a | 8.0 |" in text  # B's
 
 
 def test_reports_of_several_harness_runs_merge_into_one() -> None:
