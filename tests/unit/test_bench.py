@@ -114,9 +114,12 @@ def test_a_pod_whose_job_is_unknown_is_neither_inside_nor_a_hand_over() -> None:
 
 
 def test_a_pods_job_is_its_label_else_its_controlling_owner() -> None:
-    labelled: dict[str, Any] = {"metadata": {"labels": {"batch.kubernetes.io/job-name": "a"}}}
-    owned: dict[str, Any] = {"metadata": {"ownerReferences": [{"kind": "Job", "name": "b", "controller": True}]}}
-    assert [measure._job_of(p) for p in (labelled, owned, {"metadata": {}})] == ["a", "b", None]
+    pods: list[dict[str, Any]] = [
+        {"metadata": {"labels": {"batch.kubernetes.io/job-name": "a"}}},
+        {"metadata": {"ownerReferences": [{"kind": "Job", "name": "b", "controller": True}]}},
+        {"metadata": {}},
+    ]
+    assert [measure._job_of(p) for p in pods] == ["a", "b", None]
 
 
 def _pod(uid: str, phase: str) -> dict[str, Any]:
