@@ -522,6 +522,18 @@ def _describe_failures(failures: Iterable[ShardFailure]) -> str:
     return "; ".join(parts)
 
 
+def _working_copy(status: JobBatchStatus) -> JobBatchStatus:
+    """The status a pass changes, sharing what it only replaces with the batch's own.
+
+    A deep copy of the whole status was half of the planner's CPU in a profile (docs/performance.md):
+    the pass replaces fields (conditions, failures, shards, rerun) rather than change them in place,
+    but for the two it changes in place, ``item_failures`` (appended to) and ``results``, it gets
+    copies. ``test_planner`` checks that no pass changes the batch it was given.
+    """
+    results = status.results.model_copy() if status.results is not None else None
+    return status.model_copy(update={"item_failures": list(status.item_failures), "results": results})
+
+
 # -- the steps of a pass ----------------------------------------------------------------------------
 class _Pass:
     """The state one planning pass builds up, step by step."""
@@ -533,7 +545,7 @@ class _Pass:
         self._stall: tuple[str, str] | None = None  # (reason, message) of a Stalled=True found on the way
         self.gen = batch.generation
         self.base = first_attempt(batch.status)  # the first attempt of the current round (a rerun's)
-        self.status = batch.status.model_copy(deep=True)
+        self.status = _working_copy(batch.status)
         self.status.observed_generation = batch.generation
         self.out = Plan(status=self.status)
         # The shards recorded once this pass's status is written (set by ``record``).
