@@ -510,7 +510,10 @@ class Kube:
         """Delete a Job's succeeded pods in one call (a Job kept for inspection keeps its failed ones).
 
         The response lists every pod deleted: asked for as metadata only, so a chunk's thousands of
-        pods are not serialized whole for a reply nobody reads.
+        pods are not serialized whole for a reply nobody reads. The API server deletes them one by
+        one; for a chunk's 2,000 pods on a saturated control plane that took longer than its request
+        timeout (HTTP 504, measured; docs/performance.md). A retry lists what is left and goes on, and
+        what the call did not delete the garbage collector does when the Job goes.
         """
         query = [("labelSelector", f"{LABEL_JOB_NAME}={job_name}"), ("fieldSelector", "status.phase=Succeeded")]
         await self._call(

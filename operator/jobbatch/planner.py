@@ -528,7 +528,7 @@ def _working_copy(status: JobBatchStatus) -> JobBatchStatus:
     A deep copy of the whole status was half of the planner's CPU in a profile (docs/performance.md):
     the pass replaces fields (conditions, failures, shards, rerun) rather than change them in place,
     but for the two it changes in place, ``item_failures`` (appended to) and ``results``, it gets
-    copies. ``test_planner`` checks that no pass changes the batch it was given.
+    copies. ``tests/unit/conftest.py`` checks, in every unit test, that no pass changes the batch it was given.
     """
     results = status.results.model_copy() if status.results is not None else None
     return status.model_copy(update={"item_failures": list(status.item_failures), "results": results})
