@@ -105,6 +105,11 @@ def subject(system: System, case: Case) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process spent between two readings (those alive at both)."""
+    return {k: round(after[k] - before[k], 2) for k in after if k in before}
+
+
 def etcd_key(system: System, namespace: str) -> str:
     if system == "A":
         return f"/registry/{api.GROUP}/{api.PLURAL}/{namespace}/bench"
@@ -219,7 +224,7 @@ class Bench:
                 result["operator_peak_rss_bytes"] = measure.peak_rss_bytes(operator.pid)
                 result["operator_metrics"] = await self._operator_metrics(operator.metrics_port)
             result["object_bytes_in_etcd"] = await self.api.etcd_value_size(etcd_key(system, ns))
-            result["cpu_seconds"] = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_after if k in cpu_before}
+            result["cpu_seconds"] = _cpu_spent(cpu_before, cpu_after)
             result["writes"] = measure.writes_between(requests_before, requests_after)
             result["reads"] = measure.reads_between(requests_before, requests_after)
             result["pod_slot_latency"] = timeline.pod_slots.summary()
@@ -249,9 +254,8 @@ class Bench:
             result["teardown_seconds"] = round(time.monotonic() - started, 2)
             if cpu_after is not None:  # what the teardown costs the cluster (B's pods all go here)
                 cpu_end = self._cpu()
-                result["teardown_cpu_seconds"] = {
-                    k: round(cpu_end[k] - cpu_after[k], 2) for k in cpu_end if k in cpu_after and k != "harness"
-                }
+                result["teardown_cpu_seconds"] = _cpu_spent(cpu_after, cpu_end)
+                result["teardown_cpu_seconds"].pop("harness", None)  # the harness is not the cluster
                 if operator is not None:  # it releases its finalizers as the batch goes
                     result["teardown_cpu_seconds"]["operator"] = round(
                         measure.cpu_seconds(operator.pid) - op_cpu_after, 2

@@ -525,10 +525,11 @@ def _describe_failures(failures: Iterable[ShardFailure]) -> str:
 def _working_copy(status: JobBatchStatus) -> JobBatchStatus:
     """The status a pass changes, sharing what it only replaces with the batch's own.
 
-    A deep copy of the whole status was half of the planner's CPU in a profile (docs/performance.md):
-    the pass replaces fields (conditions, failures, shards, rerun) rather than change them in place,
-    but for the two it changes in place, ``item_failures`` (appended to) and ``results``, it gets
-    copies. ``tests/unit/conftest.py`` checks, in every unit test, that no pass changes the batch it was given.
+    A deep copy of the whole status costs about 0.1 ms a pass, run on every Job status update
+    (docs/performance.md). The pass replaces fields (conditions, failures, shards, rerun) rather than
+    change them in place; the two it changes in place, ``item_failures`` (appended to) and
+    ``results``, are copied. ``tests/unit/conftest.py`` checks, in every unit test, that no pass
+    changes the batch it was given.
     """
     results = status.results.model_copy() if status.results is not None else None
     return status.model_copy(update={"item_failures": list(status.item_failures), "results": results})
