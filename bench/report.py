@@ -262,6 +262,11 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
         f"- {data['runs']} run(s) of A and of B per case, alternating; figures are medians over the runs",
+        *(
+            ["- **B ran A's pod template** (`--b-pods like-a`): the pod's content is the same for both, not B's own"]
+            if any(r.get("b_pods") == "like-a" for r in data["results"])
+            else []
+        ),
         "",
         "| plane | controller-manager `--kube-api-qps` | `--kube-api-burst` | `--concurrent-job-syncs` |",
         "|---|---|---|---|",

@@ -32,7 +32,7 @@ from bench.kubeapi import ApiError, LocalApi
 from e2e import tools
 from e2e.cluster import SIMULATED_PLACEMENT, LocalCluster, Settings, free_port
 from e2e.operator_process import OperatorProcess
-from jobbatch import api
+from jobbatch import api, manifests
 from jobbatch.version import __version__
 
 logger = logging.getLogger("bench")
@@ -77,19 +77,44 @@ def pod_template(case: Case) -> dict[str, Any]:
     }
 
 
-def subject(system: System, case: Case) -> tuple[str, dict[str, Any]]:
+BPods = Literal["native", "like-a"]
+
+
+def batch_spec(case: Case) -> dict[str, Any]:
+    """The JobBatch spec A runs."""
+    return {
+        "template": pod_template(case),
+        "payloads": {"count": case.shards},
+        "shardSize": 1,
+        "parallelism": case.parallelism,
+    }
+
+
+def pod_template_like_a(case: Case) -> dict[str, Any]:
+    """A's pod template in B's Job: the pod of A's first chunk Job, as the operator renders it.
+
+    Everything the operator adds to a pod (the worker contract's environment, its labels, the
+    termination message policy) with none of A's Jobs, operator or planning: running B with it
+    measures what the pod's content alone costs the control plane.
+    """
+    spec = api.JobBatchSpec.model_validate(batch_spec(case))
+    uid = "00000000-0000-4000-8000-000000000000"  # a UID's length; no object has it
+    job = manifests.shard_job(
+        name="bench", namespace="bench", uid=uid, spec=spec, item_count=case.shards,
+        first_shard=0, count=case.shards, attempt=0, parallelism=case.parallelism,
+    )  # fmt: skip
+    template: dict[str, Any] = job["spec"]["template"]
+    return template
+
+
+def subject(system: System, case: Case, b_pods: BPods = "native") -> tuple[str, dict[str, Any]]:
     """(collection path suffix, manifest) of the object a run submits."""
     if system == "A":
         return "/apis/jobbatch.io/v1alpha1/namespaces/{ns}/jobbatches", {
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,
             "metadata": {"name": "bench"},
-            "spec": {
-                "template": pod_template(case),
-                "payloads": {"count": case.shards},
-                "shardSize": 1,
-                "parallelism": case.parallelism,
-            },
+            "spec": batch_spec(case),
         }
     return "/apis/batch/v1/namespaces/{ns}/jobs", {
         "apiVersion": "batch/v1",
@@ -100,7 +125,7 @@ def subject(system: System, case: Case) -> tuple[str, dict[str, Any]]:
             "completions": case.shards,
             "parallelism": case.parallelism,
             "backoffLimit": 0,
-            "template": pod_template(case),
+            "template": pod_template_like_a(case) if b_pods == "like-a" else pod_template(case),
         },
     }
 
@@ -122,6 +147,7 @@ class Bench:
     api: LocalApi
     workdir: Path
     profile: bool = False  # sample the operator with py-spy (collapsed stacks in workdir)
+    b_pods: BPods = "native"  # B's pod template: the bench's own, or A's as the operator renders it
 
     async def prepare(self) -> None:
         """The CRDs, served (idempotent: server-side apply)."""
@@ -183,7 +209,9 @@ class Bench:
                 done.set()
 
         # A and B are watched alike: their worker pods, and the one object under test.
-        collection, manifest = subject(system, case)
+        collection, manifest = subject(system, case, self.b_pods)
+        if system == "B":
+            result["b_pods"] = self.b_pods
         ready = [asyncio.Event() for _ in range(2)]
         requests_after: collections.Counter[str] | None = None
         cpu_after: dict[str, float] | None = None
@@ -313,10 +341,11 @@ async def bench_plane(
     warmup: bool,
     profile: bool,
     systems: tuple[System, ...] = ("A", "B"),
+    b_pods: BPods = "native",
 ) -> list[dict[str, Any]]:
     results = []
     async with LocalApi(cluster) as local:
-        bench = Bench(cluster, local, workdir, profile)
+        bench = Bench(cluster, local, workdir, profile, b_pods)
         await bench.prepare()
         if warmup:  # first-use costs (caches, connections, imports) stay out of the figures
             for system in systems:
@@ -354,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         "--systems", default="A,B", choices=["A,B", "A", "B"],
         help="run only A or only B (e.g. A alone at N=100,000, for its memory and objects); A/B figures then read n/a",
     )  # fmt: skip
+    parser.add_argument(
+        "--b-pods", default="native", choices=["native", "like-a"],
+        help="B's pod template: the bench's own, or A's pod as the operator renders it (what the pod's content costs)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cases = [Case(n, p, d) for n in args.shards for p in args.parallelism for d in args.durations]
@@ -381,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             systems = cast(tuple[System, ...], tuple(args.systems.split(",")))
             results += asyncio.run(
-                bench_plane(cluster, plane, cases, args.runs, workdir, args.warmup, args.profile, systems)
+                bench_plane(cluster, plane, cases, args.runs, workdir, args.warmup, args.profile, systems, args.b_pods)
             )
         finally:
             if stop:

@@ -412,3 +412,31 @@ def test_the_dashboard_picture_queries_what_grafana_would_and_draws_every_panel(
     board = json.loads(dashboard.DASHBOARD.read_text())
     assert len(asked) == sum(len(p["targets"]) for p in board["panels"])
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_b_can_run_with_the_pod_the_operator_renders_for_a() -> None:
+    from bench import run
+
+    case = run.Case(10, 5, 1.0)
+    _, native = run.subject("B", case)
+    _, like_a = run.subject("B", case, "like-a")
+    assert native["spec"]["template"] == run.pod_template(case)
+    pod = like_a["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["JOBBATCH_FIRST_SHARD"] == "0"
+    assert env["JOBBATCH_ITEM_COUNT"] == "10"
+    assert pod["metadata"]["labels"]["jobbatch.io/first-shard"] == "0"
+    assert pod["metadata"]["annotations"] == run.pod_template(case)["metadata"]["annotations"]
+    # Still B's own Job: one Indexed Job over every shard, none of A's retry machinery.
+    assert like_a["spec"]["completions"] == 10
+    assert like_a["spec"]["backoffLimit"] == 0
+    assert "podFailurePolicy" not in like_a["spec"]
+    assert "backoffLimitPerIndex" not in like_a["spec"]
+
+
+def test_the_report_says_when_b_ran_with_the_pods_of_a() -> None:
+    results = [_result("A", 1, 120.0), _result("B", 1, 100.0, b_pods="like-a")]
+    rows = report.summarize(results)
+    assert "B ran A's pod template" in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+    results[1]["b_pods"] = "native"
+    assert "B ran A's pod" not in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
