@@ -120,6 +120,8 @@ class SlotLatency:
         # The second pairing: (seconds, path), path "inside", "hand-over" or "unknown" (a pod without
         # its Job's name).
         self.by_path: list[tuple[float, str]] = []
+        # Each hand-over as (time freed, Job that freed it, time of the start, Job that started).
+        self.hand_overs: list[tuple[float, str, float, str]] = []
 
     def start(self, t: float, job: str | None) -> None:
         self.started += 1
@@ -131,8 +133,12 @@ class SlotLatency:
             self.by_path.append((t - own.popleft(), "inside" if job is not None else "unknown"))
             return
         other = min((k for k, q in self._freed_by.items() if q), key=lambda k: self._freed_by[k][0])
-        path = "hand-over" if job is not None and other is not None else "unknown"
-        self.by_path.append((t - self._freed_by[other].popleft(), path))
+        freed = self._freed_by[other].popleft()
+        if job is not None and other is not None:
+            self.by_path.append((t - freed, "hand-over"))
+            self.hand_overs.append((freed, other, t, job))
+        else:
+            self.by_path.append((t - freed, "unknown"))
 
     def finish(self, t: float, job: str | None) -> None:
         if self.started < self.total:
@@ -157,6 +163,48 @@ class SlotLatency:
         slowest = sorted(self.by_path, key=lambda sample: sample[0], reverse=True)[: n - -(-n * 99 // 100) + 1]
         out["slowest_hand_over_share"] = sum(p == "hand-over" for _, p in slowest) / len(slowest) if n else None
         return out
+
+
+@dataclasses.dataclass
+class JobHistory:
+    """What a Job watch showed of one Job: when any event came, when its parallelism rose (from 0 too)."""
+
+    events: list[float] = dataclasses.field(default_factory=list)
+    raises: list[float] = dataclasses.field(default_factory=list)
+    parallelism: int | None = None
+
+
+def hand_over_rounds(
+    hand_overs: list[tuple[float, str, float, str]], jobs: Mapping[str, JobHistory]
+) -> dict[str, float | int | None]:
+    """Each hand-over's wait split into the round's three steps, as the watches saw them.
+
+    *status*: from the pod's end to the next event of its Job (the Job controller counting it);
+    *raise*: from there to the next rise of the starting Job's parallelism (the operator's pass and
+    PATCH); *create*: from there to the pod's creation (the Job controller's sync of that Job). A start
+    with no rise between its freeing Job's event and itself took headroom an earlier raise left: its
+    raise step is 0. A start before any event of the freeing Job counts wholly as status.
+    The figures: each step's p50 and p99 over all hand-overs, and its p50 over the hand-overs at or
+    above their own p99 (nearest rank): what the slowest ones wait on.
+    """
+    rounds: list[tuple[float, float, float, float]] = []  # (whole, status, raise, create)
+    for freed, source, start, target in hand_overs:
+        seen = next((t for t in jobs[source].events if t >= freed), None) if source in jobs else None
+        if seen is None or seen > start:
+            rounds.append((start - freed, start - freed, 0.0, 0.0))
+            continue
+        raised = next((t for t in jobs[target].raises if seen <= t <= start), None) if target in jobs else None
+        acted = raised if raised is not None else seen
+        rounds.append((start - freed, seen - freed, acted - seen, start - acted))
+    out: dict[str, float | int | None] = {"hand_over_rounds": len(rounds)}
+    n = len(rounds)
+    slowest = sorted(rounds, reverse=True)[: n - -(-n * 99 // 100) + 1] if n else []
+    for i, step in enumerate(("status", "raise", "create"), start=1):
+        values = [r[i] for r in rounds]
+        out[f"hand_over_{step}_p50"] = percentile(values, 50)
+        out[f"hand_over_{step}_p99"] = percentile(values, 99)
+        out[f"slowest_hand_over_{step}"] = percentile([r[i] for r in slowest], 50)
+    return out
 
 
 def _job_of(pod: Mapping[str, Any]) -> str | None:
@@ -203,6 +251,7 @@ class Timeline:
     _succeeded: int = 0
     _ended: int = 0
     _held: set[str] = dataclasses.field(default_factory=set)
+    jobs: dict[str, JobHistory] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pod_slots = SlotLatency(self.total)
@@ -237,6 +286,25 @@ class Timeline:
                 self._held.add(uid)
                 self.held_peak = max(self.held_peak, len(self._held))
         self._point(t)
+
+    def on_job(self, now: float, kind: str, job: Mapping[str, Any]) -> None:
+        """A Job watch event (A's chunk and retry Jobs): the hand-over rounds' timestamps."""
+        name = str(job["metadata"]["name"])
+        t = now - self.t0
+        history = self.jobs.setdefault(name, JobHistory())
+        history.events.append(t)
+        parallelism = (job.get("spec") or {}).get("parallelism")
+        if isinstance(parallelism, int):
+            if parallelism > (history.parallelism or 0):  # a Job created with slots counts as a raise
+                history.raises.append(t)
+            history.parallelism = parallelism
+
+    def slot_summary(self) -> dict[str, float | int | None]:
+        """The refill figures, with the hand-overs' rounds when Jobs were watched."""
+        out = self.pod_slots.summary()
+        if self.jobs:
+            out |= hand_over_rounds(self.pod_slots.hand_overs, self.jobs)
+        return out
 
     def _point(self, t: float) -> None:
         self.series.append((t, self._running, self._succeeded, len(self._held)))

@@ -87,6 +87,9 @@ def _case_key(r: dict[str, Any]) -> tuple[str, int, int, float]:
     return (r["plane"], r["shards"], r["parallelism"], r["duration"])
 
 
+HAND_OVER_STEPS = ("status", "raise", "create")  # measure.hand_over_rounds
+
+
 def _ok(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if "error" not in r and r.get("wall_seconds") is not None]
 
@@ -129,6 +132,9 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "hand_over_p50",
                 "hand_over_p99",
                 "slowest_hand_over_share",
+                "hand_over_rounds",
+                *(f"hand_over_{step}_{p}" for step in HAND_OVER_STEPS for p in ("p50", "p99")),
+                *(f"slowest_hand_over_{step}" for step in HAND_OVER_STEPS),
             )
         },
         # Absent from reports made before it was measured: n/a there.
@@ -267,6 +273,11 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             if any(r.get("b_pods") == "like-a" for r in data["results"])
             else []
         ),
+        *(
+            ["- **B's succeeded pods were deleted during its run** (`--b-collect`), 2 x P at a time, as A's bound does"]
+            if any(r.get("b_collect") for r in data["results"])
+            else []
+        ),
         "",
         "| plane | controller-manager `--kube-api-qps` | `--kube-api-burst` | `--concurrent-job-syncs` |",
         "|---|---|---|---|",
@@ -354,6 +365,28 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
                 f"| {_ms(a.get('pod_slot_inside_p99'))} | {_f(across, 0)} "
                 f"| {_ms(a.get('pod_slot_hand_over_p50'))} | {_ms(a.get('pod_slot_hand_over_p99'))} "
                 f"| {_percent(base)} | {_percent(share)} |"
+            )
+        lines += [
+            "",
+            "A's hand-overs step by step (a Job watch beside the pod watch): *status*, from the pod's end "
+            "to its Job's next event (the Job controller counting it); *raise*, from there to the next rise "
+            "of the starting Job's parallelism or its creation (the operator's pass and write; 0 when an "
+            "earlier raise left the headroom); *create*, from there to the pod's creation (the Job "
+            "controller's sync). *Slowest 1 %*: each step's p50 over the hand-overs at or above their p99.",
+            "",
+            "| case | hand-overs | status p50 / p99 | raise p50 / p99 | create p50 / p99 "
+            "| slowest 1 %: status | raise | create |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in prows:
+            a = r["A"]
+            steps = [
+                f"{_ms(a.get(f'pod_slot_hand_over_{s}_p50'))} / {_ms(a.get(f'pod_slot_hand_over_{s}_p99'))}"
+                for s in HAND_OVER_STEPS
+            ]
+            slowest = [_ms(a.get(f"pod_slot_slowest_hand_over_{s}")) for s in HAND_OVER_STEPS]
+            lines.append(
+                f"| {_case(r)} | {_f(a.get('pod_slot_hand_over_rounds'), 0)} | " + " | ".join(steps + slowest) + " |"
             )
         lines += [
             "",

@@ -130,6 +130,54 @@ def subject(system: System, case: Case, b_pods: BPods = "native") -> tuple[str, 
     }
 
 
+class FinishedPodCollector:
+    """B with A's bound on finished pods: the harness deletes B's succeeded pods during the run.
+
+    A keeps at most two chunk Jobs' finished pods (2 x 2P): the garbage collector deletes a
+    released chunk's pods one DELETE each, while the run goes on. B leaves all N to its teardown,
+    after Complete, where its wall time does not count them. This does A's deleting for B, the same
+    way: once 2P succeeded pods are held, all of them, one DELETE each, at most 20 at a time (the
+    controller-manager's garbage-collector workers). What the run costs then is B's with A's bound.
+    """
+
+    WORKERS = 20
+
+    def __init__(self, api: LocalApi, namespace: str, parallelism: int) -> None:
+        self.api, self.namespace, self.batch = api, namespace, 2 * parallelism
+        self.held: list[str] = []
+        self.deleted = 0
+        self._slots = asyncio.Semaphore(self.WORKERS)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seen: set[str] = set()
+
+    def on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if kind == "DELETED" or name in self._seen or (pod.get("status") or {}).get("phase") != "Succeeded":
+            return
+        self._seen.add(name)
+        self.held.append(name)
+        if len(self.held) >= self.batch:
+            for held in self.held:
+                task = asyncio.create_task(self._delete(held))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            self.held = []
+
+    async def _delete(self, name: str) -> None:
+        async with self._slots:
+            try:
+                await self.api.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{name}")
+                self.deleted += 1
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def _cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds each process spent between two readings (those alive at both)."""
     return {k: round(after[k] - before[k], 2) for k in after if k in before}
@@ -148,6 +196,7 @@ class Bench:
     workdir: Path
     profile: bool = False  # sample the operator with py-spy (collapsed stacks in workdir)
     b_pods: BPods = "native"  # B's pod template: the bench's own, or A's as the operator renders it
+    b_collect: bool = False  # delete B's succeeded pods during the run, as A's bound does (FinishedPodCollector)
 
     async def prepare(self) -> None:
         """The CRDs, served (idempotent: server-side apply)."""
@@ -196,10 +245,17 @@ class Bench:
         pods_ended = asyncio.Event()  # at least one pod end per shard seen
         loop = asyncio.get_running_loop()
 
+        collector = FinishedPodCollector(self.api, ns, case.parallelism) if system == "B" and self.b_collect else None
+
         def on_pod(kind: str, obj: dict[str, Any]) -> None:
             timeline.on_pod(loop.time(), kind, obj)
+            if collector is not None and timeline.completed is None:
+                collector.on_pod(kind, obj)
             if timeline.pods_ended >= case.shards:
                 pods_ended.set()
+
+        def on_job(kind: str, obj: dict[str, Any]) -> None:
+            timeline.on_job(loop.time(), kind, obj)
 
         def on_subject(kind: str, obj: dict[str, Any]) -> None:
             if obj["metadata"]["name"] != "bench":
@@ -212,13 +268,18 @@ class Bench:
         collection, manifest = subject(system, case, self.b_pods)
         if system == "B":
             result["b_pods"] = self.b_pods
-        ready = [asyncio.Event() for _ in range(2)]
+            result["b_collect"] = self.b_collect
+        ready = [asyncio.Event() for _ in range(3 if system == "A" else 2)]
         requests_after: collections.Counter[str] | None = None
         cpu_after: dict[str, float] | None = None
         watches = [
             asyncio.create_task(self.api.watch(f"/api/v1/namespaces/{ns}/pods", on_pod, ready[0])),
             asyncio.create_task(self.api.watch(collection.format(ns=ns), on_subject, ready[1])),
         ]
+        if system == "A":  # its chunk and retry Jobs: when each hand-over's steps happened
+            watches.append(
+                asyncio.create_task(self.api.watch(f"/apis/batch/v1/namespaces/{ns}/jobs", on_job, ready[2]))
+            )
         try:
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), timeout=60)
             requests_before = measure.request_totals(await self.api.metrics_text())
@@ -255,13 +316,17 @@ class Bench:
             result["cpu_seconds"] = _cpu_spent(cpu_before, cpu_after)
             result["writes"] = measure.writes_between(requests_before, requests_after)
             result["reads"] = measure.reads_between(requests_before, requests_after)
-            result["pod_slot_latency"] = timeline.pod_slots.summary()
+            result["pod_slot_latency"] = timeline.slot_summary()
             result["finished_pods_held_peak"] = timeline.held_peak
             result["series"] = timeline.series
+            if collector is not None:
+                result["b_collected_pods"] = collector.deleted
         finally:
             for task in watches:
                 task.cancel()
             await asyncio.gather(*watches, return_exceptions=True)
+            if collector is not None:
+                await collector.stop()
             # Tear down while the operator runs: it releases its finalizers as the batch goes. The
             # object under test goes first, as a user (or a TTL) would delete it: the garbage collector
             # then deletes what it owns one by one, for A and B alike, rather than the namespace
@@ -342,10 +407,11 @@ async def bench_plane(
     profile: bool,
     systems: tuple[System, ...] = ("A", "B"),
     b_pods: BPods = "native",
+    b_collect: bool = False,
 ) -> list[dict[str, Any]]:
     results = []
     async with LocalApi(cluster) as local:
-        bench = Bench(cluster, local, workdir, profile, b_pods)
+        bench = Bench(cluster, local, workdir, profile, b_pods, b_collect)
         await bench.prepare()
         if warmup:  # first-use costs (caches, connections, imports) stay out of the figures
             for system in systems:
@@ -387,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         "--b-pods", default="native", choices=["native", "like-a"],
         help="B's pod template: the bench's own, or A's pod as the operator renders it (what the pod's content costs)",
     )  # fmt: skip
+    parser.add_argument(
+        "--b-collect", action="store_true",
+        help="delete B's succeeded pods during the run, 2 x P at a time, as A's bound on finished pods does",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cases = [Case(n, p, d) for n in args.shards for p in args.parallelism for d in args.durations]
@@ -414,7 +484,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             systems = cast(tuple[System, ...], tuple(args.systems.split(",")))
             results += asyncio.run(
-                bench_plane(cluster, plane, cases, args.runs, workdir, args.warmup, args.profile, systems, args.b_pods)
+                bench_plane(
+                    cluster,
+                    plane,
+                    cases,
+                    args.runs,
+                    workdir,
+                    args.warmup,
+                    args.profile,
+                    systems,
+                    args.b_pods,
+                    args.b_collect,
+                )
             )
         finally:
             if stop:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,49 @@ def test_a_pod_whose_job_is_unknown_is_neither_inside_nor_a_hand_over() -> None:
     slots.start(2.5, None)
     assert [p for _, p in slots.by_path] == ["unknown", "unknown"]
     assert slots.summary()["slowest_hand_over_share"] == 0.0
+
+
+def _job(name: str, parallelism: int) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"parallelism": parallelism}}
+
+
+def _job_pod(uid: str, job: str, phase: str) -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "labels": {"batch.kubernetes.io/job-name": job}}, "status": {"phase": phase}}
+
+
+def test_a_hand_over_is_split_into_the_jobs_count_the_raise_and_the_create() -> None:
+    t = measure.Timeline(total=3, t0=100.0)
+    t.on_job(100.0, "ADDED", _job("c0", 1))  # created with a slot: a raise
+    t.on_job(100.0, "ADDED", _job("c1", 0))  # created without: not one
+    t.on_pod(100.1, "ADDED", _job_pod("p0", "c0", "Pending"))
+    t.on_pod(101.0, "MODIFIED", _job_pod("p0", "c0", "Succeeded"))  # frees a slot at 1.0
+    t.on_job(101.3, "MODIFIED", _job("c0", 1))  # the Job controller counts it: 0.3 s
+    t.on_job(101.5, "MODIFIED", _job("c1", 1))  # the operator raises the next chunk: 0.2 s
+    t.on_pod(101.9, "ADDED", _job_pod("p1", "c1", "Pending"))  # its pod: 0.4 s
+    assert t.jobs["c0"].raises == [0.0]
+    assert t.jobs["c1"].raises == [1.5]
+    summary = t.slot_summary()
+    assert summary["hand_over_rounds"] == 1
+    assert summary["hand_over_status_p50"] == pytest.approx(0.3)
+    assert summary["hand_over_raise_p50"] == pytest.approx(0.2)
+    assert summary["hand_over_create_p50"] == pytest.approx(0.4)
+    assert summary["slowest_hand_over_raise"] == pytest.approx(0.2)
+
+
+def test_a_hand_over_without_a_raise_of_its_own_or_before_its_jobs_count() -> None:
+    jobs = {"c0": measure.JobHistory(events=[2.0, 5.0]), "c1": measure.JobHistory(raises=[0.5])}
+    # Headroom an earlier raise left: no raise step; then a start before the freeing Job said anything.
+    rounds = measure.hand_over_rounds([(1.0, "c0", 3.0, "c1"), (4.0, "c0", 4.5, "c1")], jobs)
+    assert rounds["hand_over_rounds"] == 2
+    assert rounds["hand_over_raise_p99"] == pytest.approx(0.0)
+    # (status, create): (1.0, 1.0) for the first, (0.5, 0) for the second
+    assert rounds["hand_over_status_p50"] == pytest.approx(0.5)
+    assert rounds["hand_over_status_p99"] == pytest.approx(1.0)
+    assert rounds["hand_over_create_p99"] == pytest.approx(1.0)
+    # The slowest 1 % of two is the slower (at or above the nearest-rank p99): its steps.
+    assert rounds["slowest_hand_over_status"] == pytest.approx(1.0)
+    assert rounds["slowest_hand_over_create"] == pytest.approx(1.0)
+    assert measure.hand_over_rounds([], jobs)["hand_over_status_p50"] is None
 
 
 def test_a_pods_job_is_its_label_else_its_controlling_owner() -> None:
@@ -355,6 +399,23 @@ def test_the_report_shows_refills_by_path_and_the_teardowns_cpu() -> None:
     assert text.count("| N=10,000 P=1,000 D=0s | A | 30.0 |") == 1
     assert "| n/a | n/a | 1.5 |" in text  # A's teardown: etcd and the operator
     assert "| n/a | n/a | 8.0 |" in text  # B's
+    assert "| N=10,000 P=1,000 D=0s | n/a | n/a / n/a |" in text  # hand-overs' steps: not measured here
+
+
+def test_the_report_splits_the_hand_overs_into_their_steps() -> None:
+    slots = {
+        "p50": 0.1, "p99": 0.3, "samples": 100, "hand_over_rounds": 25,
+        "hand_over_status_p50": 0.3, "hand_over_status_p99": 0.6, "hand_over_raise_p50": 0.2,
+        "hand_over_raise_p99": 0.5, "hand_over_create_p50": 0.1, "hand_over_create_p99": 0.4,
+        "slowest_hand_over_status": 0.6, "slowest_hand_over_raise": 0.1, "slowest_hand_over_create": 0.7,
+    }  # fmt: skip
+    results = [_result("A", 1, 120.0, pod_slot_latency=slots), _result("B", 1, 100.0)]
+    rows = report.summarize(results)
+    text = report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+    assert (
+        "| N=10,000 P=1,000 D=0s | 25 | 300 ms / 600 ms | 200 ms / 500 ms | 100 ms / 400 ms "
+        "| 600 ms | 100 ms | 700 ms |"
+    ) in text
 
 
 def test_reports_of_several_harness_runs_merge_into_one() -> None:
@@ -440,3 +501,41 @@ def test_the_report_says_when_b_ran_with_the_pods_of_a() -> None:
     assert "B ran A's pod template" in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
     results[1]["b_pods"] = "native"
     assert "B ran A's pod" not in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+
+
+async def test_b_can_delete_its_succeeded_pods_as_they_pile_up_as_a_does() -> None:
+    from bench import run
+
+    class Api:
+        def __init__(self) -> None:
+            self.deleted: list[str] = []
+
+        async def request(self, method: str, path: str, body: Any = None, **params: str) -> dict[str, Any]:
+            assert method == "DELETE"
+            self.deleted.append(path.rsplit("/", 1)[1])
+            return {}
+
+    api = Api()
+    collector = run.FinishedPodCollector(api, "ns", parallelism=2)  # type: ignore[arg-type]
+
+    def pod(name: str, phase: str) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "status": {"phase": phase}}
+
+    for name in ("p0", "p1", "p2"):
+        collector.on_pod("MODIFIED", pod(name, "Succeeded"))
+    collector.on_pod("MODIFIED", pod("p0", "Succeeded"))  # seen again: counted once
+    collector.on_pod("MODIFIED", pod("p9", "Running"))
+    collector.on_pod("DELETED", pod("p8", "Succeeded"))
+    assert collector.held == ["p0", "p1", "p2"]
+    collector.on_pod("MODIFIED", pod("p3", "Succeeded"))  # 2 x P held: all of them go
+    assert collector.held == []
+    await asyncio.gather(*collector._tasks)
+    assert sorted(api.deleted) == ["p0", "p1", "p2", "p3"]
+    assert collector.deleted == 4
+    await collector.stop()
+
+
+def test_the_report_says_when_b_deleted_its_pods_during_the_run() -> None:
+    results = [_result("A", 1, 120.0), _result("B", 1, 100.0, b_collect=True)]
+    rows = report.summarize(results)
+    assert "deleted during its run" in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
