@@ -94,9 +94,19 @@ class JobCalls:
         self._wake = wake
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failures: list[BaseException] = []
+        self._again: set[str] = set()  # Jobs a pass had another call for while one was in flight
 
     def busy(self, name: str) -> bool:
         return name in self._tasks
+
+    def again(self, name: str) -> None:
+        """A pass wanted another call for this busy Job: wake the loop when the one in flight ends.
+
+        Not left to the Job's watch event: an event that only shows progress need not wake it at once
+        (``BatchReconciler.job_changed``), and a raise held back here is a slot left idle.
+        """
+        if name in self._tasks:
+            self._again.add(name)
 
     def start(self, name: str, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(call)
@@ -105,6 +115,9 @@ class JobCalls:
         def done(task: asyncio.Task[None]) -> None:
             if self._tasks.get(name) is task:
                 del self._tasks[name]
+                if name in self._again:
+                    self._again.discard(name)
+                    self._wake.set()
             if not task.cancelled() and (exc := task.exception()) is not None:
                 self._failures.append(exc)
                 self._wake.set()  # the next pass backs off, then plans the call again

@@ -40,13 +40,14 @@ def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]],
 
     def on_event(kind: str, uid: str, body: dict[str, Any]) -> None:
         reconciler = runtime.reconcilers.get(uid)
+        meta = body.get("metadata") or {}
         if reconciler is not None:
-            reconciler.wake.set()
+            job = runtime.watch.jobs.job(str(meta.get("namespace", "")), uid, str(meta.get("name", "")))
+            reconciler.job_changed(kind, job)
         elif uid:
             # A batch with no reconciler (deleted, say) whose pods stop: their slots free with no pass to
             # report it, so the batches waiting for slots look again.
             runtime.dispatcher.wake_waiting()
-        meta = body.get("metadata") or {}
         if (
             kind != "DELETED"
             and meta.get("deletionTimestamp")

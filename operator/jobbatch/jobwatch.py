@@ -55,6 +55,10 @@ class ShardJobIndex:
     def jobs(self, namespace: str, uid: str) -> dict[str, ShardJob]:
         return dict(self._by_batch.get((namespace, uid), {}))
 
+    def job(self, namespace: str, uid: str, name: str) -> ShardJob | None:
+        """One Job of the batch, as the last event showed it (None: not one of its Jobs)."""
+        return self._by_batch.get((namespace, uid), {}).get(name)
+
     def by_batch(self) -> Mapping[BatchKey, Iterable[ShardJob]]:
         return {key: jobs.values() for key, jobs in self._by_batch.items()}
 

@@ -81,6 +81,17 @@ class ShardJob:
         return self.count - len(self.succeeded) - len(self.failed)
 
     @property
+    def refills_itself(self) -> bool:
+        """The Job controller gives a slot this Job frees to its next index: no pass needs to hand it on.
+
+        Running, with indexes not started yet, and no more pods than its parallelism (a Job the operator
+        shrank frees slots that are not its own).
+        """
+        pods = self.active + self.terminating
+        running = not (self.finished or self.suspended or self.deleting)
+        return running and pods < self.unfinished and pods <= self.parallelism
+
+    @property
     def has_finalizer(self) -> bool:
         return SHARD_FINALIZER in self.finalizers
 

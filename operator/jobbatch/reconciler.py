@@ -101,6 +101,21 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def record_may_unblock(written: JobBatchStatus, before: Mapping[str, Any], observed: Iterable[ShardJob]) -> bool:
+    """Whether a pass from a status just written may do what the pass that wrote it could not.
+
+    The planner waits for a persisted record before it releases a Job (every shard it ran recorded
+    first), before it releases everything and ends once the batch has ended, and before it launches
+    after an acceptance or a rerun (those two ask for a pass at once themselves, ``Plan.wake_in(0)``).
+    A write that moves a running batch's progress on while none of its Jobs has ended or is going
+    unblocks none of these: a pass after it found nothing to do, and that was most writes.
+    """
+    phase = written.phase
+    if phase in TERMINAL_PHASES or phase != before.get("phase"):
+        return True
+    return any(job.has_finalizer and (job.finished or job.deleting) for job in observed)
+
+
 class BatchReconciler:
     def __init__(
         self,
@@ -149,6 +164,7 @@ class BatchReconciler:
         self.expected = Expectations(monotonic)
         self._last_status_write = float("-inf")
         self._wrote_status = False  # by the pass that runs (or last ran)
+        self._progress_wake: asyncio.TimerHandle | None = None  # set by job_changed, cleared by a pass
         # spec.results: what this process stored of each Job's results (by Job UID), and the writer.
         self._collected: dict[str, Collected] = {}
         self._result_store: ResultStore | None = None
@@ -173,6 +189,24 @@ class BatchReconciler:
                 self.finished = False  # changed, or a call failed, while ending: look again
                 continue
             return
+
+    def job_changed(self, kind: str, job: ShardJob | None) -> None:
+        """A watch event of one of the batch's Jobs: plan again, at once or with the next status write.
+
+        An event of a Job that refills its own slots (``ShardJob.refills_itself``) can only change the
+        progress to report, and a status write goes at most every MIN_STATUS_INTERVAL: it wakes the loop
+        when the next write may go, and events until then share that pass. A Job of a running chunk
+        changes with nearly every pod that ends, so most passes were these. Anything else (a Job that
+        drains or shrinks, so its freed slot goes to another; one that ends, appears or goes; one with a
+        failed index, whose retry or the batch's failure is due) wakes it at once.
+        """
+        if kind != "MODIFIED" or job is None or job.failed or not job.refills_itself:
+            self.wake.set()
+            return
+        if self._progress_wake is not None:
+            return  # a wake is already due; the pass reads every Job as it is then
+        delay = self._last_status_write + MIN_STATUS_INTERVAL - self._monotonic()
+        self._progress_wake = asyncio.get_running_loop().call_later(max(0.0, delay), self.wake.set)
 
     def batch_changed(self, resource_version: str | None = None) -> None:
         """A watch event for the batch: re-read it before the next pass plans.
@@ -231,6 +265,9 @@ class BatchReconciler:
     async def reconcile_once(self) -> float | None:
         """One pass; returns seconds until the next one is due (None: only on events)."""
         self._wrote_status = False
+        if self._progress_wake is not None:  # this pass reads what the events it waits for showed
+            self._progress_wake.cancel()
+            self._progress_wake = None
         body = await self._persisted_batch()
         meta = (body or {}).get("metadata", {})
         if body is None or meta.get("uid") != self.uid:
@@ -691,9 +728,9 @@ class BatchReconciler:
                 metrics.status_writes.labels(ns).inc()
                 written = True
                 self._count_outcomes(decision, body)
-                # What it records may let the next pass act (release the Jobs it records, end the
-                # loop): plan again from the written body now, rather than wait for the write's echo.
-                requeue = 0.0
+                if record_may_unblock(decision.status, body.get("status") or {}, observed):
+                    # Plan again from the written body now, rather than wait for the write's echo.
+                    requeue = 0.0
                 self._wrote_status = True
 
         by_name = {job.name: job for job in observed}
@@ -763,7 +800,8 @@ class BatchReconciler:
     ) -> None:
         """Start one Job's call in the background unless one is in flight; expect its effect from now on."""
         if self.calls.busy(job_name):
-            return  # the next pass plans it again
+            self.calls.again(job_name)  # the pass after that call plans it again
+            return
         self.expected.expect(job_name, created=created, **expect)
 
         async def tracked() -> None:

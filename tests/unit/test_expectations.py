@@ -97,3 +97,26 @@ async def test_calls_run_one_per_job_and_report_failures() -> None:
     await calls.drain()
     assert not calls.busy("a")
     assert calls.take_failures() == []
+
+
+async def test_a_call_a_pass_wanted_again_while_it_was_in_flight_wakes_the_loop_when_it_ends() -> None:
+    wake = asyncio.Event()
+    calls = JobCalls(wake)
+    gate = asyncio.Event()
+
+    async def slow() -> None:
+        await gate.wait()
+
+    async def quick() -> None:
+        return None
+
+    calls.start("b", quick())
+    calls.again("c")  # nothing in flight: nothing to wait for
+    await calls.drain()
+    assert not wake.is_set()  # no pass wanted "b" again: its end wakes nothing
+    calls.start("a", slow())
+    calls.again("a")  # a pass had another raise for "a" while its first was in flight
+    gate.set()
+    await asyncio.wait_for(wake.wait(), 1)
+    assert not calls.busy("a")
+    assert calls.take_failures() == []

@@ -46,7 +46,13 @@ def test_events_add_update_and_remove_summaries_by_batch() -> None:
     index.apply("ADDED", job("b", first=3))
     index.apply("MODIFIED", job("a", completedIndexes="0-2"))
     assert {(j.first, len(j.succeeded)) for j in index.jobs("ns1", "u1").values()} == {(0, 3), (3, 0)}
+    a = naming.job_name("b", "u1", 0, 0)
+    found = index.job("ns1", "u1", a)  # one Job, as the last event showed it
+    assert found is not None
+    assert len(found.succeeded) == 3
+    assert index.job("ns2", "u1", a) is None
     index.apply("DELETED", job("a"))
+    assert index.job("ns1", "u1", a) is None
     assert firsts(index, "ns1", "u1") == {3}
     index.apply("DELETED", job("b"))
     assert index.jobs("ns1", "u1") == {}

@@ -154,3 +154,19 @@ def test_a_sidecar_stopped_with_the_pod_is_not_the_verdict_and_a_skip_retry_spea
     f = summarize_failed_pod(body)
     assert f is not None
     assert (f.exit_code, f.message) == (1, "boom")  # the worker's, not the sidecar's 143
+
+
+def test_a_job_refills_its_own_slots_only_while_running_with_indexes_not_started() -> None:
+    def refills(status: dict[str, Any], **kw: Any) -> bool:
+        j = summarize(job(status, **kw))
+        assert j is not None
+        return j.refills_itself
+
+    assert refills({"completedIndexes": "0", "active": 2})  # 4 left, 2 running: its next pod takes the slot
+    assert refills({"completedIndexes": "0", "active": 1})  # below its parallelism: the Job controller fills it
+    assert not refills({"completedIndexes": "0-2", "active": 2})  # draining: a freed slot is another Job's
+    assert not refills({"active": 3}, parallelism=2)  # shrunk: its pods above parallelism free slots for others
+    assert not refills({"active": 1}, suspend=True)
+    assert not refills({"active": 1}, deleting=True)
+    done = {"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T00:00:09Z"}
+    assert not refills({"completedIndexes": "0-4", "conditions": [done]})

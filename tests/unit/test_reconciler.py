@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import dataclasses
 import datetime
 from typing import Any
 
@@ -768,3 +769,94 @@ async def test_a_collection_that_fails_stalls_the_batch_backs_off_and_records_no
     assert stalled["status"] == "False"
     page = kube.configmaps[naming.results_configmap_prefix("b", "uid-1") + "0"]
     assert page["data"] == {"0": "0", "1": "1", "2": "2", "3": "3"}
+
+
+def pending_wake(r: BatchReconciler) -> asyncio.TimerHandle | None:
+    """The wake job_changed scheduled (read through a call: each read may differ)."""
+    return r._progress_wake
+
+
+async def test_a_job_event_that_only_shows_progress_waits_for_the_next_status_write() -> None:
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 2})
+    accept(kube, 10)
+    clock = Clock()
+    r = reconciler(kube, {}, clock)
+    filling = ShardJob(name="c0", first=0, count=10, attempt=0, parallelism=2, active=2)
+    draining = dataclasses.replace(filling, succeeded=IndexRanges.parse("0-7"), active=2)  # the last two run
+    failed = dataclasses.replace(filling, failed=IndexRanges.parse("0"))
+    assert filling.refills_itself
+    assert not draining.refills_itself
+    # Anything but a running Job that refills its own slots wakes the loop at once.
+    for kind, job in (("MODIFIED", draining), ("MODIFIED", failed), ("ADDED", filling), ("DELETED", filling)):
+        r.wake.clear()
+        r.job_changed(kind, job)
+        assert r.wake.is_set(), (kind, job)
+    # Progress alone: the loop wakes when the next status write may go (here 0.1 s on), once for all.
+    r.wake.clear()
+    r._last_status_write = clock.now - reconciler_module.MIN_STATUS_INTERVAL + 0.1
+    r.job_changed("MODIFIED", filling)
+    due = pending_wake(r)
+    r.job_changed("MODIFIED", filling)
+    assert due is not None
+    assert pending_wake(r) is due
+    assert not r.wake.is_set()
+    await asyncio.wait_for(r.wake.wait(), 2)
+    # Until a pass starts, more progress wakes nothing more; a pass reads every Job as it is then,
+    # and drops a wake still pending.
+    r.job_changed("MODIFIED", filling)
+    assert pending_wake(r) is due
+    await r.reconcile_once()
+    assert pending_wake(r) is None
+    r._last_status_write = clock.now  # the next write is a second away
+    r.job_changed("MODIFIED", filling)
+    pending = pending_wake(r)
+    assert pending is not None
+    await r.reconcile_once()
+    assert pending_wake(r) is None
+    assert pending.cancelled()
+
+
+async def test_a_write_that_only_moves_progress_on_asks_for_no_pass_of_its_own() -> None:
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 2})
+    accept(kube, 10)
+    clock = Clock()
+    watch: dict[str, ShardJob] = {}
+    r = reconciler(kube, watch, clock)
+    assert await r.reconcile_once() == 0.0  # it wrote Running, a new phase: plan again now
+    await r.calls.drain()
+    name = min(kube.jobs)
+    kube.jobs[name]["status"] = {"completedIndexes": "0", "active": 2}  # a shard done, its Job runs on
+    watch.update(kube.watched())
+    assert watch[name].refills_itself
+    clock.now += 2
+    writes = sum(1 for c in kube.calls if c[0] == "status")
+    requeue = await r.reconcile_once()
+    assert sum(1 for c in kube.calls if c[0] == "status") == writes + 1
+    assert kube.batch["status"]["succeededShards"] == "0"
+    assert requeue != 0.0  # nothing waits on that record
+    # A Job that ended is released only once its shards are recorded: that write asks for a pass at once.
+    first = watch[name]
+    complete(kube, name, f"0-{first.count - 1}")
+    watch.update(kube.watched())
+    clock.now += 2
+    assert await r.reconcile_once() == 0.0
+    await r.calls.drain()
+    assert ("release", name) not in kube.calls
+    await r.reconcile_once()
+    await r.calls.drain()
+    assert ("release", name) in kube.calls
+
+
+def test_what_a_written_status_may_unblock() -> None:
+    running = api.JobBatchStatus(phase="Running")
+    job = ShardJob(name="c0", first=0, count=4, attempt=0, parallelism=2, active=2)
+    assert not reconciler_module.record_may_unblock(running, {"phase": "Running"}, [job])
+    assert reconciler_module.record_may_unblock(running, {"phase": "Pending"}, [job])  # a new phase
+    ended = api.JobBatchStatus(phase="Succeeded")
+    assert reconciler_module.record_may_unblock(ended, {"phase": "Succeeded"}, [])
+    done = dataclasses.replace(job, finished=True, active=0)
+    assert reconciler_module.record_may_unblock(running, {"phase": "Running"}, [job, done])
+    going = dataclasses.replace(job, deleting=True)
+    assert reconciler_module.record_may_unblock(running, {"phase": "Running"}, [going])
+    released = dataclasses.replace(done, finalizers=())  # kept for its logs, nothing to release
+    assert not reconciler_module.record_may_unblock(running, {"phase": "Running"}, [released])
