@@ -115,13 +115,18 @@ class SlotLatency:
         self.total = total
         self.started = 0
         self._freed: collections.deque[float] = collections.deque()
-        self._freed_by: dict[str | None, collections.deque[float]] = collections.defaultdict(collections.deque)
+        # By Job: (time freed, how many of its pods had ended by then, that one included).
+        self._freed_by: dict[str | None, collections.deque[tuple[float, int]]] = collections.defaultdict(
+            collections.deque
+        )
+        self._ended_by: collections.Counter[str | None] = collections.Counter()
         self.samples: list[float] = []
         # The second pairing: (seconds, path), path "inside", "hand-over" or "unknown" (a pod without
         # its Job's name).
         self.by_path: list[tuple[float, str]] = []
-        # Each hand-over as (time freed, Job that freed it, time of the start, Job that started).
-        self.hand_overs: list[tuple[float, str, float, str]] = []
+        # Each hand-over as (time freed, Job that freed it, its pods ended by then, time of the start,
+        # Job that started).
+        self.hand_overs: list[tuple[float, str, int, float, str]] = []
 
     def start(self, t: float, job: str | None) -> None:
         self.started += 1
@@ -130,20 +135,21 @@ class SlotLatency:
         self.samples.append(t - self._freed.popleft())
         own = self._freed_by.get(job)
         if own:
-            self.by_path.append((t - own.popleft(), "inside" if job is not None else "unknown"))
+            self.by_path.append((t - own.popleft()[0], "inside" if job is not None else "unknown"))
             return
-        other = min((k for k, q in self._freed_by.items() if q), key=lambda k: self._freed_by[k][0])
-        freed = self._freed_by[other].popleft()
+        other = min((k for k, q in self._freed_by.items() if q), key=lambda k: self._freed_by[k][0][0])
+        freed, ended = self._freed_by[other].popleft()
         if job is not None and other is not None:
             self.by_path.append((t - freed, "hand-over"))
-            self.hand_overs.append((freed, other, t, job))
+            self.hand_overs.append((freed, other, ended, t, job))
         else:
             self.by_path.append((t - freed, "unknown"))
 
     def finish(self, t: float, job: str | None) -> None:
+        self._ended_by[job] += 1
         if self.started < self.total:
             self._freed.append(t)
-            self._freed_by[job].append(t)
+            self._freed_by[job].append((t, self._ended_by[job]))
 
     def summary(self) -> dict[str, float | int | None]:
         out: dict[str, float | int | None] = {
@@ -167,33 +173,39 @@ class SlotLatency:
 
 @dataclasses.dataclass
 class JobHistory:
-    """What a Job watch showed of one Job: when any event came, when its parallelism rose (from 0 too)."""
+    """What a Job watch showed of one Job: its events as (time, pods it counted as ended: succeeded +
+    failed), and when its parallelism rose (from 0 too)."""
 
-    events: list[float] = dataclasses.field(default_factory=list)
+    events: list[tuple[float, int]] = dataclasses.field(default_factory=list)
     raises: list[float] = dataclasses.field(default_factory=list)
     parallelism: int | None = None
 
 
 def hand_over_rounds(
-    hand_overs: list[tuple[float, str, float, str]], jobs: Mapping[str, JobHistory]
+    hand_overs: list[tuple[float, str, int, float, str]], jobs: Mapping[str, JobHistory]
 ) -> dict[str, float | int | None]:
     """Each hand-over's wait split into the round's three steps, as the watches saw them.
 
-    *status*: from the pod's end to the next event of its Job (the Job controller counting it);
-    *raise*: from there to the next rise of the starting Job's parallelism (the operator's pass and
-    PATCH); *create*: from there to the pod's creation (the Job controller's sync of that Job). A start
-    with no rise between its freeing Job's event and itself took headroom an earlier raise left: its
-    raise step is 0. A start before any event of the freeing Job counts wholly as status.
+    *status*: from the pod's end to the first event of its Job that counts it (as many pods ended as
+    the pod watch had seen end by then; an event seen before the pod's own, on the other watch, makes
+    this 0); *raise*: from there to the last rise of the starting Job's parallelism before the pod's
+    creation (the operator's pass and PATCH); *create*: from there to the creation (the Job
+    controller's sync of that Job). A start with no rise between the count and itself took headroom an
+    earlier raise left: its raise step is 0. A start before its freeing Job counted the pod counts
+    wholly as status.
     The figures: each step's p50 and p99 over all hand-overs, and its p50 over the hand-overs at or
     above their own p99 (nearest rank): what the slowest ones wait on.
     """
     rounds: list[tuple[float, float, float, float]] = []  # (whole, status, raise, create)
-    for freed, source, start, target in hand_overs:
-        seen = next((t for t in jobs[source].events if t >= freed), None) if source in jobs else None
+    for freed, source, ended, start, target in hand_overs:
+        history = jobs.get(source)
+        counted = next((t for t, n in history.events if n >= ended), None) if history is not None else None
+        seen = None if counted is None else max(counted, freed)
         if seen is None or seen > start:
             rounds.append((start - freed, start - freed, 0.0, 0.0))
             continue
-        raised = next((t for t in jobs[target].raises if seen <= t <= start), None) if target in jobs else None
+        rises = [t for t in jobs[target].raises if seen <= t <= start] if target in jobs else []
+        raised = rises[-1] if rises else None
         acted = raised if raised is not None else seen
         rounds.append((start - freed, seen - freed, acted - seen, start - acted))
     out: dict[str, float | int | None] = {"hand_over_rounds": len(rounds)}
@@ -292,7 +304,8 @@ class Timeline:
         name = str(job["metadata"]["name"])
         t = now - self.t0
         history = self.jobs.setdefault(name, JobHistory())
-        history.events.append(t)
+        status = job.get("status") or {}
+        history.events.append((t, int(status.get("succeeded") or 0) + int(status.get("failed") or 0)))
         parallelism = (job.get("spec") or {}).get("parallelism")
         if isinstance(parallelism, int):
             if parallelism > (history.parallelism or 0):  # a Job created with slots counts as a raise

@@ -274,7 +274,10 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             else []
         ),
         *(
-            ["- **B's succeeded pods were deleted during its run** (`--b-collect`), 2 x P at a time, as A's bound does"]
+            [
+                "- **B's succeeded pods were deleted during its run** (`--b-collect`), a chunk's worth at a "
+                "time, as A's bound does"
+            ]
             if any(r.get("b_collect") for r in data["results"])
             else []
         ),

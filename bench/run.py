@@ -33,6 +33,7 @@ from e2e import tools
 from e2e.cluster import SIMULATED_PLACEMENT, LocalCluster, Settings, free_port
 from e2e.operator_process import OperatorProcess
 from jobbatch import api, manifests
+from jobbatch.planner import chunk_size
 from jobbatch.version import __version__
 
 logger = logging.getLogger("bench")
@@ -133,19 +134,21 @@ def subject(system: System, case: Case, b_pods: BPods = "native") -> tuple[str, 
 class FinishedPodCollector:
     """B with A's bound on finished pods: the harness deletes B's succeeded pods during the run.
 
-    A keeps at most two chunk Jobs' finished pods (2 x 2P): the garbage collector deletes a
-    released chunk's pods one DELETE each, while the run goes on. B leaves all N to its teardown,
-    after Complete, where its wall time does not count them. This does A's deleting for B, the same
-    way: once 2P succeeded pods are held, all of them, one DELETE each, at most 20 at a time (the
-    controller-manager's garbage-collector workers). What the run costs then is B's with A's bound.
+    A deletes a chunk Job once all its shards are recorded, and the garbage collector then deletes
+    its pods one DELETE each, while the run goes on (at most two chunks' pods are held). B leaves all
+    N to its teardown, after Complete, where its wall time does not count them. This does A's
+    deleting for B, the same way: once a chunk's worth of succeeded pods (``planner.chunk_size(P)``)
+    is held, all of them, one DELETE each, at most 20 at a time (the controller-manager's
+    garbage-collector workers). What the run costs then is B's with A's bound.
     """
 
     WORKERS = 20
 
     def __init__(self, api: LocalApi, namespace: str, parallelism: int) -> None:
-        self.api, self.namespace, self.batch = api, namespace, 2 * parallelism
+        self.api, self.namespace, self.batch = api, namespace, chunk_size(parallelism)
         self.held: list[str] = []
         self.deleted = 0
+        self.errors: list[str] = []  # deletes refused (other than 404): reported with the run
         self._slots = asyncio.Semaphore(self.WORKERS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen: set[str] = set()
@@ -170,7 +173,7 @@ class FinishedPodCollector:
                 self.deleted += 1
             except ApiError as exc:
                 if exc.status != 404:
-                    raise
+                    self.errors.append(f"DELETE pod {name}: {exc}")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -321,6 +324,8 @@ class Bench:
             result["series"] = timeline.series
             if collector is not None:
                 result["b_collected_pods"] = collector.deleted
+                if collector.errors:
+                    result["error"] = f"{len(collector.errors)} pod deletes failed, e.g. {collector.errors[0]}"
         finally:
             for task in watches:
                 task.cancel()
@@ -455,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--b-collect", action="store_true",
-        help="delete B's succeeded pods during the run, 2 x P at a time, as A's bound on finished pods does",
+        help="delete B's succeeded pods during the run, a chunk's worth at a time, as A's bound on finished pods does",
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -42,8 +42,9 @@ def on_shard_job_event(runtime: Runtime) -> Callable[[str, str, dict[str, Any]],
         reconciler = runtime.reconcilers.get(uid)
         meta = body.get("metadata") or {}
         if reconciler is not None:
-            job = runtime.watch.jobs.job(str(meta.get("namespace", "")), uid, str(meta.get("name", "")))
-            reconciler.job_changed(kind, job)
+            jobs = runtime.watch.jobs
+            job = jobs.job(str(meta.get("namespace", "")), uid, str(meta.get("name", "")))
+            reconciler.job_changed(kind, job, jobs.replaced)
         elif uid:
             # A batch with no reconciler (deleted, say) whose pods stop: their slots free with no pass to
             # report it, so the batches waiting for slots look again.

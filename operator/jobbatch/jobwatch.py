@@ -51,6 +51,9 @@ class ShardJobIndex:
     def __init__(self) -> None:
         self._by_batch: dict[BatchKey, dict[str, ShardJob]] = {}
         self._key_of: dict[tuple[str, str], BatchKey] = {}  # (namespace, Job name) -> where it is kept
+        # The Job the last ``apply`` replaced, as it was (None: it was not one of a batch's): what that
+        # event changed, for the event's handler (called right after, with nothing in between).
+        self.replaced: ShardJob | None = None
 
     def jobs(self, namespace: str, uid: str) -> dict[str, ShardJob]:
         return dict(self._by_batch.get((namespace, uid), {}))
@@ -68,9 +71,10 @@ class ShardJobIndex:
         namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         uid, job = batch_uid_of(body), summarize(body)
         previous = self._key_of.pop((namespace, name), None)
+        self.replaced = None
         if previous is not None:  # forget where it was: its owner or labels may have changed
             jobs = self._by_batch.get(previous, {})
-            jobs.pop(name, None)
+            self.replaced = jobs.pop(name, None)
             if not jobs:
                 self._by_batch.pop(previous, None)
         if uid is None or job is None:

@@ -165,6 +165,7 @@ class BatchReconciler:
         self._last_status_write = float("-inf")
         self._wrote_status = False  # by the pass that runs (or last ran)
         self._progress_wake: asyncio.TimerHandle | None = None  # set by job_changed, cleared by a pass
+        self._passing = False  # a pass runs (between its awaits, watch events still come in)
         # spec.results: what this process stored of each Job's results (by Job UID), and the writer.
         self._collected: dict[str, Collected] = {}
         self._result_store: ResultStore | None = None
@@ -190,22 +191,35 @@ class BatchReconciler:
                 continue
             return
 
-    def job_changed(self, kind: str, job: ShardJob | None) -> None:
-        """A watch event of one of the batch's Jobs: plan again, at once or with the next status write.
+    def job_changed(self, kind: str, job: ShardJob | None, before: ShardJob | None = None) -> None:
+        """A watch event of one of the batch's Jobs (``before``: that Job as the previous event showed it).
 
-        An event of a Job that refills its own slots (``ShardJob.refills_itself``) can only change the
-        progress to report, and a status write goes at most every MIN_STATUS_INTERVAL: it wakes the loop
-        when the next write may go, and events until then share that pass. A Job of a running chunk
-        changes with nearly every pod that ends, so most passes were these. Anything else (a Job that
-        drains or shrinks, so its freed slot goes to another; one that ends, appears or goes; one with a
-        failed index, whose retry or the batch's failure is due) wakes it at once.
+        Plan again at once, or with the next status write when the event can only change the progress
+        to report: the Job refills its own slots (``ShardJob.refills_itself``), holds no fewer slots
+        than before and has no new failed index. A status write goes at most every MIN_STATUS_INTERVAL,
+        so such an event wakes the loop when the next write may go, and events until then share that
+        pass; a running chunk's Job changes with nearly every pod that ends, and most passes were
+        these. Anything else wakes it at once: a Job that frees slots (it drains, shrinks, or has
+        fewer indexes left than its parallelism; the slots go to another Job or, under a cluster-wide
+        cap, back to the dispatcher), one with a new failed index (its retry, the batch's failure),
+        one that ends, appears or goes.
         """
-        if kind != "MODIFIED" or job is None or job.failed or not job.refills_itself:
+        progress = (
+            kind == "MODIFIED"
+            and job is not None
+            and before is not None
+            and job.refills_itself
+            and job.slots >= before.slots
+            and job.failed == before.failed
+        )
+        if not progress:
             self.wake.set()
             return
         if self._progress_wake is not None:
             return  # a wake is already due; the pass reads every Job as it is then
-        delay = self._last_status_write + MIN_STATUS_INTERVAL - self._monotonic()
+        # During a pass its status write may be under way: the next one goes a full interval later.
+        since = self._monotonic() if self._passing else self._last_status_write
+        delay = since + MIN_STATUS_INTERVAL - self._monotonic()
         self._progress_wake = asyncio.get_running_loop().call_later(max(0.0, delay), self.wake.set)
 
     def batch_changed(self, resource_version: str | None = None) -> None:
@@ -227,7 +241,11 @@ class BatchReconciler:
             self.wake.clear()
             try:
                 started = time.monotonic()
-                requeue = await self.reconcile_once()
+                self._passing = True
+                try:
+                    requeue = await self.reconcile_once()
+                finally:
+                    self._passing = False
                 metrics.reconcile_duration.observe(time.monotonic() - started)
                 errors = 0
             except BatchFinished:

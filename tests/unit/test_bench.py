@@ -114,8 +114,8 @@ def test_a_pod_whose_job_is_unknown_is_neither_inside_nor_a_hand_over() -> None:
     assert slots.summary()["slowest_hand_over_share"] == 0.0
 
 
-def _job(name: str, parallelism: int) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {"parallelism": parallelism}}
+def _job(name: str, parallelism: int, ended: int = 0) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"parallelism": parallelism}, "status": {"succeeded": ended}}
 
 
 def _job_pod(uid: str, job: str, phase: str) -> dict[str, Any]:
@@ -128,7 +128,8 @@ def test_a_hand_over_is_split_into_the_jobs_count_the_raise_and_the_create() -> 
     t.on_job(100.0, "ADDED", _job("c1", 0))  # created without: not one
     t.on_pod(100.1, "ADDED", _job_pod("p0", "c0", "Pending"))
     t.on_pod(101.0, "MODIFIED", _job_pod("p0", "c0", "Succeeded"))  # frees a slot at 1.0
-    t.on_job(101.3, "MODIFIED", _job("c0", 1))  # the Job controller counts it: 0.3 s
+    t.on_job(101.1, "MODIFIED", _job("c0", 1))  # an event that does not count it yet
+    t.on_job(101.3, "MODIFIED", _job("c0", 1, ended=1))  # the Job controller counts it: 0.3 s
     t.on_job(101.5, "MODIFIED", _job("c1", 1))  # the operator raises the next chunk: 0.2 s
     t.on_pod(101.9, "ADDED", _job_pod("p1", "c1", "Pending"))  # its pod: 0.4 s
     assert t.jobs["c0"].raises == [0.0]
@@ -141,18 +142,27 @@ def test_a_hand_over_is_split_into_the_jobs_count_the_raise_and_the_create() -> 
     assert summary["slowest_hand_over_raise"] == pytest.approx(0.2)
 
 
-def test_a_hand_over_without_a_raise_of_its_own_or_before_its_jobs_count() -> None:
-    jobs = {"c0": measure.JobHistory(events=[2.0, 5.0]), "c1": measure.JobHistory(raises=[0.5])}
-    # Headroom an earlier raise left: no raise step; then a start before the freeing Job said anything.
-    rounds = measure.hand_over_rounds([(1.0, "c0", 3.0, "c1"), (4.0, "c0", 4.5, "c1")], jobs)
-    assert rounds["hand_over_rounds"] == 2
-    assert rounds["hand_over_raise_p99"] == pytest.approx(0.0)
-    # (status, create): (1.0, 1.0) for the first, (0.5, 0) for the second
-    assert rounds["hand_over_status_p50"] == pytest.approx(0.5)
-    assert rounds["hand_over_status_p99"] == pytest.approx(1.0)
-    assert rounds["hand_over_create_p99"] == pytest.approx(1.0)
-    # The slowest 1 % of two is the slower (at or above the nearest-rank p99): its steps.
+def test_a_hand_overs_steps_when_events_come_early_late_or_not_at_all() -> None:
+    jobs = {
+        "c0": measure.JobHistory(events=[(2.0, 1), (5.0, 2)]),
+        "c1": measure.JobHistory(raises=[0.5, 6.1, 6.3]),
+    }
+    rounds = measure.hand_over_rounds(
+        [
+            (1.0, "c0", 1, 3.0, "c1"),  # counted at 2.0; headroom an earlier raise left: no raise step
+            (4.0, "c0", 2, 4.5, "c1"),  # started before its Job counted the pod: all of it is status
+            (6.0, "c0", 2, 6.5, "c1"),  # counted (5.0) before the pod watch showed it end; the last raise
+        ],
+        jobs,
+    )
+    assert rounds["hand_over_rounds"] == 3
+    # (status, raise, create): (1.0, 0, 1.0), (0.5, 0, 0), (0, 0.3, 0.2)
+    assert (rounds["hand_over_status_p50"], rounds["hand_over_status_p99"]) == pytest.approx((0.5, 1.0))
+    assert rounds["hand_over_raise_p99"] == pytest.approx(0.3)
+    assert (rounds["hand_over_create_p50"], rounds["hand_over_create_p99"]) == pytest.approx((0.2, 1.0))
+    # The slowest 1 % of three is the slowest one (at or above the nearest-rank p99): its steps.
     assert rounds["slowest_hand_over_status"] == pytest.approx(1.0)
+    assert rounds["slowest_hand_over_raise"] == pytest.approx(0.0)
     assert rounds["slowest_hand_over_create"] == pytest.approx(1.0)
     assert measure.hand_over_rounds([], jobs)["hand_over_status_p50"] is None
 
@@ -517,6 +527,7 @@ async def test_b_can_delete_its_succeeded_pods_as_they_pile_up_as_a_does() -> No
 
     api = Api()
     collector = run.FinishedPodCollector(api, "ns", parallelism=2)  # type: ignore[arg-type]
+    collector.batch = 4  # a chunk's worth (20 for P=2; fewer here to keep the test short)
 
     def pod(name: str, phase: str) -> dict[str, Any]:
         return {"metadata": {"name": name}, "status": {"phase": phase}}
@@ -527,11 +538,14 @@ async def test_b_can_delete_its_succeeded_pods_as_they_pile_up_as_a_does() -> No
     collector.on_pod("MODIFIED", pod("p9", "Running"))
     collector.on_pod("DELETED", pod("p8", "Succeeded"))
     assert collector.held == ["p0", "p1", "p2"]
-    collector.on_pod("MODIFIED", pod("p3", "Succeeded"))  # 2 x P held: all of them go
+    collector.on_pod("MODIFIED", pod("p3", "Succeeded"))  # a chunk's worth held: all of them go
     assert collector.held == []
     await asyncio.gather(*collector._tasks)
     assert sorted(api.deleted) == ["p0", "p1", "p2", "p3"]
     assert collector.deleted == 4
+    assert collector.errors == []
+    big = run.FinishedPodCollector(api, "ns", parallelism=1000)  # type: ignore[arg-type]
+    assert big.batch == 2000  # planner.chunk_size
     await collector.stop()
 
 

@@ -46,6 +46,8 @@ def test_events_add_update_and_remove_summaries_by_batch() -> None:
     index.apply("ADDED", job("b", first=3))
     index.apply("MODIFIED", job("a", completedIndexes="0-2"))
     assert {(j.first, len(j.succeeded)) for j in index.jobs("ns1", "u1").values()} == {(0, 3), (3, 0)}
+    assert index.replaced is not None  # the Job as the event before showed it
+    assert len(index.replaced.succeeded) == 0
     a = naming.job_name("b", "u1", 0, 0)
     found = index.job("ns1", "u1", a)  # one Job, as the last event showed it
     assert found is not None
@@ -118,3 +120,21 @@ def test_failed_pods_by_job_latest_per_shard() -> None:
     assert index.failures(["uid-a"])[(11, 0, 0)].finished_at.second == 1  # type: ignore[union-attr]
     index.replace("ns1", [])
     assert index.failures(["uid-a", "uid-other"]) == {}
+
+
+async def test_a_shard_job_event_tells_its_batch_what_it_changed() -> None:
+    """The handler hands the batch's reconciler the Job before and after the event."""
+    import types
+
+    from jobbatch import handlers
+
+    seen: list[tuple[str, Any, Any]] = []
+    reconciler = types.SimpleNamespace(job_changed=lambda kind, job, before: seen.append((kind, job, before)))
+    index = ShardJobIndex()
+    runtime = types.SimpleNamespace(
+        reconcilers={"u1": reconciler}, watch=types.SimpleNamespace(jobs=index), spawn=lambda coro: None
+    )
+    on_event = handlers.on_shard_job_event(runtime)  # type: ignore[arg-type]
+    for kind, body in (("ADDED", job("a", active=3)), ("MODIFIED", job("a", completedIndexes="0", active=2))):
+        on_event(kind, index.apply(kind, body) or "", body)
+    assert [(k, j.active, b and b.active) for k, j, b in seen] == [("ADDED", 3, None), ("MODIFIED", 2, 3)]

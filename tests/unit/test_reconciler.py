@@ -781,39 +781,92 @@ async def test_a_job_event_that_only_shows_progress_waits_for_the_next_status_wr
     accept(kube, 10)
     clock = Clock()
     r = reconciler(kube, {}, clock)
-    filling = ShardJob(name="c0", first=0, count=10, attempt=0, parallelism=2, active=2)
-    draining = dataclasses.replace(filling, succeeded=IndexRanges.parse("0-7"), active=2)  # the last two run
-    failed = dataclasses.replace(filling, failed=IndexRanges.parse("0"))
+    loop = asyncio.get_running_loop()
+    before = ShardJob(name="c0", first=0, count=10, attempt=0, parallelism=2, active=2)
+    filling = dataclasses.replace(before, succeeded=IndexRanges.parse("0"))  # a pod ended, the next runs
     assert filling.refills_itself
-    assert not draining.refills_itself
-    # Anything but a running Job that refills its own slots wakes the loop at once.
-    for kind, job in (("MODIFIED", draining), ("MODIFIED", failed), ("ADDED", filling), ("DELETED", filling)):
+    # Anything else wakes the loop at once: a Job that drains, shrinks or has fewer indexes left than
+    # its parallelism (its freed slots are another Job's, or the dispatcher's), a new failed index, a
+    # Job that appears or goes, or one seen for the first time.
+    draining = dataclasses.replace(before, succeeded=IndexRanges.parse("0-7"))  # the last two run
+    shrunk = dataclasses.replace(before, parallelism=1, active=1)
+    short = dataclasses.replace(
+        before, parallelism=10, active=5, succeeded=IndexRanges.parse("0-3")
+    )  # 6 left, 5 pods: refills, but holds 6 slots of the 10 it held
+    wide = dataclasses.replace(before, parallelism=10, active=10)
+    failed = dataclasses.replace(filling, failed=IndexRanges.parse("1"), active=1)
+    assert short.refills_itself
+    for kind, job, was in (
+        ("MODIFIED", draining, before),
+        ("MODIFIED", shrunk, before),
+        ("MODIFIED", short, wide),
+        ("MODIFIED", failed, filling),
+        ("MODIFIED", filling, None),
+        ("ADDED", filling, None),
+        ("DELETED", filling, filling),
+    ):
         r.wake.clear()
-        r.job_changed(kind, job)
-        assert r.wake.is_set(), (kind, job)
-    # Progress alone: the loop wakes when the next status write may go (here 0.1 s on), once for all.
+        r.job_changed(kind, job, was)
+        assert r.wake.is_set(), (kind, job, was)
+    # Progress alone: the loop wakes when the next status write may go (0.4 s on), once for all.
     r.wake.clear()
-    r._last_status_write = clock.now - reconciler_module.MIN_STATUS_INTERVAL + 0.1
-    r.job_changed("MODIFIED", filling)
+    r._last_status_write = clock.now - reconciler_module.MIN_STATUS_INTERVAL + 0.4
+    r.job_changed("MODIFIED", filling, before)
     due = pending_wake(r)
-    r.job_changed("MODIFIED", filling)
     assert due is not None
+    assert 0.3 < due.when() - loop.time() <= 0.4
+    r.job_changed("MODIFIED", filling, filling)
     assert pending_wake(r) is due
     assert not r.wake.is_set()
+    # A Job that frees a slot meanwhile is handed on at once, the progress wake still pending.
+    r.job_changed("MODIFIED", draining, before)
+    assert r.wake.is_set()
+    r.wake.clear()
     await asyncio.wait_for(r.wake.wait(), 2)
     # Until a pass starts, more progress wakes nothing more; a pass reads every Job as it is then,
     # and drops a wake still pending.
-    r.job_changed("MODIFIED", filling)
+    r.job_changed("MODIFIED", filling, before)
     assert pending_wake(r) is due
     await r.reconcile_once()
     assert pending_wake(r) is None
     r._last_status_write = clock.now  # the next write is a second away
-    r.job_changed("MODIFIED", filling)
+    r.job_changed("MODIFIED", filling, before)
     pending = pending_wake(r)
     assert pending is not None
+    assert 0.9 < pending.when() - loop.time() <= 1.0
     await r.reconcile_once()
     assert pending_wake(r) is None
     assert pending.cancelled()
+    # An event during a pass (its status write may be under way) waits a full interval from then.
+    r._last_status_write = clock.now - 10
+    r._passing = True
+    r.job_changed("MODIFIED", filling, before)
+    during = pending_wake(r)
+    assert during is not None
+    assert 0.9 < during.when() - loop.time() <= 1.0
+    during.cancel()
+
+
+async def test_a_call_wanted_again_while_in_flight_wakes_the_loop_when_it_ends() -> None:
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 2})
+    r = reconciler(kube, {}, Clock())
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    async def first() -> None:
+        await gate.wait()
+
+    async def second() -> None:
+        ran.append("second")
+
+    r._start("c0", first, parallelism=3)
+    r._start("c0", second, parallelism=4)  # a pass raises it further while the first raise is in flight
+    assert ran == []
+    r.wake.clear()
+    gate.set()
+    await asyncio.wait_for(r.wake.wait(), 1)  # ... and the next pass plans it again once that ends
+    await r.calls.drain()
+    assert ran == []  # the second call was never started: the next pass plans it from what is then
 
 
 async def test_a_write_that_only_moves_progress_on_asks_for_no_pass_of_its_own() -> None:
