@@ -269,14 +269,17 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         "- versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
         f"- {data['runs']} run(s) of A and of B per case, alternating; figures are medians over the runs",
         *(
-            ["- **B ran A's pod template** (`--b-pods like-a`): the pod's content is the same for both, not B's own"]
+            [
+                "- **B ran A's pod template** (`--b-pods like-a`), not its own: the A/B targets do not "
+                "compare A with a native Indexed Job here"
+            ]
             if any(r.get("b_pods") == "like-a" for r in data["results"])
             else []
         ),
         *(
             [
                 "- **B's succeeded pods were deleted during its run** (`--b-collect`), a chunk's worth at a "
-                "time, as A's bound does"
+                "time, as A's bound does: the A/B targets do not compare A with a native Indexed Job here"
             ]
             if any(r.get("b_collect") for r in data["results"])
             else []
@@ -372,10 +375,11 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         lines += [
             "",
             "A's hand-overs step by step (a Job watch beside the pod watch): *status*, from the pod's end "
-            "to its Job's next event (the Job controller counting it); *raise*, from there to the next rise "
-            "of the starting Job's parallelism or its creation (the operator's pass and write; 0 when an "
-            "earlier raise left the headroom); *create*, from there to the pod's creation (the Job "
-            "controller's sync). *Slowest 1 %*: each step's p50 over the hand-overs at or above their p99.",
+            "to the first event of its Job that counts it (the Job controller; 0 when that event came "
+            "before the pod's own); *raise*, from there to the last rise of the starting Job's parallelism "
+            "(or its creation) before the pod (the operator's pass and write; 0 when an earlier raise left "
+            "the headroom); *create*, from there to the pod's creation (the Job controller's sync). "
+            "*Slowest 1 %*: each step's p50 over the hand-overs at or above their p99.",
             "",
             "| case | hand-overs | status p50 / p99 | raise p50 / p99 | create p50 / p99 "
             "| slowest 1 %: status | raise | create |",

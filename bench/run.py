@@ -325,7 +325,8 @@ class Bench:
             if collector is not None:
                 result["b_collected_pods"] = collector.deleted
                 if collector.errors:
-                    result["error"] = f"{len(collector.errors)} pod deletes failed, e.g. {collector.errors[0]}"
+                    failed = f"{len(collector.errors)} pod deletes failed, e.g. {collector.errors[0]}"
+                    result["error"] = f"{result['error']}; {failed}" if "error" in result else failed
         finally:
             for task in watches:
                 task.cancel()
