@@ -11,10 +11,12 @@ import dataclasses
 import os
 import re
 import statistics
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from bench.kubeapi import WRITE_VERBS
+
+T = TypeVar("T")
 
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -92,6 +94,12 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     return data[int(rank) - 1]
 
 
+def slowest_percent(samples: list[T], key: Callable[[T], float]) -> list[T]:
+    """The samples at or above their nearest-rank p99, slowest first: what the slowest 1 % is made of."""
+    n = len(samples)
+    return sorted(samples, key=key, reverse=True)[: n - -(-n * 99 // 100) + 1] if n else []
+
+
 def median(values: Iterable[float | None]) -> float | None:
     data = [v for v in values if v is not None]
     return statistics.median(data) if data else None
@@ -165,9 +173,8 @@ class SlotLatency:
                 f"{key}_p99": percentile(taken, 99),
             }
         # What that pairing's slowest 1 % is made of: the samples at or above its p99 (nearest rank).
-        n = len(self.by_path)
-        slowest = sorted(self.by_path, key=lambda sample: sample[0], reverse=True)[: n - -(-n * 99 // 100) + 1]
-        out["slowest_hand_over_share"] = sum(p == "hand-over" for _, p in slowest) / len(slowest) if n else None
+        slowest = slowest_percent(self.by_path, key=lambda sample: sample[0])
+        out["slowest_hand_over_share"] = sum(p == "hand-over" for _, p in slowest) / len(slowest) if slowest else None
         return out
 
 
@@ -205,12 +212,10 @@ def hand_over_rounds(
             rounds.append((start - freed, start - freed, 0.0, 0.0))
             continue
         rises = [t for t in jobs[target].raises if seen <= t <= start] if target in jobs else []
-        raised = rises[-1] if rises else None
-        acted = raised if raised is not None else seen
+        acted = rises[-1] if rises else seen
         rounds.append((start - freed, seen - freed, acted - seen, start - acted))
     out: dict[str, float | int | None] = {"hand_over_rounds": len(rounds)}
-    n = len(rounds)
-    slowest = sorted(rounds, reverse=True)[: n - -(-n * 99 // 100) + 1] if n else []
+    slowest = slowest_percent(rounds, key=lambda r: r[0])
     for i, step in enumerate(("status", "raise", "create"), start=1):
         values = [r[i] for r in rounds]
         out[f"hand_over_{step}_p50"] = percentile(values, 50)
