@@ -87,6 +87,22 @@ def _case_key(r: dict[str, Any]) -> tuple[str, int, int, float]:
     return (r["plane"], r["shards"], r["parallelism"], r["duration"])
 
 
+def b_variant(r: dict[str, Any]) -> str:
+    """Which B a run of B was: a native Indexed Job, or one changed to take A's costs apart.
+
+    ``like-a``: B ran A's pod template (``--b-pods like-a``); ``collect``: B's succeeded pods were
+    deleted during the run (``--b-collect``). Only native B rows count towards the targets.
+    """
+    parts = [*(["like-a"] if r.get("b_pods") == "like-a" else []), *(["collect"] if r.get("b_collect") else [])]
+    return "+".join(parts) or "native"
+
+
+B_VARIANT_TEXT = {
+    "like-a": "B with A's pod",
+    "collect": "B collecting its pods",
+    "like-a+collect": "B with A's pod, collecting",
+}
+
 HAND_OVER_STEPS = ("status", "raise", "create")  # measure.hand_over_rounds
 
 
@@ -188,21 +204,29 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (plane, n, p, d), runs in groups.items():
         a = sorted((r for r in runs if r["system"] == "A"), key=lambda r: r["run"])
-        b = sorted((r for r in runs if r["system"] == "B"), key=lambda r: r["run"])
-        row: dict[str, Any] = {"plane": plane, "shards": n, "parallelism": p, "duration": d}
-        row["A"], row["B"] = _aggregate(a), _aggregate(b)
-        row["figures"] = _figures(row["A"], row["B"])
-        row["ratio"] = row["figures"]["wall_ratio"]
-        # Run i of A against run i of B, both finished: the spread of every figure.
-        pairs = [(ra, rb) for ra, rb in zip(a, b, strict=False) if _ok([ra]) and _ok([rb])]
-        row["pairs"] = [_figures(_aggregate([ra]), _aggregate([rb])) for ra, rb in pairs]
-        row["pair_ratios"] = [pair["wall_ratio"] for pair in row["pairs"] if pair["wall_ratio"] is not None]
-        # Per-shard writes by verb and resource: machine-independent, so the median run is enough.
-        row["writes_by_resource"] = {
-            system: _writes_by_resource(_ok(group), n) for system, group in (("A", a), ("B", b))
-        }
-        rows.append(row)
+        # One row per kind of B that ran (native first), each against the same runs of A.
+        kinds = dict.fromkeys(b_variant(r) for r in runs if r["system"] == "B")
+        variants = sorted(kinds, key=lambda v: v != "native") or ["native"]  # A alone: one row, no B
+        for variant in variants:
+            b = sorted((r for r in runs if r["system"] == "B" and b_variant(r) == variant), key=lambda r: r["run"])
+            rows.append(_row(plane, n, p, d, variant, a, b))
     return rows
+
+
+def _row(
+    plane: str, n: int, p: int, d: float, variant: str, a: list[dict[str, Any]], b: list[dict[str, Any]]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"plane": plane, "shards": n, "parallelism": p, "duration": d, "b_variant": variant}
+    row["A"], row["B"] = _aggregate(a), _aggregate(b)
+    row["figures"] = _figures(row["A"], row["B"])
+    row["ratio"] = row["figures"]["wall_ratio"]
+    # Run i of A against run i of B, both finished: the spread of every figure.
+    pairs = [(ra, rb) for ra, rb in zip(a, b, strict=False) if _ok([ra]) and _ok([rb])]
+    row["pairs"] = [_figures(_aggregate([ra]), _aggregate([rb])) for ra, rb in pairs]
+    row["pair_ratios"] = [pair["wall_ratio"] for pair in row["pairs"] if pair["wall_ratio"] is not None]
+    # Per-shard writes by verb and resource: machine-independent, so the median run is enough.
+    row["writes_by_resource"] = {system: _writes_by_resource(_ok(group), n) for system, group in (("A", a), ("B", b))}
+    return row
 
 
 def _writes_by_resource(runs: list[dict[str, Any]], n: int) -> dict[str, float]:
@@ -231,7 +255,9 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         measured = [
             (row["figures"][target.figure], row)
             for row in rows
-            if target.applies(row) and row["figures"].get(target.figure) is not None
+            if row.get("b_variant", "native") == "native"  # a changed B is a diagnosis, not the baseline
+            and target.applies(row)
+            and row["figures"].get(target.figure) is not None
         ]
         if measured:
             worst, row = max(measured, key=lambda vr: vr[0])
@@ -256,7 +282,9 @@ def _ms(value: float | None) -> str:
 
 
 def _case(row: dict[str, Any]) -> str:
-    return f"N={row['shards']:,} P={row['parallelism']:,} D={row['duration']:g}s"
+    variant = row.get("b_variant", "native")
+    suffix = "" if variant == "native" else f" ({B_VARIANT_TEXT[variant]})"
+    return f"N={row['shards']:,} P={row['parallelism']:,} D={row['duration']:g}s{suffix}"
 
 
 def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
@@ -270,8 +298,9 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         f"- {data['runs']} run(s) of A and of B per case, alternating; figures are medians over the runs",
         *(
             [
-                "- **B ran A's pod template** (`--b-pods like-a`), not its own: the A/B targets do not "
-                "compare A with a native Indexed Job here"
+                "- **B ran A's pod template** (`--b-pods like-a`) in the rows marked \"B with A's pod\": "
+                "they compare A with B running A's pod, not with a native Indexed Job, and do not count "
+                "towards the Targets"
             ]
             if any(r.get("b_pods") == "like-a" for r in data["results"])
             else []
@@ -279,7 +308,7 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         *(
             [
                 "- **B's succeeded pods were deleted during its run** (`--b-collect`), a chunk's worth at a "
-                "time, as A's bound does: the A/B targets do not compare A with a native Indexed Job here"
+                'time, as A\'s bound does, in the rows marked "collecting": they do not count towards the Targets'
             ]
             if any(r.get("b_collect") for r in data["results"])
             else []
@@ -447,14 +476,16 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             "|---|---|---|" + "---|" * (len(COMPONENTS) + 1),
         ]
         for r in prows:
-            for system in ("A", "B"):
+            for system in ("A", "B") if r.get("b_variant", "native") == "native" else ("B",):
                 agg = r[system]
                 op = agg["cpu_per_1000"] * r["shards"] / 1000 if agg.get("cpu_per_1000") is not None else None
                 cells = " | ".join(_f(agg["cpu_seconds"].get(c), 1) for c in COMPONENTS)
                 lines.append(
                     f"| {_case(r)} | {system} | {_f(op, 1)} | {cells} | {_f(agg['teardown_cpu_seconds'], 1)} |"
                 )
-        biggest = max(prows, key=lambda r: (r["shards"], r["parallelism"], r["duration"]))
+        biggest = max(
+            prows, key=lambda r: (r["shards"], r["parallelism"], r["duration"], r.get("b_variant") == "native")
+        )
         lines += [
             "",
             f"### Writes per shard by verb and resource ({_case(biggest)})",
@@ -475,7 +506,9 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
 
 
 def _plot_name(row: dict[str, Any]) -> str:
-    return f"{row['plane']}-n{row['shards']}-p{row['parallelism']}-d{row['duration']:g}.png"
+    variant = row.get("b_variant", "native")
+    suffix = "" if variant == "native" else f"-b-{variant}"
+    return f"{row['plane']}-n{row['shards']}-p{row['parallelism']}-d{row['duration']:g}{suffix}.png"
 
 
 def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> None:
@@ -489,7 +522,13 @@ def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -
     for row in rows:
         fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
         for system, color in (("A", "tab:blue"), ("B", "tab:orange")):
-            runs = [r for r in _ok(results) if _case_key(r) == _case_key(row) and r["system"] == system]
+            runs = [
+                r
+                for r in _ok(results)
+                if _case_key(r) == _case_key(row)
+                and r["system"] == system
+                and (system == "A" or b_variant(r) == row.get("b_variant", "native"))
+            ]
             if not runs or not runs[0]["series"]:
                 continue
             series = runs[0]["series"]

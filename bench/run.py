@@ -198,7 +198,6 @@ class Bench:
     api: LocalApi
     workdir: Path
     profile: bool = False  # sample the operator with py-spy (collapsed stacks in workdir)
-    b_pods: BPods = "native"  # B's pod template: the bench's own, or A's as the operator renders it
     b_collect: bool = False  # delete B's succeeded pods during the run, as A's bound does (FinishedPodCollector)
 
     async def prepare(self) -> None:
@@ -221,8 +220,11 @@ class Bench:
         out["harness"] = measure.cpu_seconds(os.getpid())
         return out
 
-    async def run_once(self, system: System, case: Case, run: int) -> dict[str, Any]:
-        """One measured run in a fresh namespace, torn down afterwards."""
+    async def run_once(self, system: System, case: Case, run: int, b_pods: BPods = "native") -> dict[str, Any]:
+        """One measured run in a fresh namespace, torn down afterwards.
+
+        ``b_pods``: B's pod template, the bench's own or A's as the operator renders it.
+        """
         ns = f"bench-{system.lower()}-{case.slug.replace('.', '-')}-r{run}-{uuid.uuid4().hex[:4]}"
         result: dict[str, Any] = {"system": system, "run": run, "namespace": ns, **dataclasses.asdict(case)}
         await self._namespace(ns)
@@ -268,9 +270,9 @@ class Bench:
                 done.set()
 
         # A and B are watched alike: their worker pods, and the one object under test.
-        collection, manifest = subject(system, case, self.b_pods)
+        collection, manifest = subject(system, case, b_pods)
         if system == "B":
-            result["b_pods"] = self.b_pods
+            result["b_pods"] = b_pods
             result["b_collect"] = self.b_collect
         ready = [asyncio.Event() for _ in range(3 if system == "A" else 2)]
         requests_after: collections.Counter[str] | None = None
@@ -403,6 +405,16 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def run_order(systems: tuple[System, ...], b_pods: tuple[BPods, ...], run: int) -> list[tuple[System, BPods]]:
+    """What runs in run ``run`` of a case, in order: odd runs as given, even runs reversed.
+
+    B runs once per pod template asked for: with both, B with A's pod alternates with A and B in one
+    invocation, so that the pod's share of the gap is measured, not pieced together across invocations.
+    """
+    subjects = [(s, pods) for s in systems for pods in (b_pods if s == "B" else ("native",))]
+    return subjects if run % 2 else subjects[::-1]
+
+
 async def bench_plane(
     cluster: LocalCluster,
     plane: str,
@@ -412,22 +424,22 @@ async def bench_plane(
     warmup: bool,
     profile: bool,
     systems: tuple[System, ...] = ("A", "B"),
-    b_pods: BPods = "native",
+    b_pods: tuple[BPods, ...] = ("native",),
     b_collect: bool = False,
 ) -> list[dict[str, Any]]:
     results = []
     async with LocalApi(cluster) as local:
-        bench = Bench(cluster, local, workdir, profile, b_pods, b_collect)
+        bench = Bench(cluster, local, workdir, profile, b_collect)
         await bench.prepare()
         if warmup:  # first-use costs (caches, connections, imports) stay out of the figures
-            for system in systems:
-                await bench.run_once(system, Case(50, 10, 0), 0)
+            for system, pods in run_order(systems, b_pods, 1):
+                await bench.run_once(system, Case(50, 10, 0), 0, pods)
         for case in cases:
             for run in range(1, runs + 1):
-                order = systems if run % 2 else tuple(reversed(systems))
-                for system in order:
-                    logger.info("%s %s run %d/%d: %s", plane, case.slug, run, runs, system)
-                    result = await bench.run_once(system, case, run)
+                for system, pods in run_order(systems, b_pods, run):
+                    label = f"{system} with A's pod" if pods == "like-a" else system
+                    logger.info("%s %s run %d/%d: %s", plane, case.slug, run, runs, label)
+                    result = await bench.run_once(system, case, run, pods)
                     result["plane"] = plane
                     logger.info(
                         "  wall %s s, first pod %s s%s",
@@ -456,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run only A or only B (e.g. A alone at N=100,000, for its memory and objects); A/B figures then read n/a",
     )  # fmt: skip
     parser.add_argument(
-        "--b-pods", default="native", choices=["native", "like-a"],
-        help="B's pod template: the bench's own, or A's pod as the operator renders it (what the pod's content costs)",
+        "--b-pods", default="native", choices=["native", "like-a", "native,like-a"],
+        help="B's pod template: the bench's own, or A's pod as the operator renders it (what the pod's content "
+        "costs); both: B runs twice per run, alternating with A",
     )  # fmt: skip
     parser.add_argument(
         "--b-collect", action="store_true",
@@ -499,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.warmup,
                     args.profile,
                     systems,
-                    args.b_pods,
+                    cast(tuple[BPods, ...], tuple(args.b_pods.split(","))),
                     args.b_collect,
                 )
             )

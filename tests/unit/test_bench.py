@@ -513,6 +513,42 @@ def test_the_report_says_when_b_ran_with_the_pods_of_a() -> None:
     assert "B ran A's pod" not in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
 
 
+def test_b_with_the_pods_of_a_is_a_row_of_its_own_that_no_target_counts() -> None:
+    results = [
+        _result("A", 1, 120.0),
+        _result("B", 1, 100.0),
+        _result("B", 1, 115.0, b_pods="like-a"),
+        _result("A", 2, 130.0),
+        _result("B", 2, 104.0, b_pods="like-a"),
+        _result("B", 2, 110.0),
+    ]
+    native, like_a = report.summarize(results)
+    assert (native["b_variant"], like_a["b_variant"]) == ("native", "like-a")
+    assert native["B"]["wall_seconds"] == 105.0
+    assert like_a["B"]["wall_seconds"] == 109.5
+    assert native["A"]["wall_seconds"] == like_a["A"]["wall_seconds"] == 125.0
+    assert like_a["pair_ratios"] == [120.0 / 115.0, 130.0 / 104.0]
+    wall = next(t for t in report.evaluate_targets([native, like_a]) if "wall" in t["target"] and t["measured"])
+    assert wall["measured"] == 125.0 / 105.0  # from the native row only
+    text = report.render_markdown(_data(results), [native, like_a], report.evaluate_targets([native, like_a]))
+    assert "| N=10,000 P=1,000 D=0s (B with A's pod) | 125.0 s | 109.5 s |" in text
+    assert report._plot_name(like_a) != report._plot_name(native)
+    # Only B with A's pod ran: its row still never counts.
+    only = report.summarize([_result("A", 1, 120.0), _result("B", 1, 100.0, b_pods="like-a")])
+    assert [r["b_variant"] for r in only] == ["like-a"]
+    assert all(t["measured"] is None for t in report.evaluate_targets(only))
+
+
+def test_b_with_the_pods_of_a_alternates_with_a_and_b() -> None:
+    from bench import run
+
+    both: tuple[run.BPods, ...] = ("native", "like-a")
+    assert run.run_order(("A", "B"), both, 1) == [("A", "native"), ("B", "native"), ("B", "like-a")]
+    assert run.run_order(("A", "B"), both, 2) == [("B", "like-a"), ("B", "native"), ("A", "native")]
+    assert run.run_order(("A",), both, 1) == [("A", "native")]
+    assert run.run_order(("A", "B"), ("native",), 2) == [("B", "native"), ("A", "native")]
+
+
 async def test_b_can_delete_its_succeeded_pods_as_they_pile_up_as_a_does() -> None:
     from bench import run
 
