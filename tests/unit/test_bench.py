@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -589,3 +590,14 @@ def test_the_report_says_when_b_deleted_its_pods_during_the_run() -> None:
     results = [_result("A", 1, 120.0), _result("B", 1, 100.0, b_collect=True)]
     rows = report.summarize(results)
     assert "deleted during its run" in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+
+
+def test_a_running_cluster_set_up_as_a_bench_plane_reports_as_that_plane() -> None:
+    from bench import run
+    from e2e.cluster import Settings
+
+    raised = dataclasses.replace(run.PLANES["raised"], name="dev")
+    assert run.plane_of(raised) == "raised"
+    assert run.plane_of(dataclasses.replace(raised, nodes=1)) == "dev"  # another plane: its own name
+    assert run.plane_of(Settings(name="x", kcm_api_qps=50)) == "x"
+    assert run.plane_of(Settings(name="x")) == "default"  # Kubernetes' limits, the bench's node shape
