@@ -314,12 +314,17 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             else []
         ),
         "",
-        "| plane | controller-manager `--kube-api-qps` | `--kube-api-burst` | `--concurrent-job-syncs` |",
-        "|---|---|---|---|",
+        "| plane | controller-manager `--kube-api-qps` | `--kube-api-burst` | `--concurrent-job-syncs` "
+        "| scheduler `--kube-api-qps` | `--kube-api-burst` |",
+        "|---|---|---|---|---|---|",
     ]
     for plane in data["planes"]:
         s = plane["settings"]
-        lines.append(f"| {plane['name']} | {s['kcm_api_qps']} | {s['kcm_api_burst']} | {s['concurrent_job_syncs']} |")
+        lines.append(
+            f"| {plane['name']} | {s['kcm_api_qps']} | {s['kcm_api_burst']} | {s['concurrent_job_syncs']} "
+            # Reports made before the scheduler's limits were settable ran at its defaults.
+            f"| {s.get('scheduler_api_qps', 50)} | {s.get('scheduler_api_burst', 100)} |"
+        )
     lines += [
         "",
         "## Targets",

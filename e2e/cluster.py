@@ -65,6 +65,10 @@ class Settings:
     kcm_api_qps: int = 20
     kcm_api_burst: int = 30
     concurrent_job_syncs: int = 5
+    # The scheduler's client limits (Kubernetes' defaults): one binding per pod, so at most this many
+    # pods start per second, whoever creates them.
+    scheduler_api_qps: int = 50
+    scheduler_api_burst: int = 100
     # A kubelet with containerd beside the kwok nodes (0 or 1; needs root).
     real_nodes: int = 0
 
@@ -425,7 +429,16 @@ class LocalCluster:
                 "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route",
             ],
         )
-        self._start("kube-scheduler", ["kube-scheduler", *common, f"--secure-port={free_port()}"])
+        self._start(
+            "kube-scheduler",
+            [
+                "kube-scheduler",
+                *common,
+                f"--secure-port={free_port()}",
+                f"--kube-api-qps={s.scheduler_api_qps}",
+                f"--kube-api-burst={s.scheduler_api_burst}",
+            ],
+        )
         self._start(
             "kwok",
             [

@@ -390,7 +390,9 @@ def test_a_failed_run_is_reported_not_averaged(tmp_path: Path) -> None:
     assert "| N=10,000 P=1,000 D=0s | 100 ms | 300 ms | 10 | 100 ms | 300 ms | 10 | 0 ms |" in text
     assert "| wall time A/B at N=10,000, P=1,000, default plane | ≤ 1.10 | n/a |  |  | not measured |" in text
     assert "dispatch" not in text
-    # Figures older reports lack read n/a: refills by path, and the teardown's CPU.
+    # Figures older reports lack read n/a: refills by path, and the teardown's CPU; their planes ran
+    # the scheduler at its defaults.
+    assert "| raised | 200 | 400 | 50 | 50 | 100 |" in text
     assert "| N=10,000 P=1,000 D=0s | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in text
     assert "| N=10,000 P=1,000 D=0s | B | n/a | 10.0 | n/a | n/a | n/a | n/a | n/a | n/a |" in text
     assert (tmp_path / "plots" / "raised-n10000-p1000-d0.png").stat().st_size > 1000
@@ -601,3 +603,14 @@ def test_a_running_cluster_set_up_as_a_bench_plane_reports_as_that_plane() -> No
     assert run.plane_of(dataclasses.replace(raised, nodes=1)) == "dev"  # another plane: its own name
     assert run.plane_of(Settings(name="x", kcm_api_qps=50)) == "x"
     assert run.plane_of(Settings(name="x")) == "default"  # Kubernetes' limits, the bench's node shape
+
+
+def test_the_uncapped_plane_raises_the_schedulers_limits_as_well() -> None:
+    from bench import run
+
+    raised, uncapped = run.PLANES["raised"], run.PLANES["uncapped"]
+    assert (raised.scheduler_api_qps, raised.scheduler_api_burst) == (50, 100)  # Kubernetes' defaults
+    assert uncapped.scheduler_api_qps > raised.scheduler_api_qps
+    assert dataclasses.replace(uncapped, name="", scheduler_api_qps=50, scheduler_api_burst=100) == (
+        dataclasses.replace(raised, name="")
+    )
