@@ -731,26 +731,6 @@ class BatchReconciler:
         ns = self.namespace
         requeue = decision.requeue_after
 
-        written = False
-        if decision.status_changed:
-            wait = MIN_STATUS_INTERVAL - (self._monotonic() - self._last_status_write)
-            if wait > 0:
-                # A pass asked for at once (to persist, then act) can do nothing before the write may go.
-                requeue = wait if not requeue else min(requeue, wait)
-            else:
-                meta = body["metadata"]
-                self._body = await self.kube.patch_batch_status(
-                    ns, self.name, decision.status.dump(), meta["resourceVersion"], body.get("status") or {}
-                )
-                self._body_read = self._last_status_write = self._monotonic()
-                metrics.status_writes.labels(ns).inc()
-                written = True
-                self._count_outcomes(decision, body)
-                if record_may_unblock(decision.status, body.get("status") or {}, observed):
-                    # Plan again from the written body now, rather than wait for the write's echo.
-                    requeue = 0.0
-                self._wrote_status = True
-
         by_name = {job.name: job for job in observed}
         item_count = decision.status.item_count or 0
         digest = decision.status.payload_digest
@@ -794,6 +774,30 @@ class BatchReconciler:
                 continue
             if not self.calls.busy(key):
                 self.calls.start(key, self._collect_results(wanted, spec, decision))
+        # The status write goes after the calls are started, not before: every action of a plan stands
+        # on what was persisted before this pass (the planner acts only on recorded outcomes and, where
+        # a step must be persisted first, plans nothing else until it is), so none waits for this write.
+        # A hand-over's raise no longer waits for the write's round trip.
+        written = False
+        if decision.status_changed:
+            wait = MIN_STATUS_INTERVAL - (self._monotonic() - self._last_status_write)
+            if wait > 0:
+                # A pass asked for at once (to persist, then act) can do nothing before the write may go.
+                requeue = wait if not requeue else min(requeue, wait)
+            else:
+                meta = body["metadata"]
+                self._body = await self.kube.patch_batch_status(
+                    ns, self.name, decision.status.dump(), meta["resourceVersion"], body.get("status") or {}
+                )
+                self._body_read = self._last_status_write = self._monotonic()
+                metrics.status_writes.labels(ns).inc()
+                written = True
+                self._count_outcomes(decision, body)
+                if record_may_unblock(decision.status, body.get("status") or {}, observed):
+                    # Plan again from the written body now, rather than wait for the write's echo.
+                    requeue = 0.0
+                self._wrote_status = True
+
         for event in decision.events:
             # Transition events are re-derived from the persisted status until it is written.
             if written or not event.on_status:

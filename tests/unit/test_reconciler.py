@@ -913,3 +913,29 @@ def test_what_a_written_status_may_unblock() -> None:
     assert reconciler_module.record_may_unblock(running, {"phase": "Running"}, [going])
     released = dataclasses.replace(done, finalizers=())  # kept for its logs, nothing to release
     assert not reconciler_module.record_may_unblock(running, {"phase": "Running"}, [released])
+
+
+async def test_a_passs_job_calls_do_not_wait_for_its_status_write() -> None:
+    """A hand-over's raise (or a launch) goes out while the pass's status write is on its way."""
+    kube = FakeKube({"payloads": {"count": 4}, "parallelism": 2})
+    accept(kube, 4)
+    created = asyncio.Event()
+    write, create = kube.patch_batch_status, kube.create_job
+
+    async def write_after_a_create(*args: Any) -> dict[str, Any]:
+        # Were the calls started only after the write returned, this would time out.
+        await asyncio.wait_for(created.wait(), timeout=5)
+        return await write(*args)
+
+    async def create_and_say(namespace: str, body: dict[str, Any], *, dry_run: bool = False) -> bool:
+        done = await create(namespace, body, dry_run=dry_run)
+        created.set()
+        return done
+
+    kube.patch_batch_status = write_after_a_create  # type: ignore[method-assign]
+    kube.create_job = create_and_say  # type: ignore[method-assign]
+    r = reconciler(kube, {}, Clock())
+    await r.reconcile_once()
+    assert kube.batch["status"]["phase"] == "Running"
+    kinds = [kind for kind, _ in kube.calls]
+    assert kinds.index("create") < kinds.index("status")
