@@ -932,7 +932,7 @@ async def test_a_passs_job_calls_do_not_wait_for_its_status_write() -> None:
         created.set()
         return done
 
-    kube.patch_batch_status = write_after_a_create  # type: ignore[method-assign]
+    kube.patch_batch_status = write_after_a_create  # type: ignore[method-assign,assignment]
     kube.create_job = create_and_say  # type: ignore[method-assign]
     r = reconciler(kube, {}, Clock())
     await r.reconcile_once()
