@@ -177,6 +177,9 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+COMPARED_WITH_B = frozenset({"wall_ratio", "writes_ratio", "all_writes_ratio", "refill_p99_diff"})
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -209,8 +212,15 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         variants = sorted(kinds, key=lambda v: v != "native") or ["native"]  # A alone: one row, no B
         for variant in variants:
             b = sorted((r for r in runs if r["system"] == "B" and b_variant(r) == variant), key=lambda r: r["run"])
-            rows.append(_row(plane, n, p, d, variant, a, b))
+            # In a merged report, only the runs of A from the invocations this B ran in.
+            invocations = {r.get("invocation") for r in b}
+            rows.append(_row(plane, n, p, d, variant, [r for r in a if not b or r.get("invocation") in invocations], b))
     return rows
+
+
+def _run_key(r: dict[str, Any]) -> tuple[str, int]:
+    """A run's place: its invocation of the harness (set by ``merge``) and its number there."""
+    return (str(r.get("invocation") or ""), int(r["run"]))
 
 
 def _row(
@@ -220,8 +230,10 @@ def _row(
     row["A"], row["B"] = _aggregate(a), _aggregate(b)
     row["figures"] = _figures(row["A"], row["B"])
     row["ratio"] = row["figures"]["wall_ratio"]
-    # Run i of A against run i of B, both finished: the spread of every figure.
-    pairs = [(ra, rb) for ra, rb in zip(a, b, strict=False) if _ok([ra]) and _ok([rb])]
+    # Run i of A against run i of B of the same invocation, both finished: the spread of every figure.
+    b_runs = {_run_key(rb): rb for rb in b}
+    pairs = [(ra, b_runs[_run_key(ra)]) for ra in a if _run_key(ra) in b_runs]
+    pairs = [(ra, rb) for ra, rb in pairs if _ok([ra]) and _ok([rb])]
     row["pairs"] = [_figures(_aggregate([ra]), _aggregate([rb])) for ra, rb in pairs]
     row["pair_ratios"] = [pair["wall_ratio"] for pair in row["pairs"] if pair["wall_ratio"] is not None]
     # Per-shard writes by verb and resource: machine-independent, so the median run is enough.
@@ -255,7 +267,8 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         measured = [
             (row["figures"][target.figure], row)
             for row in rows
-            if row.get("b_variant", "native") == "native"  # a changed B is a diagnosis, not the baseline
+            # A changed B is a diagnosis, not the baseline: it counts only for A's own figures.
+            if (row.get("b_variant", "native") == "native" or target.figure not in COMPARED_WITH_B)
             and target.applies(row)
             and row["figures"].get(target.figure) is not None
         ]
@@ -480,14 +493,16 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             "| case | system | operator | " + " | ".join(COMPONENTS) + " | teardown |",
             "|---|---|---|" + "---|" * (len(COMPONENTS) + 1),
         ]
+        cases_shown: set[tuple[str, int, int, float]] = set()
         for r in prows:
-            for system in ("A", "B") if r.get("b_variant", "native") == "native" else ("B",):
+            first = _case_key(r) not in cases_shown  # A once per case, on its first row
+            cases_shown.add(_case_key(r))
+            for system in ("A", "B") if first else ("B",):
                 agg = r[system]
                 op = agg["cpu_per_1000"] * r["shards"] / 1000 if agg.get("cpu_per_1000") is not None else None
                 cells = " | ".join(_f(agg["cpu_seconds"].get(c), 1) for c in COMPONENTS)
-                lines.append(
-                    f"| {_case(r)} | {system} | {_f(op, 1)} | {cells} | {_f(agg['teardown_cpu_seconds'], 1)} |"
-                )
+                case = _case(r if system == "B" else {**r, "b_variant": "native"})  # A: the case alone
+                lines.append(f"| {case} | {system} | {_f(op, 1)} | {cells} | {_f(agg['teardown_cpu_seconds'], 1)} |")
         biggest = max(
             prows, key=lambda r: (r["shards"], r["parallelism"], r["duration"], r.get("b_variant") == "native")
         )
@@ -504,7 +519,11 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         lines += ["", "### Running, succeeded and finished-held pods over time", ""]
         for r in prows:
             lines.append(f"![{plane['name']} {_case(r)}](plots/{_plot_name(r)})")
-    errors = [(r, e) for r in rows for s in ("A", "B") for e in r[s]["errors"]]
+    errors, cases_seen = [], set()
+    for r in rows:
+        systems = ("A", "B") if _case_key(r) not in cases_seen else ("B",)  # A's runs once per case
+        cases_seen.add(_case_key(r))
+        errors += [(r, e) for s in systems for e in r[s]["errors"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- {r['plane']} {_case(r)}: {e}" for r, e in errors]
     return "\n".join(lines) + "\n"
@@ -588,7 +607,8 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
         # A merged report merged again keeps one "1/2", not "1/1/2".
         "runs": "/".join(sorted({n for d in reports for n in str(d["runs"]).split("/")}, key=int)),
         "planes": list(planes.values()),
-        "results": [r for d in reports for r in d["results"]],
+        # Each run keeps the invocation it came from, so that pairs never mix invocations.
+        "results": [{"invocation": d["started"], **r} for d in reports for r in d["results"]],
     }
 
 

@@ -534,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if stop:
                 cluster.down()
-        plane_info.append({"name": plane, "settings": dataclasses.asdict(cluster.settings)})
+        plane_info.append(
+            {"name": plane, "cluster": cluster.settings.name, "settings": dataclasses.asdict(cluster.settings)}
+        )
     data = {
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -520,26 +520,46 @@ def test_b_with_the_pods_of_a_is_a_row_of_its_own_that_no_target_counts() -> Non
     results = [
         _result("A", 1, 120.0),
         _result("B", 1, 100.0),
-        _result("B", 1, 115.0, b_pods="like-a"),
+        _result("B", 1, 90.0, b_pods="like-a"),
         _result("A", 2, 130.0),
-        _result("B", 2, 104.0, b_pods="like-a"),
+        _result("B", 2, 95.0, b_pods="like-a"),
         _result("B", 2, 110.0),
     ]
     native, like_a = report.summarize(results)
     assert (native["b_variant"], like_a["b_variant"]) == ("native", "like-a")
     assert native["B"]["wall_seconds"] == 105.0
-    assert like_a["B"]["wall_seconds"] == 109.5
+    assert like_a["B"]["wall_seconds"] == 92.5
     assert native["A"]["wall_seconds"] == like_a["A"]["wall_seconds"] == 125.0
-    assert like_a["pair_ratios"] == [120.0 / 115.0, 130.0 / 104.0]
-    wall = next(t for t in report.evaluate_targets([native, like_a]) if "wall" in t["target"] and t["measured"])
-    assert wall["measured"] == 125.0 / 105.0  # from the native row only
-    text = report.render_markdown(_data(results), [native, like_a], report.evaluate_targets([native, like_a]))
-    assert "| N=10,000 P=1,000 D=0s (B with A's pod) | 125.0 s | 109.5 s |" in text
+    assert like_a["pair_ratios"] == [120.0 / 90.0, 130.0 / 95.0]
+    targets = report.evaluate_targets([native, like_a])
+    wall = next(t for t in targets if "wall" in t["target"] and t["measured"])
+    assert wall["measured"] == 125.0 / 105.0  # from the native row only: the like-a row's is worse
+    text = report.render_markdown(_data(results), [native, like_a], targets)
+    assert "| N=10,000 P=1,000 D=0s (B with A's pod) | 125.0 s | 92.5 s |" in text
+    # A's CPU once per case, then each B.
+    assert text.count("| N=10,000 P=1,000 D=0s | A |") == 1
+    assert "| N=10,000 P=1,000 D=0s (B with A's pod) | B |" in text
+    assert "(B with A's pod) | A |" not in text
     assert report._plot_name(like_a) != report._plot_name(native)
-    # Only B with A's pod ran: its row still never counts.
+    # Only B with A's pod ran: its row counts for A's own figures, never for a comparison with B.
     only = report.summarize([_result("A", 1, 120.0), _result("B", 1, 100.0, b_pods="like-a")])
     assert [r["b_variant"] for r in only] == ["like-a"]
-    assert all(t["measured"] is None for t in report.evaluate_targets(only))
+    measured = {t["target"] for t in report.evaluate_targets(only) if t["measured"] is not None}
+    assert any("operator CPU" in t for t in measured)
+    assert not any("A/B" in t or "A vs B" in t or "refill" in t for t in measured)
+    text = report.render_markdown(_data(results), only, report.evaluate_targets(only))
+    assert "| N=10,000 P=1,000 D=0s | A |" in text  # A's CPU shown on the only row
+
+
+def test_a_merged_report_pairs_runs_within_their_invocation() -> None:
+    native = _data([_result("A", 1, 100.0), _result("B", 1, 10.0), _result("A", 2, 200.0), _result("B", 2, 20.0)])
+    like_a = _data([_result("A", 1, 300.0), _result("B", 1, 30.0, b_pods="like-a")])
+    like_a["started"] = "2026-11-23T00:00:00+00:00"
+    rows = report.summarize(report.merge([native, like_a])["results"])
+    by_variant = {r["b_variant"]: r for r in rows}
+    assert by_variant["native"]["pair_ratios"] == [10.0, 10.0]  # 100/10, 200/20; not 300/20
+    assert by_variant["like-a"]["pair_ratios"] == [10.0]  # 300/30, its own invocation's A
+    assert by_variant["like-a"]["A"]["wall_seconds"] == 300.0
 
 
 def test_b_with_the_pods_of_a_alternates_with_a_and_b() -> None:
