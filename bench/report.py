@@ -312,8 +312,8 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         *(
             [
                 "- **B ran A's pod template** (`--b-pods like-a`) in the rows marked \"B with A's pod\": "
-                "they compare A with B running A's pod, not with a native Indexed Job, and do not count "
-                "towards the Targets"
+                "they compare A with B running A's pod, not with a native Indexed Job, and count towards "
+                "no Target that compares A with B"
             ]
             if any(r.get("b_pods") == "like-a" for r in data["results"])
             else []
@@ -321,7 +321,8 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         *(
             [
                 "- **B's succeeded pods were deleted during its run** (`--b-collect`), a chunk's worth at a "
-                'time, as A\'s bound does, in the rows marked "collecting": they do not count towards the Targets'
+                'time, as A\'s bound does, in the rows marked "collecting": they count towards no Target '
+                "comparing A with B"
             ]
             if any(r.get("b_collect") for r in data["results"])
             else []
