@@ -91,7 +91,8 @@ def b_variant(r: dict[str, Any]) -> str:
     """Which B a run of B was: a native Indexed Job, or one changed to take A's costs apart.
 
     ``like-a``: B ran A's pod template (``--b-pods like-a``); ``collect``: B's succeeded pods were
-    deleted during the run (``--b-collect``). Only native B rows count towards the targets.
+    deleted during the run (``--b-collect``). Only native B rows count towards the targets that compare
+    A with B (``COMPARED_WITH_B``).
     """
     parts = [*(["like-a"] if r.get("b_pods") == "like-a" else []), *(["collect"] if r.get("b_collect") else [])]
     return "+".join(parts) or "native"
@@ -216,6 +217,17 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             invocations = {r.get("invocation") for r in b}
             rows.append(_row(plane, n, p, d, variant, [r for r in a if not b or r.get("invocation") in invocations], b))
     return rows
+
+
+def _with_systems(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Each row with the systems it shows: A only on the first row of its case (the rows of a changed B
+    repeat the same runs of A), B on every row."""
+    seen: set[tuple[str, int, int, float]] = set()
+    out: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for r in rows:
+        out.append((r, ("A", "B") if _case_key(r) not in seen else ("B",)))
+        seen.add(_case_key(r))
+    return out
 
 
 def _run_key(r: dict[str, Any]) -> tuple[str, int]:
@@ -494,11 +506,8 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             "| case | system | operator | " + " | ".join(COMPONENTS) + " | teardown |",
             "|---|---|---|" + "---|" * (len(COMPONENTS) + 1),
         ]
-        cases_shown: set[tuple[str, int, int, float]] = set()
-        for r in prows:
-            first = _case_key(r) not in cases_shown  # A once per case, on its first row
-            cases_shown.add(_case_key(r))
-            for system in ("A", "B") if first else ("B",):
+        for r, systems in _with_systems(prows):
+            for system in systems:
                 agg = r[system]
                 op = agg["cpu_per_1000"] * r["shards"] / 1000 if agg.get("cpu_per_1000") is not None else None
                 cells = " | ".join(_f(agg["cpu_seconds"].get(c), 1) for c in COMPONENTS)
@@ -520,11 +529,7 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
         lines += ["", "### Running, succeeded and finished-held pods over time", ""]
         for r in prows:
             lines.append(f"![{plane['name']} {_case(r)}](plots/{_plot_name(r)})")
-    errors, cases_seen = [], set()
-    for r in rows:
-        systems = ("A", "B") if _case_key(r) not in cases_seen else ("B",)  # A's runs once per case
-        cases_seen.add(_case_key(r))
-        errors += [(r, e) for s in systems for e in r[s]["errors"]]
+    errors = [(r, e) for r, systems in _with_systems(rows) for s in systems for e in r[s]["errors"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- {r['plane']} {_case(r)}: {e}" for r, e in errors]
     return "\n".join(lines) + "\n"
