@@ -356,7 +356,9 @@ class JobBatchSpec(_Model):
         "attempts stopped this way do not use up retries. False resumes.",
     )
     start_after: datetime.datetime | None = Field(
-        default=None, description="Launch nothing before this time (RFC 3339)."
+        default=None,
+        description="Launch nothing before this time (RFC 3339); moved into the future while running, the batch's "
+        "Jobs stop as on suspend (no retry used) until then.",
     )
     retry: Retry = Field(default_factory=Retry, description="Retries of failed shards.")
     max_failed_shards: int = Field(

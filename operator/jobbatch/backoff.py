@@ -8,6 +8,7 @@ computes identically, before or after a restart.
 from __future__ import annotations
 
 import hashlib
+import math
 
 from jobbatch.api import Backoff
 
@@ -21,5 +22,9 @@ def jitter_factor(jitter: float, batch_uid: str, shard: int, attempt: int) -> fl
 
 def retry_delay(backoff: Backoff, batch_uid: str, shard: int, failed_attempt: int) -> float:
     """Seconds to wait after attempt ``failed_attempt`` (0 = the first) failed."""
-    base = min(backoff.max_seconds, backoff.initial_seconds * backoff.multiplier**failed_attempt)
+    try:
+        grown = backoff.initial_seconds * backoff.multiplier**failed_attempt
+    except OverflowError:  # the operator's own create backoff counts refusals without a limit
+        grown = math.inf
+    base = min(backoff.max_seconds, grown)
     return base * jitter_factor(backoff.jitter, batch_uid, shard, failed_attempt)

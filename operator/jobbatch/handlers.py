@@ -155,7 +155,7 @@ async def reconcile(runtime: Runtime, name: str, namespace: str, uid: str, stopp
             name=name,
             uid=uid,
             jobs=lambda: shard_jobs.jobs(namespace, uid),
-            failures=runtime.watch.failed_pods.failures,
+            failures=lambda uids: runtime.watch.failed_pods.failures(namespace, uids),
             all_jobs=shard_jobs.by_batch,  # every batch's Jobs: what the cluster-wide cap counts
             sandbox=runtime.sandbox,
             indexer=runtime.indexer,

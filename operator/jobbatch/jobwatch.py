@@ -100,22 +100,24 @@ class ShardJobIndex:
 
 
 class FailedPodIndex:
-    """PodFailure summaries of failed worker pods, by the UID of the Job that controls them.
+    """PodFailure summaries of failed worker pods, by the namespace and UID of the Job that controls them.
 
     A pod is kept until it is gone, even while it is being deleted: the planner only asks about the
     failed indexes of a Job, and a pod the Job controller stopped (suspension, lower parallelism) never
     fails its index, so keeping it is harmless, while a failed pod deleted early would lose its exit code.
+    A pod counts only in its own namespace: a controller reference names a UID, which anyone who can
+    read the Job knows, and a pod elsewhere pointing at it is no pod of that Job.
     """
 
     def __init__(self) -> None:
-        self._by_job: dict[str, dict[str, PodFailure]] = {}
-        self._namespace: dict[str, str] = {}  # Job UID -> namespace
+        self._by_job: dict[tuple[str, str], dict[str, PodFailure]] = {}  # (namespace, Job UID) -> pods
 
-    def failures(self, job_uids: Iterable[str]) -> dict[tuple[int, int, int], PodFailure]:
-        """The failed pods of these Jobs by (shard, attempt, piece); of several pods of one index, the latest."""
+    def failures(self, namespace: str, job_uids: Iterable[str]) -> dict[tuple[int, int, int], PodFailure]:
+        """The failed pods of these Jobs of ``namespace`` by (shard, attempt, piece); of several pods of one
+        index, the latest."""
         out: dict[tuple[int, int, int], PodFailure] = {}
         for uid in job_uids:
-            for pod in self._by_job.get(uid, {}).values():
+            for pod in self._by_job.get((namespace, uid), {}).values():
                 key = (pod.shard, pod.attempt, pod.node)
                 have = out.get(key)
                 if have is None or (pod.finished_at or _EPOCH) > (have.finished_at or _EPOCH):
@@ -128,22 +130,20 @@ class FailedPodIndex:
         if failure is None:
             return None
         name = str(meta.get("name", ""))
+        job = (str(meta.get("namespace", "")), failure.job_uid)
         if kind == "DELETED":
-            pods = self._by_job.get(failure.job_uid, {})
+            pods = self._by_job.get(job, {})
             pods.pop(name, None)
             if not pods:
-                self._by_job.pop(failure.job_uid, None)
-                self._namespace.pop(failure.job_uid, None)
+                self._by_job.pop(job, None)
         else:
-            self._by_job.setdefault(failure.job_uid, {})[name] = failure
-            self._namespace[failure.job_uid] = str(meta.get("namespace", ""))
+            self._by_job.setdefault(job, {})[name] = failure
         # Which batch to wake: the label is enough for that (the failure itself is trusted via its Job).
         return str((meta.get("labels") or {}).get(LABEL_BATCH_UID) or "") or None
 
     def replace(self, namespace: str | None, bodies: Iterable[Mapping[str, Any]]) -> set[str]:
-        for uid in [u for u, ns in self._namespace.items() if namespace is None or ns == namespace]:
-            self._by_job.pop(uid, None)
-            self._namespace.pop(uid, None)
+        for job in [k for k in self._by_job if namespace is None or k[0] == namespace]:
+            del self._by_job[job]
         touched = set()
         for body in bodies:
             if (added := self.apply("ADDED", body)) is not None:

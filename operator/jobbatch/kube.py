@@ -348,6 +348,16 @@ class Kube:
             raise
         return True
 
+    async def get_job_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Job's metadata alone (PartialObjectMetadata), or None if there is none: whose a Job of a
+        taken name is."""
+        call = self._raw(
+            self.api_client.call_api, "/apis/batch/v1/namespaces/{namespace}/jobs/{name}", "GET",
+            path_params={"namespace": namespace, "name": name}, query_params=[],
+            header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
+        )  # fmt: skip
+        return await self._get(f"get job {namespace}/{name} metadata", call)
+
     def _listers(
         self, kind: str
     ) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]], dict[str, Any]]:

@@ -1114,9 +1114,17 @@ class _Pass:
                 self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
             return 0, fates.waiting + len(fates.due)
         if spec.start_after is not None and self.now < spec.start_after:
-            status.phase = "Pending"
             self.out.wake_in((spec.start_after - self.now).total_seconds())
-            return held, fates.waiting + len(fates.due)
+            if not running and status.start_time is None:
+                status.phase = "Pending"
+                return held, fates.waiting + len(fates.due)
+            # Moved into the future once running: nothing may start before it, and a running Job's
+            # controller would start its next indexes, so its Jobs stop as on suspend (no retry used).
+            self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
+            status.phase = "Running" if status.start_time is not None else "Pending"
+            self.condition("Running", "False", "StartAfter", f"spec.startAfter is {spec.start_after.isoformat()}: "
+                           "no shard starts before then; running ones were stopped (no retry used)")  # fmt: skip
+            return 0, fates.waiting + len(fates.due)
 
         free = spec.parallelism - held
         if free < 0:
@@ -1133,20 +1141,42 @@ class _Pass:
     def _shrink(self, running: list[ShardJob], others: int) -> None:
         """Lower the newest Jobs' parallelism until the slots parallelism controls fit in ``parallelism``.
 
-        Pods already stopping cannot be stopped again: they are not part of the excess (counting them
-        would stop pods within the ceiling), though they hold their slots, so nothing starts beside them.
-        ``others`` is what Jobs that are suspended or being deleted hold.
+        Two steps. *Stop*: pods beyond the ceiling are stopped, newest Jobs first (retry Jobs last).
+        Pods already stopping cannot be stopped again, so they are not part of that excess (counting
+        them would stop pods within the ceiling). *Freeze*: while pods stopping (these, or those of
+        Jobs suspended or being deleted: ``others``) keep the batch above the ceiling, no Job keeps
+        room to start a pod beyond those it runs. The Job controller counts only a Job's own stopping
+        pods against its parallelism, so without this a Job could start pods beside another Job's
+        stopping ones. A frozen Job (parallelism = its running pods, which stops none) can still
+        replace a running pod of its own that ends: the batch's pod count never grows while it is
+        above the ceiling and falls to it as the stopping pods end; the next passes give room back.
         """
         controlled = [j for j in running if not j.suspended]
+        newest_first = sorted(controlled, key=lambda j: (j.attempt == self.base, j.first), reverse=True)
+        to = {j.name: j.parallelism for j in controlled}
         excess = others + sum(min(j.parallelism, j.unfinished) for j in controlled) - self.spec.parallelism
-        for job in sorted(controlled, key=lambda j: (j.attempt == self.base, j.first), reverse=True):
+        for job in newest_first:
             if excess <= 0:
                 break
             using = min(job.parallelism, job.unfinished)
-            to = max(0, using - excess)
-            if to < job.parallelism and using > to:
-                self.out.scale.append(ScaleJob(job.name, job.parallelism, to))
-                excess -= using - to
+            lowered = max(0, using - excess)
+            if lowered < job.parallelism and using > lowered:
+                to[job.name] = lowered
+                excess -= using - lowered
+        # Pods stopping, now or by the step above, each still hold a slot.
+        stopping = others + sum(j.terminating + max(0, j.active - to[j.name]) for j in controlled)
+        over = stopping + sum(min(to[j.name], j.unfinished) for j in controlled) - self.spec.parallelism
+        for job in newest_first:
+            if over <= 0:
+                break
+            running_on = min(job.active, to[job.name])
+            room = min(to[job.name], job.unfinished) - running_on  # pods it could start, its own stopping ones gone
+            if room > 0:
+                to[job.name] = min(to[job.name], job.unfinished) - min(room, over)
+                over -= min(room, over)
+        self.out.scale += [
+            ScaleJob(j.name, j.parallelism, to[j.name]) for j in newest_first if to[j.name] < j.parallelism
+        ]
 
     def _share_out(
         self, running: list[ShardJob], seen: Survey, fates: ShardFates, budget: int, total: int, capped: int | None
@@ -1247,7 +1277,7 @@ class _Pass:
                 if left <= 0:  # the rest is demand this pass cannot meet
                     ready += len(IndexRanges([(lo, total - 1)]).difference(started))
                     return granted, retries_left, ready
-                count = min(size if capped is None else left, hi - lo + 1)
+                count = min(size if capped is None else min(size, left), hi - lo + 1)
                 ready += count
                 give = min(count, left)
                 base = self.base  # first attempts, or the rerun's

@@ -116,6 +116,15 @@ def record_may_unblock(written: JobBatchStatus, before: Mapping[str, Any], obser
     return any(job.has_finalizer and (job.finished or job.deleting) for job in observed)
 
 
+class NameTaken(Exception):
+    """A shard Job's name is taken by a Job that is not the batch's."""
+
+
+def server_error(exc: BaseException) -> bool:
+    """A 5xx (or no status): the call may have taken effect."""
+    return isinstance(exc, ApiException) and not 400 <= (exc.status or 0) < 500
+
+
 class BatchReconciler:
     def __init__(
         self,
@@ -844,7 +853,7 @@ class BatchReconciler:
 
         self.calls.start(job_name, tracked())
 
-    async def _create(self, create: CreateJob, spec: JobBatchSpec, item_count: int, digest: str | None) -> bool:
+    async def _create(self, create: CreateJob, spec: JobBatchSpec, item_count: int, digest: str | None) -> bool | None:
         manifest = manifests.shard_job(
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
             first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
@@ -853,15 +862,20 @@ class BatchReconciler:
         self._creating += 1
         try:
             made = await self.kube.create_job(self.namespace, manifest)
-        except (ApiException, TimeoutError, OSError) as exc:
+            if not made:
+                await self._check_name_is_ours(create.name)
+        except (ApiException, TimeoutError, OSError, NameTaken) as exc:
             # Refused (422, a quota's or webhook's 403, a terminating namespace) or unreachable after
             # the client's retries: the planner backs off and says so (condition Stalled, an Event).
+            # Unreachable or a 5xx, the Job may have landed: it stays expected until the watch shows it
+            # (or the expectation's TTL), so no other create covers its shards meanwhile.
             refused = self.failed_create
+            landed: bool | None = None if isinstance(exc, (TimeoutError, OSError)) or server_error(exc) else False
             if refused is not None and self._clock() < refused.retry_at:
                 # Sent before the backoff began (one pass's creates fail together): one refusal.
                 self.failed_create = dataclasses.replace(refused, job=create.name, message=error_message(exc))
                 self.wake.set()
-                return False
+                return landed
             failures = (refused.failures if refused else 0) + 1
             delay = retry_delay(CREATE_BACKOFF, self.uid, 0, failures - 1)
             retry_at = self._clock() + datetime.timedelta(seconds=delay)
@@ -871,7 +885,7 @@ class BatchReconciler:
                 self.namespace, self.name, create.name, failures, delay, error_message(exc),
             )  # fmt: skip
             self.wake.set()
-            return False
+            return landed
         finally:
             self._creating -= 1
         self.failed_create = None
@@ -881,9 +895,26 @@ class BatchReconciler:
             if create.retry:
                 metrics.retries.labels(self.namespace).inc()
                 metrics.attempt_failed(self.namespace, create.cause, create.cause_exit_code)
-        # AlreadyExists: a previous process (or someone else) made a Job of that name, perhaps of another
-        # shape. Nothing is assumed about it: the watch says what it is and whether this batch owns it.
+        # AlreadyExists, and the Job is this batch's: a previous process made it, perhaps of another
+        # shape. Nothing is assumed about it: the watch says what it is.
         return made
+
+    async def _check_name_is_ours(self, job_name: str) -> None:
+        """After AlreadyExists: NameTaken unless the Job of that name is this batch's (or gone again).
+
+        Job names are predictable; a Job someone else made under one would otherwise be re-created,
+        refused, forever, with nothing said, while the shards it stands for never run.
+        """
+        meta = ((await self.kube.get_job_metadata(self.namespace, job_name)) or {}).get("metadata")
+        if meta is None:
+            return
+        owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller")]
+        if not any(o.get("uid") == self.uid for o in owners):
+            whose = f"{owners[0].get('kind')} {owners[0].get('name')}" if owners else "nothing"
+            raise NameTaken(
+                f"a Job named {job_name} already exists and is not this batch's (controlled by {whose}): "
+                "delete it to let the batch go on"
+            )
 
     def _count_outcomes(self, decision: Plan, body: dict[str, Any]) -> None:
         """Metrics of what a written status records: permanent failures, and the batch's end."""

@@ -31,8 +31,8 @@ whichever Job runs it::
                             ``configMap`` sources only); line i is item i
 ``JOBBATCH_PAYLOAD_INDEX``  (``objectStore`` source) JSON index of the object: where
                             each shard's records start, of which object version
-``JOBBATCH_PAYLOAD_DIGEST`` that file's SHA-256 as the batch accepted it; ``items``
-                            raises PayloadMismatch on any other file
+``JOBBATCH_PAYLOAD_DIGEST`` that file's SHA-256 as accepted (``objectStore``: the
+                            index's); ``items`` raises PayloadMismatch otherwise
 ``JOBBATCH_OBJECT_STORE_*`` (``objectStore`` source) the credentials from its Secret
 ``JOBBATCH_RESULT_MAX_BYTES`` (``spec.results`` set) the most bytes of a result's JSON
 ``JOBBATCH_TERMINATION_LOG``  where to write a result or a SkipRetry (the container's

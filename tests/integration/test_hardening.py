@@ -144,6 +144,42 @@ async def test_refused_creates_back_off_are_reported_and_recover(
     assert condition(done, "Stalled")["status"] == "False"
 
 
+async def test_a_job_name_taken_by_someone_else_stalls_the_batch_until_freed(
+    api: client.ApiClient, namespace: str, batches: Batches, operator: OperatorFactory
+) -> None:
+    """Shard Job names are predictable: a tenant's Job under one is a refused create said out loud
+    (Stalled, an Event), never taken for the batch's own or retried silently forever."""
+    await operator()
+    created = await batches.create(
+        "squatted", {"template": template(), "payloads": {"count": 3}, "parallelism": 3, "suspend": True}
+    )
+    await batches.wait_for("squatted", "Suspended")
+    taken = naming.job_name("squatted", created["metadata"]["uid"], 0, 0)
+    jobs = client.BatchV1Api(api)
+    squatter: Any = {  # the client takes a plain manifest as well as a V1Job
+        "metadata": {"name": taken},
+        "spec": {"suspend": True, "template": {"spec": {**template()["spec"], "restartPolicy": "Never"}}},
+    }
+    await jobs.create_namespaced_job(namespace, squatter)
+    await batches.patch_spec("squatted", {"suspend": False})
+
+    async def stalled() -> dict[str, Any] | None:
+        body = await batches.get("squatted")
+        conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+        cond = conds.get("Stalled")
+        return body if cond and cond["status"] == "True" and "is not this batch's" in cond["message"] else None
+
+    body = await eventually(stalled, what="Stalled: the Job name is taken")
+    assert condition(body, "Stalled")["reason"] == "FailedCreate"
+    assert body["status"]["shards"]["pending"] == 3
+    events = [e for e in await batches.events("squatted") if e["reason"] == "FailedCreate"]
+    assert len(events) == 1
+    assert taken in events[0]["message"]
+    await jobs.delete_namespaced_job(taken, namespace, propagation_policy="Background")
+    done = await batches.wait_for("squatted", "Complete", timeout=120)
+    assert condition(done, "Stalled")["status"] == "False"
+
+
 async def _refusals(batches: Batches, name: str) -> int:
     """Refused creates in a row, as the batch's Stalled condition counts them (0 if not Stalled)."""
     stalled = (await batches.condition(name, "Stalled")) or {}

@@ -431,6 +431,20 @@ def test_the_report_splits_the_hand_overs_into_their_steps() -> None:
     ) in text
 
 
+def test_the_report_says_when_hand_overs_paired_stale_slots() -> None:
+    """Pods created far slower than slots free (the default plane): the pairing by path then pairs a
+    start with a slot freed minutes before, above every refill's p99, which is no wait."""
+    slots = {"p50": 1.5, "p99": 52.0, "samples": 100, "hand_over_samples": 26, "hand_over_p50": 293.0}
+    results = [_result("A", 1, 120.0, pod_slot_latency=slots), _result("B", 1, 100.0)]
+    rows = report.summarize(results)
+    text = report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+    assert "Where the hand-overs' p50 is above the p99 of all refills (N=10,000 P=1,000 D=0s)" in text
+    fresh = {**slots, "hand_over_p50": 0.4}
+    results = [_result("A", 1, 120.0, pod_slot_latency=fresh), _result("B", 1, 100.0)]
+    rows = report.summarize(results)
+    assert "measure no wait" not in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+
+
 def test_reports_of_several_harness_runs_merge_into_one() -> None:
     small = _data([_result("A", 1, 10.0, shards=1000), _result("B", 1, 5.0, shards=1000)], runs=3)
     big = _data([_result("A", 1, 120.0), _result("B", 1, 100.0)], runs=1)

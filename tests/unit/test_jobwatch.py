@@ -107,7 +107,7 @@ def test_failed_pods_by_job_latest_per_shard() -> None:
     assert index.apply("ADDED", pod("p1")) == "u1"
     index.apply("ADDED", pod("p2", finished="2026-01-01T00:00:05Z"))
     index.apply("ADDED", pod("p3", job_uid="uid-other"))
-    got = index.failures(["uid-a"])
+    got = index.failures("ns1", ["uid-a"])
     assert list(got) == [(11, 0, 0)]
     assert got[(11, 0, 0)].finished_at is not None
     assert got[(11, 0, 0)].finished_at.second == 5
@@ -115,11 +115,28 @@ def test_failed_pods_by_job_latest_per_shard() -> None:
     deleting = pod("p2", finished="2026-01-01T00:00:05Z")
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:06Z"
     index.apply("MODIFIED", deleting)
-    assert index.failures(["uid-a"])[(11, 0, 0)].finished_at.second == 5  # type: ignore[union-attr]
+    assert index.failures("ns1", ["uid-a"])[(11, 0, 0)].finished_at.second == 5  # type: ignore[union-attr]
     index.apply("DELETED", deleting)
-    assert index.failures(["uid-a"])[(11, 0, 0)].finished_at.second == 1  # type: ignore[union-attr]
+    assert index.failures("ns1", ["uid-a"])[(11, 0, 0)].finished_at.second == 1  # type: ignore[union-attr]
     index.replace("ns1", [])
-    assert index.failures(["uid-a", "uid-other"]) == {}
+    assert index.failures("ns1", ["uid-a", "uid-other"]) == {}
+
+
+def test_a_failed_pod_counts_only_in_its_jobs_namespace() -> None:
+    """A pod elsewhere with a controller reference to the Job's UID (readable by anyone who can read the
+    Job) and a later finish does not stand in for the Job's own failed pod (e.g. to forbid the retry)."""
+    index = FailedPodIndex()
+    index.apply("ADDED", pod("real"))
+    forged = pod("forged", finished="2026-01-01T00:00:05Z")
+    forged["metadata"]["namespace"] = "attacker"
+    forged["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = "jobbatch.io/skip-retry: gotcha"
+    index.apply("ADDED", forged)
+    got = index.failures("ns1", ["uid-a"])
+    assert got[(11, 0, 0)].finished_at is not None
+    assert got[(11, 0, 0)].finished_at.second == 1
+    assert got[(11, 0, 0)].message == ""
+    index.replace("attacker", [])  # a relist of one namespace leaves the others' pods alone
+    assert list(index.failures("ns1", ["uid-a"])) == [(11, 0, 0)]
 
 
 async def test_a_shard_job_event_tells_its_batch_what_it_changed() -> None:

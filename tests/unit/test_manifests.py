@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from jobbatch import api, manifests, naming
@@ -102,3 +107,75 @@ def test_a_failing_worker_says_why_even_without_a_termination_log() -> None:
     own = spec()
     own.template["spec"]["containers"][0]["terminationMessagePolicy"] = "File"
     assert job(own)["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "File"
+
+
+def _worker_rule() -> str:
+    """The shell block of docs/design.md's "The worker rule", as a worker in another language copies it."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
+    section = text[text.index("## The worker rule") :]
+    return section[section.index("```sh\n") + len("```sh\n") : section.index("```\n", section.index("```sh\n") + 1)]
+
+
+def _run_rule(job: dict[str, Any], index: int, files: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env = {k: str(files.get(k, v)) for k, v in env.items()}  # the mounted files, at their test paths
+    env |= {"JOB_COMPLETION_INDEX": str(index), "PATH": os.environ["PATH"]}
+    return subprocess.run(["sh", "-c", _worker_rule()], env=env, capture_output=True, text=True, check=False)
+
+
+def test_the_documented_shell_rule_finds_every_pods_items(tmp_path: Path) -> None:
+    """Chunk indexes (the last shard partial), a retry Job, a piece, a count and an objectStore source."""
+    items = [{"i": i} for i in range(23)]
+    payload = tmp_path / "payloads.jsonl"
+    payload.write_text("".join(json.dumps(item) + "\n" for item in items))
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    s = JobBatchSpec.model_validate(
+        {"template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}, "payloads": {"items": items},
+         "shardSize": 5}
+    )  # fmt: skip
+    files = {"JOBBATCH_PAYLOAD_FILE": payload}
+
+    def rule(first: int, count: int, attempt: int, index: int, node: int = 0) -> list[int]:
+        job = manifests.shard_job(
+            name="b", namespace="ns", uid="uid", spec=s, item_count=23, first_shard=first, count=count,
+            attempt=attempt, parallelism=1, payload_digest=digest, node=node,
+        )  # fmt: skip
+        done = _run_rule(job, index, files)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["i"] for line in done.stdout.splitlines()]
+
+    assert [rule(2, 3, 0, index) for index in range(3)] == [[10, 11, 12, 13, 14], [15, 16, 17, 18, 19], [20, 21, 22]]
+    assert rule(4, 1, 2, 0) == [20, 21, 22]  # a retry Job of the last shard: index 0
+    assert rule(4, 1, 2, 0, node=3) == [21, 22]  # a piece of it (retry.isolate)
+    # A replaced file is refused.
+    payload.write_text(payload.read_text().replace('{"i": 0}', '{"i": -1}'))
+    job = manifests.shard_job(
+        name="b", namespace="ns", uid="uid", spec=s, item_count=23, first_shard=0, count=1, attempt=0,
+        parallelism=1, payload_digest=digest,
+    )  # fmt: skip
+    assert _run_rule(job, 0, files).returncode != 0
+    # count: no file, nothing to check or print.
+    counted = JobBatchSpec.model_validate(
+        {"template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}, "payloads": {"count": 23}}
+    )
+    job = manifests.shard_job(
+        name="b", namespace="ns", uid="uid", spec=counted, item_count=23, first_shard=0, count=23, attempt=0,
+        parallelism=1,
+    )  # fmt: skip
+    done = _run_rule(job, 7, {})
+    assert (done.returncode, done.stdout) == (0, "")
+    # objectStore: the digest is the index file's.
+    index = tmp_path / "index.json"
+    index.write_text('{"offsets": [0, 10]}')
+    stored = JobBatchSpec.model_validate(
+        {"template": {"spec": {"containers": [{"name": "w", "image": "i"}]}}, "shardSize": 5,
+         "payloads": {"objectStore": {"endpoint": "http://s3", "bucket": "bkt", "key": "k",
+                                      "credentialsSecret": {"name": "c"}}}}
+    )  # fmt: skip
+    job = manifests.shard_job(
+        name="b", namespace="ns", uid="uid", spec=stored, item_count=23, first_shard=0, count=5, attempt=0,
+        parallelism=1, payload_digest=hashlib.sha256(index.read_bytes()).hexdigest(),
+    )  # fmt: skip
+    done = _run_rule(job, 1, {"JOBBATCH_PAYLOAD_INDEX": index})
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr

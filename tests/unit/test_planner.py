@@ -309,6 +309,13 @@ def test_second_retry_delay_doubles_and_jitter_is_deterministic() -> None:
     assert len(delays) > 10
 
 
+def test_retry_delay_stays_at_its_maximum_however_many_failures() -> None:
+    """The operator's create backoff counts refusals without a limit: 2.0 ** 1100 overflows a float."""
+    backoff = api.Backoff.model_validate({"initialSeconds": 2, "multiplier": 2, "maxSeconds": 300, "jitter": 0})
+    assert retry_delay(backoff, UID, 0, 1100) == 300
+    assert retry_delay(backoff, UID, 0, 10**6) == 300
+
+
 def test_retries_exhausted_fail_the_shard_with_its_exit_code() -> None:
     b = accepted(spec(parallelism=10, retry={"limit": 1}), items=2, succeeded_shards="0")
     last = job(1, 1, attempt=1, failed="1", at=3)
@@ -502,6 +509,88 @@ def test_stopping_pods_hold_their_slots_until_gone() -> None:
     assert p.scale == [ScaleJob(shrunk.name, 0, 2)]
 
 
+def test_no_job_starts_pods_beside_another_jobs_stopping_ones() -> None:
+    """The Job controller counts only a Job's own stopping pods against its parallelism: after a lowering
+    across several Jobs, one left with room would start pods while another's stopped pods still run."""
+    b = accepted(spec(parallelism=5, payloads={"count": 60}, retry={"limit": 2}), items=60, succeeded_shards="0-17")
+    draining = job(20, 20, parallelism=5, active=2, succeeded="20-37")
+    filling = job(40, 20, parallelism=2, active=2)
+    retry = job(19, 1, attempt=1, active=1)
+    lowered = dataclasses.replace(b, spec=b.spec.model_copy(update={"parallelism": 2}))
+    p = plan(lowered, [draining, filling, retry], T0)
+    assert p.scale == [ScaleJob(filling.name, 2, 0), ScaleJob(draining.name, 5, 1)]  # newest first, 2 left
+    # The draining chunk's stopped pod is gone and its other one succeeded; the filling chunk's two
+    # pods are still stopping. The draining chunk has room for its last index: frozen, as its start
+    # would make four pods against a ceiling of 2.
+    draining = dataclasses.replace(draining, parallelism=1, active=0, succeeded=IndexRanges.parse("20-38"))
+    filling = dataclasses.replace(filling, parallelism=0, active=0, terminating=2)
+    p = plan(lowered, [draining, filling, retry], T0)
+    assert p.scale == [ScaleJob(draining.name, 1, 0)]
+    assert p.create == []
+    # Once the stopping pods are gone the room comes back.
+    p = plan(
+        lowered, [dataclasses.replace(draining, parallelism=0), dataclasses.replace(filling, terminating=0), retry], T0
+    )
+    assert p.scale == [ScaleJob(draining.name, 0, 1)]
+
+
+def test_above_a_lowered_ceiling_a_job_only_replaces_its_own_running_pods() -> None:
+    """A small model of the Job controller (own stopping pods count against a Job's parallelism; a pod
+    beyond it is stopped; a stopping pod lasts one tick) under random changes of parallelism: while the
+    batch is above its ceiling a Job starts a pod only in place of a running pod of its own that ended
+    since the last pass (the Job controller does that within one sync, before any pass can see it)."""
+    import random
+
+    for seed in range(40):
+        rng = random.Random(seed)
+        ceiling = rng.randint(1, 8)
+        b = accepted(spec(parallelism=ceiling, payloads={"count": 60}, retry={"limit": 2}), items=60)
+        par: dict[str, int] = {}
+        meta: dict[str, planner.CreateJob] = {}
+        active: dict[str, set[int]] = {}
+        stopping: dict[str, int] = {}
+        done: dict[str, set[int]] = {}
+        for tick in range(150):
+            now = T0 + datetime.timedelta(seconds=tick)
+            if rng.random() < 0.15:
+                ceiling = rng.choice([0, 1, 2, 3, 5, 8])
+                b = dataclasses.replace(b, spec=b.spec.model_copy(update={"parallelism": ceiling}))
+            seen = [
+                ShardJob(n, c.first, c.count, c.attempt, par[n], succeeded=IndexRanges.of(c.first + i for i in done[n]),
+                         active=len(active[n]), terminating=stopping[n], uid=f"u-{n}")
+                for n, c in meta.items()
+            ]  # fmt: skip
+            p = plan(b, seen, now)
+            b = persisted(b, p)
+            for c in p.create:
+                meta[c.name], par[c.name], active[c.name], stopping[c.name], done[c.name] = (
+                    c,
+                    c.parallelism,
+                    set(),
+                    0,
+                    set(),
+                )
+            for sc in p.scale:
+                par[sc.name] = sc.to
+            running_at_pass = {n: len(active[n]) for n in meta}
+            for n in rng.sample(list(meta), len(meta)):  # the Job controller, Jobs in any order
+                c = meta[n]
+                stopping[n] = 0
+                want = min(par[n], c.count - len(done[n]))
+                while len(active[n]) > want:
+                    active[n].remove(max(active[n]))
+                    stopping[n] += 1
+                todo = [i for i in range(c.count) if i not in done[n] and i not in active[n]]
+                for i in todo[: max(0, want - len(active[n]) - stopping[n])]:
+                    pods = sum(len(active[k]) + stopping[k] for k in meta) + 1
+                    assert pods <= ceiling or len(active[n]) + 1 <= running_at_pass[n], (seed, tick, n)
+                    active[n].add(i)
+            for n in meta:  # pods end (all succeed: failures are not what this is about)
+                for i in [i for i in active[n] if rng.random() < 0.3]:
+                    active[n].remove(i)
+                    done[n].add(i)
+
+
 def test_raising_parallelism_raises_the_job_short_of_slots() -> None:
     b = accepted(spec(parallelism=10, payloads={"count": 100}), items=100)
     p = plan(b, [job(0, 20, parallelism=4)], T0)
@@ -541,6 +630,36 @@ def test_start_after_delays_everything() -> None:
     assert p.create == []
     assert p.status.phase == "Pending"
     assert p.requeue_after == pytest.approx(30)
+
+
+def test_start_after_moved_into_the_future_stops_a_running_batch_without_a_retry() -> None:
+    """A running Job's controller would start its next indexes: the Jobs stop as on suspend, and the
+    ceiling (even 0) holds meanwhile."""
+    b = accepted(spec(parallelism=4, payloads={"count": 40}), items=40, start_time=T0, phase="Running")
+    running = job(0, 20, parallelism=4, active=4)
+    later = (T0 + datetime.timedelta(days=30)).isoformat()
+    moved = dataclasses.replace(b, spec=spec(parallelism=0, payloads={"count": 40}, startAfter=later))
+    p = plan(moved, [running], T0 + datetime.timedelta(seconds=5))
+    assert p.suspend == [SuspendJob(running.name)]
+    assert p.create == []
+    assert p.scale == []
+    assert cond(p, "Running") == ("False", "StartAfter")
+    assert p.requeue_after is not None
+    assert p.requeue_after > 29 * 86400
+    # Once the time comes the Job resumes with the slots parallelism gives.
+    due = dataclasses.replace(b, spec=spec(parallelism=2, payloads={"count": 40}, startAfter=later))
+    p = plan(due, [dataclasses.replace(running, suspended=True, active=0)], T0 + datetime.timedelta(days=31))
+    assert p.resume == [ResumeJob(running.name, 2)]
+
+
+def test_chunks_under_a_cap_stay_within_the_chunk_size() -> None:
+    """A grant larger than a chunk is several chunks: a Job's indexes (its status, its held pods, its
+    pods' hostnames) stay within the chunk bound."""
+    b = accepted(spec(parallelism=20_000, payloads={"count": 100_000}), items=100_000)
+    p = plan(b, [], T0, launch_budget=20_000)
+    assert [(c.first, c.count, c.parallelism) for c in p.create] == [(0, 10_000, 10_000), (10_000, 10_000, 10_000)]
+    p = plan(b, [], T0, launch_budget=15_000)
+    assert [(c.first, c.count, c.parallelism) for c in p.create] == [(0, 10_000, 10_000), (10_000, 5_000, 5_000)]
 
 
 def test_batch_deadline_fails_it() -> None:
@@ -602,6 +721,20 @@ def test_status_of_100k_shards_with_scattered_failures_stays_small() -> None:
     assert len(p.status.failures) <= planner.MAX_RECORDED_FAILURES
     size = len(json.dumps(p.status.dump()))
     assert size < 16 * 1024, size
+
+
+def test_status_at_the_most_failures_a_batch_tolerates_stays_bounded() -> None:
+    """The worst case: maxFailedShards at its limit, every tenth shard failed (both range lists at their
+    most fragmented): about 18 bytes per failed shard, far below etcd's 1.5 MiB object limit."""
+    total = 100_000
+    s = spec(payloads={"count": total}, maxFailedShards=10_000, retry={"limit": 0}, parallelism=1000)
+    failed = IndexRanges.of(range(5, total, 10))
+    ok = IndexRanges([(0, total - 1)]).difference(failed)
+    b = accepted(s, items=total, succeeded_shards=str(ok), failed_shards=str(failed), start_time=T0, phase="Running")
+    p = plan(b, [], T0)
+    assert p.status.phase == "Succeeded"
+    size = len(json.dumps(p.status.dump()))
+    assert size < 200 * 1024, size
 
 
 def test_start_is_derived_from_observed_jobs() -> None:

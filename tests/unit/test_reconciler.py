@@ -68,6 +68,7 @@ class FakeKube:
         self.events: list[str] = []
         self.conflicts = 0  # status writes to refuse with 409
         self.fail_creates = False
+        self.time_out_creates = False
         self.fail_reads = False
         self.configmaps: dict[str, dict[str, Any]] = {}
         self.secrets: dict[str, dict[str, Any]] = {}
@@ -102,13 +103,25 @@ class FakeKube:
         self.calls.append(("create", name))
         if self.fail_creates:
             raise ApiException(status=422, reason="Invalid")
+        if self.time_out_creates:
+            self.jobs[name] = self._made(body)  # it landed; the answer did not come back
+            raise TimeoutError("create timed out")
         if name in self.jobs:
             return False
-        body = copy.deepcopy(body)
-        body["metadata"]["uid"] = f"uid-{name}"
-        body["metadata"]["ownerReferences"] = [{"kind": api.KIND, "name": "b", "uid": "uid-1", "controller": True}]
-        self.jobs[name] = body
+        self.jobs[name] = self._made(body)
         return True
+
+    @staticmethod
+    def _made(body: dict[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(body)
+        body["metadata"]["uid"] = f"uid-{body['metadata']['name']}"
+        body["metadata"]["ownerReferences"] = [{"kind": api.KIND, "name": "b", "uid": "uid-1", "controller": True}]
+        return body
+
+    async def get_job_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get-job", name))
+        found = self.jobs.get(name)
+        return {"metadata": copy.deepcopy(found["metadata"])} if found else None
 
     async def scale_job(self, namespace: str, name: str, current: int, to: int) -> bool:
         self.calls.append(("scale", name))
@@ -408,6 +421,53 @@ async def test_a_refused_create_backs_off_is_reported_and_not_counted() -> None:
     stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("False", "Running")
     assert kube.batch["status"]["shards"]["running"] == 3
+
+
+async def test_a_job_name_taken_by_someone_else_stalls_the_batch_visibly() -> None:
+    """Names are predictable: a Job of another owner under one answers every create with AlreadyExists.
+    That is a refusal (backoff, Stalled, an Event), not "already done" forever with nothing said."""
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
+    accept(kube, 10)
+    squatter = naming.job_name("b", "uid-1", 0, 0)
+    kube.jobs[squatter] = {"metadata": {"name": squatter, "uid": "uid-squat", "ownerReferences": []}}
+    clock, wall = Clock(), WallClock()
+    r = reconciler(kube, {}, clock)
+    r._clock = wall
+    await r.reconcile_once()
+    await r.calls.drain()
+    wall.now += datetime.timedelta(seconds=1)
+    clock.now += 1
+    await r.reconcile_once()
+    stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "FailedCreate")
+    assert f"a Job named {squatter} already exists and is not this batch's" in stalled["message"]
+    assert kube.events.count("FailedCreate") == 1
+    for _ in range(5):  # backs off: no create per pass
+        await r.reconcile_once()
+        await r.calls.drain()
+    assert sum(1 for c in kube.calls if c[0] == "create") == 1
+
+
+async def test_a_create_whose_answer_was_lost_stays_expected() -> None:
+    """A timed-out create may have landed: its shards must not be given to another Job before the watch
+    shows whether it did (under a cap the next chunk at the same shard may differ in size)."""
+    kube = FakeKube({"payloads": {"count": 100}, "parallelism": 5})
+    accept(kube, 100)
+    kube.time_out_creates = True
+    clock, wall = Clock(), WallClock()
+    watch: dict[str, ShardJob] = {}  # the watch lags
+    r = reconciler(kube, watch, clock)
+    r._clock = wall
+    await r.reconcile_once()
+    await r.calls.drain()
+    kube.time_out_creates = False
+    for _ in range(3):
+        wall.now += datetime.timedelta(seconds=30)
+        clock.now += 1
+        await r.reconcile_once()
+        await r.calls.drain()
+    assert sum(1 for c in kube.calls if c[0] == "create") == 1
+    assert slots(kube) == 5
 
 
 async def test_a_refused_create_is_no_hot_loop_in_the_real_loop() -> None:
