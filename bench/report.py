@@ -455,6 +455,16 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
             lines.append(
                 f"| {_case(r)} | {_f(a.get('pod_slot_hand_over_rounds'), 0)} | " + " | ".join(steps + slowest) + " |"
             )
+        stale = [r for r in prows if _above(r["A"].get("pod_slot_hand_over_p50"), r["A"].get("pod_slot_p99"))]
+        if stale:
+            lines += [
+                "",
+                "Where the hand-overs' p50 is above the p99 of all refills ("
+                + ", ".join(_case(r) for r in stale)
+                + "), the pairing by path took slots a Job freed after its own starts were over, long "
+                "after, for a start of another Job: pods were created far slower than slots freed (fewer pods "
+                "running than the parallelism). Those hand-overs, and their steps, measure no wait.",
+            ]
         lines += [
             "",
             "### API requests per shard",
@@ -577,6 +587,10 @@ def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -
         fig.tight_layout()
         fig.savefig(out / "plots" / _plot_name(row))
         plt.close(fig)
+
+
+def _above(value: Any, bound: Any) -> bool:
+    return isinstance(value, (int, float)) and isinstance(bound, (int, float)) and value > bound
 
 
 def _thin(series: list[Any]) -> list[Any]:
