@@ -463,7 +463,7 @@ def render_markdown(data: dict[str, Any], rows: list[dict[str, Any]], targets: l
                 + ", ".join(_case(r) for r in stale)
                 + "), the pairing by path took slots a Job freed after its own starts were over, long "
                 "after, for a start of another Job: pods were created far slower than slots freed (fewer pods "
-                "running than the parallelism). Those hand-overs, and their steps, measure no wait.",
+                "running than the parallelism). Those hand-overs, and their steps, are no refill's wait.",
             ]
         lines += [
             "",

@@ -349,14 +349,8 @@ class Kube:
         return True
 
     async def get_job_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Job's metadata alone (PartialObjectMetadata), or None if there is none: whose a Job of a
-        taken name is."""
-        call = self._raw(
-            self.api_client.call_api, "/apis/batch/v1/namespaces/{namespace}/jobs/{name}", "GET",
-            path_params={"namespace": namespace, "name": name}, query_params=[],
-            header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
-        )  # fmt: skip
-        return await self._get(f"get job {namespace}/{name} metadata", call)
+        """A Job's metadata alone, or None if there is none: whose a Job of a taken name is."""
+        return await self._get_metadata("/apis/batch/v1/namespaces/{namespace}/jobs/{name}", namespace, name)
 
     def _listers(
         self, kind: str
@@ -572,12 +566,17 @@ class Kube:
     async def get_configmap_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap's metadata alone (as PartialObjectMetadata: its data, up to 1 MiB, stays on the
         server), or None if there is none."""
+        return await self._get_metadata("/api/v1/namespaces/{namespace}/configmaps/{name}", namespace, name)
+
+    async def _get_metadata(self, path: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """An object's metadata alone (as PartialObjectMetadata), or None if there is none."""
         call = self._raw(
-            self.api_client.call_api, "/api/v1/namespaces/{namespace}/configmaps/{name}", "GET",
+            self.api_client.call_api, path, "GET",
             path_params={"namespace": namespace, "name": name}, query_params=[],
             header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
         )  # fmt: skip
-        return await self._get(f"get configmap {namespace}/{name} metadata", call)
+        kind = path.rsplit("/", 2)[-2].rstrip("s")
+        return await self._get(f"get {kind} {namespace}/{name} metadata", call)
 
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
         """Create a ConfigMap; False if one of that name already existed (whoever made it)."""

@@ -1115,6 +1115,8 @@ class _Pass:
             return 0, fates.waiting + len(fates.due)
         if spec.start_after is not None and self.now < spec.start_after:
             self.out.wake_in((spec.start_after - self.now).total_seconds())
+            if self.old.condition("Suspended") is not None:
+                self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
             if not running and status.start_time is None:
                 status.phase = "Pending"
                 return held, fates.waiting + len(fates.due)
@@ -1170,7 +1172,10 @@ class _Pass:
             if over <= 0:
                 break
             running_on = min(job.active, to[job.name])
-            room = min(to[job.name], job.unfinished) - running_on  # pods it could start, its own stopping ones gone
+            own = job.terminating + max(0, job.active - to[job.name])
+            # Its own stopping pods hold its creates back (the Job controller counts them) unless other
+            # Jobs' stopping pods may outlast them.
+            room = min(to[job.name], job.unfinished) - running_on - (own if stopping == own else 0)
             if room > 0:
                 to[job.name] = min(to[job.name], job.unfinished) - min(room, over)
                 over -= min(room, over)

@@ -854,6 +854,12 @@ class BatchReconciler:
         self.calls.start(job_name, tracked())
 
     async def _create(self, create: CreateJob, spec: JobBatchSpec, item_count: int, digest: str | None) -> bool | None:
+        """Create one shard Job: True if made, False if not (a refusal is recorded), None if unknown.
+
+        Unknown: a timeout or a 5xx, and the Job's read that would tell failed too. The Job then stays
+        expected (until the watch shows it, or the expectation's TTL) so that no other create covers its
+        shards meanwhile.
+        """
         manifest = manifests.shard_job(
             name=self.name, namespace=self.namespace, uid=self.uid, spec=spec, item_count=item_count,
             first_shard=create.first, count=create.count, attempt=create.attempt, parallelism=create.parallelism,
@@ -861,31 +867,26 @@ class BatchReconciler:
         )  # fmt: skip
         self._creating += 1
         try:
-            made = await self.kube.create_job(self.namespace, manifest)
+            try:
+                made = await self.kube.create_job(self.namespace, manifest)
+            except (ApiException, TimeoutError, OSError) as exc:
+                if isinstance(exc, ApiException) and not server_error(exc):
+                    return self._refused(create, exc)  # 422, a quota's or webhook's 403, a terminating namespace
+                # A timeout or a 5xx (an unreachable webhook says 500): did it land? The read tells.
+                landed = await self._landed(create.name)
+                if not landed:
+                    self._refused(create, exc)
+                    return landed
+                made = True
             if not made:
-                await self._check_name_is_ours(create.name)
-        except (ApiException, TimeoutError, OSError, NameTaken) as exc:
-            # Refused (422, a quota's or webhook's 403, a terminating namespace) or unreachable after
-            # the client's retries: the planner backs off and says so (condition Stalled, an Event).
-            # Unreachable or a 5xx, the Job may have landed: it stays expected until the watch shows it
-            # (or the expectation's TTL), so no other create covers its shards meanwhile.
-            refused = self.failed_create
-            landed: bool | None = None if isinstance(exc, (TimeoutError, OSError)) or server_error(exc) else False
-            if refused is not None and self._clock() < refused.retry_at:
-                # Sent before the backoff began (one pass's creates fail together): one refusal.
-                self.failed_create = dataclasses.replace(refused, job=create.name, message=error_message(exc))
-                self.wake.set()
-                return landed
-            failures = (refused.failures if refused else 0) + 1
-            delay = retry_delay(CREATE_BACKOFF, self.uid, 0, failures - 1)
-            retry_at = self._clock() + datetime.timedelta(seconds=delay)
-            self.failed_create = FailedCreate(create.name, failures, retry_at, error_message(exc))
-            logger.warning(
-                "%s/%s: creating job %s failed (%d times; next try in %.0fs): %s",
-                self.namespace, self.name, create.name, failures, delay, error_message(exc),
-            )  # fmt: skip
-            self.wake.set()
-            return landed
+                try:
+                    await self._check_name_is_ours(create.name)
+                except NameTaken as exc:
+                    return self._refused(create, exc)
+                except (ApiException, TimeoutError, OSError) as exc:
+                    # Unknown whose: as before the check, the watch says whether the batch owns it.
+                    logger.warning("%s/%s: reading job %s: %s", self.namespace, self.name, create.name, exc)
+                    return False
         finally:
             self._creating -= 1
         self.failed_create = None
@@ -898,6 +899,33 @@ class BatchReconciler:
         # AlreadyExists, and the Job is this batch's: a previous process made it, perhaps of another
         # shape. Nothing is assumed about it: the watch says what it is.
         return made
+
+    def _refused(self, create: CreateJob, exc: BaseException) -> bool:
+        """Record a refused create: the planner backs off and says so (condition Stalled, an Event)."""
+        refused = self.failed_create
+        self.wake.set()
+        if refused is not None and self._clock() < refused.retry_at:
+            # Sent before the backoff began (one pass's creates fail together): one refusal.
+            self.failed_create = dataclasses.replace(refused, job=create.name, message=error_message(exc))
+            return False
+        failures = (refused.failures if refused else 0) + 1
+        delay = retry_delay(CREATE_BACKOFF, self.uid, 0, failures - 1)
+        retry_at = self._clock() + datetime.timedelta(seconds=delay)
+        self.failed_create = FailedCreate(create.name, failures, retry_at, error_message(exc))
+        logger.warning(
+            "%s/%s: creating job %s failed (%d times; next try in %.0fs): %s",
+            self.namespace, self.name, create.name, failures, delay, error_message(exc),
+        )  # fmt: skip
+        return False
+
+    async def _landed(self, job_name: str) -> bool | None:
+        """After a create whose answer was lost: whether this batch's Job of that name exists (None: unknown)."""
+        try:
+            found = await self.kube.get_job_metadata(self.namespace, job_name)
+        except (ApiException, TimeoutError, OSError):
+            return None
+        owner = controller_of(found, KIND) if found is not None else None
+        return owner is not None and owner[1] == self.uid
 
     async def _check_name_is_ours(self, job_name: str) -> None:
         """After AlreadyExists: NameTaken unless the Job of that name is this batch's (or gone again).

@@ -118,13 +118,9 @@ async def test_refused_creates_back_off_are_reported_and_recover(
     refused_before = await refused_job_creates(api)
     await batches.create("quota", {"template": template(), "payloads": {"count": 3}, "parallelism": 3})
 
-    async def stalled_after_three() -> dict[str, Any] | None:
-        body = await batches.get("quota")
-        conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
-        stalled = conds.get("Stalled")
-        return body if stalled and stalled["status"] == "True" and "3 refusals in a row" in stalled["message"] else None
-
-    body = await eventually(stalled_after_three, what="Stalled after three refused creates")
+    body = await eventually(
+        lambda: _stalled_saying(batches, "quota", "3 refusals in a row"), what="Stalled after three refused creates"
+    )
     stalled = condition(body, "Stalled")
     assert stalled["reason"] == "FailedCreate"
     assert "exceeded quota" in stalled["message"]
@@ -163,13 +159,9 @@ async def test_a_job_name_taken_by_someone_else_stalls_the_batch_until_freed(
     await jobs.create_namespaced_job(namespace, squatter)
     await batches.patch_spec("squatted", {"suspend": False})
 
-    async def stalled() -> dict[str, Any] | None:
-        body = await batches.get("squatted")
-        conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
-        cond = conds.get("Stalled")
-        return body if cond and cond["status"] == "True" and "is not this batch's" in cond["message"] else None
-
-    body = await eventually(stalled, what="Stalled: the Job name is taken")
+    body = await eventually(
+        lambda: _stalled_saying(batches, "squatted", "is not this batch's"), what="Stalled: the Job name is taken"
+    )
     assert condition(body, "Stalled")["reason"] == "FailedCreate"
     assert body["status"]["shards"]["pending"] == 3
     events = [e for e in await batches.events("squatted") if e["reason"] == "FailedCreate"]
@@ -178,6 +170,14 @@ async def test_a_job_name_taken_by_someone_else_stalls_the_batch_until_freed(
     await jobs.delete_namespaced_job(taken, namespace, propagation_policy="Background")
     done = await batches.wait_for("squatted", "Complete", timeout=120)
     assert condition(done, "Stalled")["status"] == "False"
+
+
+async def _stalled_saying(batches: Batches, name: str, text: str) -> dict[str, Any] | None:
+    """The batch once its Stalled condition is True with ``text`` in its message, else None."""
+    body = await batches.get(name)
+    conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+    stalled = conds.get("Stalled")
+    return body if stalled and stalled["status"] == "True" and text in stalled["message"] else None
 
 
 async def _refusals(batches: Batches, name: str) -> int:

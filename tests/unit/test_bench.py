@@ -442,7 +442,7 @@ def test_the_report_says_when_hand_overs_paired_stale_slots() -> None:
     fresh = {**slots, "hand_over_p50": 0.4}
     results = [_result("A", 1, 120.0, pod_slot_latency=fresh), _result("B", 1, 100.0)]
     rows = report.summarize(results)
-    assert "measure no wait" not in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
+    assert "no refill's wait" not in report.render_markdown(_data(results), rows, report.evaluate_targets(rows))
 
 
 def test_reports_of_several_harness_runs_merge_into_one() -> None:

@@ -497,6 +497,8 @@ def test_stopping_pods_are_not_stopped_again() -> None:
     p = plan(b, [lowered], T0)
     assert p.scale == []  # the 5 within the ceiling keep running
     assert p.create == []  # and nothing starts until the stopping ones are gone
+    # One of the 5 ends: the Job controller counts the Job's own stopping pods, so no write is needed.
+    assert plan(b, [dataclasses.replace(lowered, active=4)], T0).scale == []
 
 
 def test_stopping_pods_hold_their_slots_until_gone() -> None:
@@ -646,6 +648,15 @@ def test_start_after_moved_into_the_future_stops_a_running_batch_without_a_retry
     assert cond(p, "Running") == ("False", "StartAfter")
     assert p.requeue_after is not None
     assert p.requeue_after > 29 * 86400
+    # Unsuspended while the time is still ahead: no longer Suspended, still held back.
+    was_suspended = persisted(moved, plan(dataclasses.replace(moved, spec=spec(parallelism=0, payloads={"count": 40},
+                                                                              startAfter=later, suspend=True)),
+                                          [running], T0))  # fmt: skip
+    p = plan(
+        was_suspended, [dataclasses.replace(running, suspended=True, active=0)], T0 + datetime.timedelta(seconds=9)
+    )
+    assert cond(p, "Suspended") == ("False", "Resumed")
+    assert cond(p, "Running") == ("False", "StartAfter")
     # Once the time comes the Job resumes with the slots parallelism gives.
     due = dataclasses.replace(b, spec=spec(parallelism=2, payloads={"count": 40}, startAfter=later))
     p = plan(due, [dataclasses.replace(running, suspended=True, active=0)], T0 + datetime.timedelta(days=31))

@@ -69,6 +69,8 @@ class FakeKube:
         self.conflicts = 0  # status writes to refuse with 409
         self.fail_creates = False
         self.time_out_creates = False
+        self.refuse_creates_with_500 = False
+        self.fail_job_reads = False
         self.fail_reads = False
         self.configmaps: dict[str, dict[str, Any]] = {}
         self.secrets: dict[str, dict[str, Any]] = {}
@@ -106,6 +108,8 @@ class FakeKube:
         if self.time_out_creates:
             self.jobs[name] = self._made(body)  # it landed; the answer did not come back
             raise TimeoutError("create timed out")
+        if self.refuse_creates_with_500:  # an admission webhook that cannot be reached, failurePolicy Fail
+            raise ApiException(status=500, reason="Internal error: failed calling webhook")
         if name in self.jobs:
             return False
         self.jobs[name] = self._made(body)
@@ -120,6 +124,8 @@ class FakeKube:
 
     async def get_job_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("get-job", name))
+        if self.fail_job_reads:
+            raise ApiException(status=503, reason="Service Unavailable")
         found = self.jobs.get(name)
         return {"metadata": copy.deepcopy(found["metadata"])} if found else None
 
@@ -210,6 +216,19 @@ async def run_for(r: BatchReconciler, seconds: float) -> None:
     await asyncio.wait({loop}, timeout=seconds)
     stopped.set()
     await loop
+
+
+def on_wall_time(kube: FakeKube, watch: dict[str, ShardJob] | None = None) -> tuple[BatchReconciler, Clock, WallClock]:
+    """A reconciler with both of its clocks driven by the test (backoffs are wall-clock times)."""
+    clock, wall = Clock(), WallClock()
+    r = reconciler(kube, {} if watch is None else watch, clock)
+    r._clock = wall
+    return r, clock, wall
+
+
+def refusal(r: BatchReconciler) -> Any:
+    """The reconciler's recorded refusal (read through a call, so a type checker does not narrow it)."""
+    return r.failed_create
 
 
 def accept(kube: FakeKube, items: int) -> None:
@@ -373,9 +392,7 @@ async def test_a_refused_create_backs_off_is_reported_and_not_counted() -> None:
     kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
     accept(kube, 10)
     kube.fail_creates = True
-    clock, wall = Clock(), WallClock()
-    r = reconciler(kube, {}, clock)
-    r._clock = wall
+    r, clock, wall = on_wall_time(kube)
 
     async def step(seconds: float) -> float | None:
         wall.now += datetime.timedelta(seconds=seconds)
@@ -430,9 +447,7 @@ async def test_a_job_name_taken_by_someone_else_stalls_the_batch_visibly() -> No
     accept(kube, 10)
     squatter = naming.job_name("b", "uid-1", 0, 0)
     kube.jobs[squatter] = {"metadata": {"name": squatter, "uid": "uid-squat", "ownerReferences": []}}
-    clock, wall = Clock(), WallClock()
-    r = reconciler(kube, {}, clock)
-    r._clock = wall
+    r, clock, wall = on_wall_time(kube)
     await r.reconcile_once()
     await r.calls.drain()
     wall.now += datetime.timedelta(seconds=1)
@@ -454,10 +469,7 @@ async def test_a_create_whose_answer_was_lost_stays_expected() -> None:
     kube = FakeKube({"payloads": {"count": 100}, "parallelism": 5})
     accept(kube, 100)
     kube.time_out_creates = True
-    clock, wall = Clock(), WallClock()
-    watch: dict[str, ShardJob] = {}  # the watch lags
-    r = reconciler(kube, watch, clock)
-    r._clock = wall
+    r, clock, wall = on_wall_time(kube)  # the watch lags: it shows nothing
     await r.reconcile_once()
     await r.calls.drain()
     kube.time_out_creates = False
@@ -468,6 +480,44 @@ async def test_a_create_whose_answer_was_lost_stays_expected() -> None:
         await r.calls.drain()
     assert sum(1 for c in kube.calls if c[0] == "create") == 1
     assert slots(kube) == 5
+
+
+async def test_a_create_refused_with_a_server_error_is_reported_once_the_job_is_known_absent() -> None:
+    """A 5xx may have landed, so the Job is read: absent, it is a refusal like any other (Stalled, an
+    Event, a growing backoff), not an expected Job that hides it."""
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
+    accept(kube, 10)
+    kube.refuse_creates_with_500 = True
+    r, clock, wall = on_wall_time(kube)
+    for _ in range(2):
+        await r.reconcile_once()
+        await r.calls.drain()
+        wall.now += datetime.timedelta(seconds=1)
+        clock.now += 1
+    stalled = next(c for c in kube.batch["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "FailedCreate")
+    assert "HTTP 500" in stalled["message"]
+    assert kube.batch["status"]["shards"]["running"] == 0
+    assert kube.events.count("FailedCreate") == 1
+    assert ("get-job", naming.job_name("b", "uid-1", 0, 0)) in kube.calls
+
+
+async def test_a_name_whose_owner_cannot_be_read_is_left_to_the_watch() -> None:
+    """AlreadyExists, and the read of the Job fails: no refusal is made up (the Job may be the batch's
+    own from a previous process); the next pass asks again."""
+    kube = FakeKube({"payloads": {"count": 10}, "parallelism": 3})
+    accept(kube, 10)
+    taken = naming.job_name("b", "uid-1", 0, 0)
+    kube.jobs[taken] = {"metadata": {"name": taken, "uid": "uid-squat", "ownerReferences": []}}
+    kube.fail_job_reads = True
+    r = reconciler(kube, {}, Clock())
+    await r.reconcile_once()
+    await r.calls.drain()
+    assert refusal(r) is None
+    kube.fail_job_reads = False
+    await r.reconcile_once()
+    await r.calls.drain()
+    assert "is not this batch's" in refusal(r).message
 
 
 async def test_a_refused_create_is_no_hot_loop_in_the_real_loop() -> None:
