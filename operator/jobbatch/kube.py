@@ -350,7 +350,7 @@ class Kube:
 
     async def get_job_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Job's metadata alone, or None if there is none: whose a Job of a taken name is."""
-        return await self._get_metadata("/apis/batch/v1/namespaces/{namespace}/jobs/{name}", namespace, name)
+        return await self._get_metadata("job", "/apis/batch/v1/namespaces/{namespace}/jobs/{name}", namespace, name)
 
     def _listers(
         self, kind: str
@@ -566,16 +566,17 @@ class Kube:
     async def get_configmap_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap's metadata alone (as PartialObjectMetadata: its data, up to 1 MiB, stays on the
         server), or None if there is none."""
-        return await self._get_metadata("/api/v1/namespaces/{namespace}/configmaps/{name}", namespace, name)
+        return await self._get_metadata(
+            "configmap", "/api/v1/namespaces/{namespace}/configmaps/{name}", namespace, name
+        )
 
-    async def _get_metadata(self, path: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _get_metadata(self, kind: str, path: str, namespace: str, name: str) -> dict[str, Any] | None:
         """An object's metadata alone (as PartialObjectMetadata), or None if there is none."""
         call = self._raw(
             self.api_client.call_api, path, "GET",
             path_params={"namespace": namespace, "name": name}, query_params=[],
             header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"], response_types_map={},
         )  # fmt: skip
-        kind = path.rsplit("/", 2)[-2].rstrip("s")
         return await self._get(f"get {kind} {namespace}/{name} metadata", call)
 
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:

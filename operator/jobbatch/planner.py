@@ -1106,26 +1106,20 @@ class _Pass:
             self.condition("Running", "False", "Suspended", "spec.suspend is true")
             return 0, fates.waiting + len(fates.due)
         if hold:
-            self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
-            status.phase = "Running" if status.start_time is not None else "Pending"
-            self.condition("Running", "False", "PayloadSnapshotLost", "no shard starts until the payload snapshot "
-                           "holds the accepted items again; running ones were stopped (no retry used)")  # fmt: skip
-            if self.old.condition("Suspended") is not None:
-                self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
+            self._hold_back(running, "PayloadSnapshotLost", "no shard starts until the payload snapshot holds the "
+                            "accepted items again; running ones were stopped (no retry used)")  # fmt: skip
             return 0, fates.waiting + len(fates.due)
         if spec.start_after is not None and self.now < spec.start_after:
             self.out.wake_in((spec.start_after - self.now).total_seconds())
-            if self.old.condition("Suspended") is not None:
-                self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
             if not running and status.start_time is None:
+                if self.old.condition("Suspended") is not None:
+                    self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
                 status.phase = "Pending"
                 return held, fates.waiting + len(fates.due)
             # Moved into the future once running: nothing may start before it, and a running Job's
             # controller would start its next indexes, so its Jobs stop as on suspend (no retry used).
-            self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
-            status.phase = "Running" if status.start_time is not None else "Pending"
-            self.condition("Running", "False", "StartAfter", f"spec.startAfter is {spec.start_after.isoformat()}: "
-                           "no shard starts before then; running ones were stopped (no retry used)")  # fmt: skip
+            self._hold_back(running, "StartAfter", f"spec.startAfter is {spec.start_after.isoformat()}: no shard "
+                            "starts before then; running ones were stopped (no retry used)")  # fmt: skip
             return 0, fates.waiting + len(fates.due)
 
         free = spec.parallelism - held
@@ -1139,6 +1133,14 @@ class _Pass:
             self.out.unmet_demand = max(0, min(free, ready) - budget)
         self._mark_running(held + granted, len(self.out.create) > 0 or bool(live))
         return held + granted, retries_left
+
+    def _hold_back(self, running: list[ShardJob], reason: str, message: str) -> None:
+        """No pod may start: stop the running Jobs as suspension does (no retry used) and say why."""
+        self.out.suspend += [SuspendJob(j.name) for j in running if not j.suspended]
+        self.status.phase = "Running" if self.status.start_time is not None else "Pending"
+        self.condition("Running", "False", reason, message)
+        if self.old.condition("Suspended") is not None:
+            self.condition("Suspended", "False", "Resumed", "spec.suspend is false")
 
     def _shrink(self, running: list[ShardJob], others: int) -> None:
         """Lower the newest Jobs' parallelism until the slots parallelism controls fit in ``parallelism``.

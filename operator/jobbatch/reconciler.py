@@ -840,7 +840,7 @@ class BatchReconciler:
                 async with self._limit:
                     done = await call()
             except BaseException as exc:
-                if isinstance(exc, ApiException) and 400 <= (exc.status or 0) < 500:
+                if isinstance(exc, ApiException) and not server_error(exc):
                     self.expected.forget(job_name)  # refused: the Job is what the watch says
                 else:
                     # A timeout, a lost connection, a 5xx, cancellation: it may have taken effect.
@@ -921,11 +921,10 @@ class BatchReconciler:
     async def _landed(self, job_name: str) -> bool | None:
         """After a create whose answer was lost: whether this batch's Job of that name exists (None: unknown)."""
         try:
-            found = await self.kube.get_job_metadata(self.namespace, job_name)
+            ref = await self._job_controller(job_name)
         except (ApiException, TimeoutError, OSError):
             return None
-        owner = controller_of(found, KIND) if found is not None else None
-        return owner is not None and owner[1] == self.uid
+        return ref is not None and self._is_ours(ref)
 
     async def _check_name_is_ours(self, job_name: str) -> None:
         """After AlreadyExists: NameTaken unless the Job of that name is this batch's (or gone again).
@@ -933,16 +932,25 @@ class BatchReconciler:
         Job names are predictable; a Job someone else made under one would otherwise be re-created,
         refused, forever, with nothing said, while the shards it stands for never run.
         """
-        meta = ((await self.kube.get_job_metadata(self.namespace, job_name)) or {}).get("metadata")
-        if meta is None:
+        ref = await self._job_controller(job_name)
+        if ref is None or self._is_ours(ref):
             return
-        owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller")]
-        if not any(o.get("uid") == self.uid for o in owners):
-            whose = f"{owners[0].get('kind')} {owners[0].get('name')}" if owners else "nothing"
-            raise NameTaken(
-                f"a Job named {job_name} already exists and is not this batch's (controlled by {whose}): "
-                "delete it to let the batch go on"
-            )
+        whose = f"{ref.get('kind')} {ref.get('name')}" if ref else "nothing"
+        raise NameTaken(
+            f"a Job named {job_name} already exists and is not this batch's (controlled by {whose}): "
+            "delete it to let the batch go on"
+        )
+
+    async def _job_controller(self, job_name: str) -> dict[str, Any] | None:
+        """The controller reference of the Job of that name ({} if it has none); None if there is no Job."""
+        found = await self.kube.get_job_metadata(self.namespace, job_name)
+        if found is None:
+            return None
+        refs = [o for o in (found.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")]
+        return dict(refs[0]) if refs else {}
+
+    def _is_ours(self, ref: Mapping[str, Any]) -> bool:
+        return ref.get("kind") == KIND and ref.get("uid") == self.uid
 
     def _count_outcomes(self, decision: Plan, body: dict[str, Any]) -> None:
         """Metrics of what a written status records: permanent failures, and the batch's end."""
